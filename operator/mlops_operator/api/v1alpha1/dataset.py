@@ -1,0 +1,143 @@
+"""Dataset: a versioned data set in S3 with a data contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    DURATION,
+    S3_URI,
+    SHA256_FINGERPRINT,
+    ApiModel,
+    CelRule,
+    LocalObjectReference,
+    StatusBase,
+    nested,
+)
+
+
+class S3Credentials(ApiModel):
+    """Secret holding S3 credentials. Mounted into workloads as env vars; never copied."""
+
+    name: str = Field(description="Secret in the Dataset's namespace.", min_length=1, max_length=253)
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID", description="Key of the access key id in the Secret.", max_length=253
+    )
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY",
+        description="Key of the secret access key in the Secret.",
+        max_length=253,
+    )
+    session_token_key: str | None = Field(
+        default=None, description="Key of an optional session token in the Secret.", max_length=253
+    )
+
+
+class DatasetSource(ApiModel):
+    """Where the data lives."""
+
+    uri: str = Field(
+        description="S3 prefix holding the data, e.g. s3://bucket/datasets/digits/v3/.",
+        pattern=S3_URI,
+        max_length=1024,
+    )
+    manifest_uri: str | None = Field(
+        default=None,
+        description=(
+            "Optional manifest (JSON lines of key, size, sha256) listing exactly the objects that make "
+            "up the data set; when absent the operator lists the prefix and writes the manifest itself."
+        ),
+        pattern=S3_URI,
+        max_length=1024,
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint override (MinIO, a VPC endpoint, a test server). Empty means AWS.",
+        pattern=r"^https?://",
+        max_length=1024,
+    )
+    region: str | None = Field(default=None, description="S3 region.", max_length=64)
+    credentials_secret_ref: S3Credentials | None = Field(
+        default=None,
+        description="Secret with S3 credentials; when absent the pods' own identity (IRSA) is used.",
+    )
+
+
+class DataContract(ApiModel):
+    """What the data must satisfy before training may use it."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.minBytes) || !has(self.maxBytes) || self.minBytes <= self.maxBytes",
+            message="minBytes must not exceed maxBytes",
+            check=lambda c: c.min_bytes is None or c.max_bytes is None or c.min_bytes <= c.max_bytes,
+        ),
+    )
+
+    min_objects: int | None = Field(default=None, ge=0, description="Fewest objects the data set may hold.")
+    min_bytes: int | None = Field(default=None, ge=0, description="Smallest total size in bytes.")
+    max_bytes: int | None = Field(default=None, ge=0, description="Largest total size in bytes.")
+    required_files: list[str] = Field(
+        default_factory=list,
+        description="Object keys, relative to the source prefix, that must exist (e.g. schema.json).",
+        max_length=64,
+    )
+    required_suffixes: list[str] = Field(
+        default_factory=list,
+        description="Every object key must end with one of these suffixes (e.g. .npz, .parquet).",
+        max_length=32,
+    )
+    expected_fingerprint: str | None = Field(
+        default=None,
+        description="Pin the data: Ready only when the fingerprint equals this sha256:<hex> value.",
+        pattern=SHA256_FINGERPRINT,
+    )
+
+
+class DatasetSpec(ApiModel):
+    """Desired state of a Dataset."""
+
+    source: DatasetSource = Field(description="Where the data lives.")
+    format: str | None = Field(
+        default=None,
+        description="Free-form description of the data layout the trainer expects (e.g. npz-shards).",
+        max_length=64,
+    )
+    contract: DataContract = nested(DataContract, "Data contract checked on every validation.")
+    refresh_interval: str | None = Field(
+        default=None,
+        description="Re-list and re-fingerprint the data this often (e.g. 10m, 1h). Empty: only on change.",
+        pattern=DURATION,
+        max_length=32,
+    )
+
+
+DatasetPhase = Literal["Pending", "Validating", "Ready", "Failed"]
+
+
+class DatasetStatus(StatusBase):
+    """Observed state of a Dataset."""
+
+    phase: DatasetPhase | None = Field(default=None, description="Pending, Validating, Ready or Failed.")
+    object_count: int | None = Field(default=None, description="Number of objects in the data set.")
+    total_bytes: int | None = Field(default=None, description="Total size of the objects in bytes.")
+    fingerprint: str | None = Field(
+        default=None, description="sha256 over the sorted manifest (key, size, checksum)."
+    )
+    manifest_uri: str | None = Field(default=None, description="Where the manifest was written or read.")
+    last_validated_time: str | None = Field(default=None, description="When the data was last checked.")
+    violations: list[str] = Field(
+        default_factory=list, description="First contract violations found, if any.", max_length=20
+    )
+
+
+__all__ = [
+    "DataContract",
+    "DatasetSource",
+    "DatasetSpec",
+    "DatasetStatus",
+    "LocalObjectReference",
+    "S3Credentials",
+]

@@ -1,0 +1,208 @@
+"""InferenceDeployment: a ModelVersion served by Triton, rolled out progressively."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    DNS_SUBDOMAIN,
+    QUANTITY,
+    ApiModel,
+    CelRule,
+    LocalObjectReference,
+    Scheduling,
+    StatusBase,
+    nested,
+)
+
+
+class DynamicBatching(ApiModel):
+    """Triton's dynamic batcher."""
+
+    enabled: bool = Field(default=True, description="Batch requests on the server.")
+    max_queue_delay_microseconds: int = Field(
+        default=100, ge=0, le=10_000_000, description="Longest a request waits for a batch to fill."
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes the batcher aims for.", max_length=16
+    )
+
+
+class Triton(ApiModel):
+    """Triton Inference Server settings."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.dynamicBatching.preferredBatchSizes.all(b, b >= 1 && b <= self.maxBatchSize)",
+            message="dynamicBatching.preferredBatchSizes must lie between 1 and maxBatchSize",
+            check=lambda t: all(1 <= b <= t.max_batch_size for b in t.dynamic_batching.preferred_batch_sizes),
+        ),
+    )
+
+    image: str = Field(
+        default="nvcr.io/nvidia/tritonserver:25.01-py3",
+        description="Triton server image; its TensorRT must match the engine's.",
+        max_length=512,
+    )
+    max_batch_size: int = Field(default=8, ge=0, le=4096, description="config.pbtxt max_batch_size.")
+    dynamic_batching: DynamicBatching = nested(DynamicBatching, "Dynamic batching.")
+    instance_count: int = Field(default=1, ge=1, le=16, description="Model instances per GPU.")
+
+
+class ServingResources(ApiModel):
+    """Resources of one serving pod."""
+
+    gpus: int = Field(default=1, ge=0, le=8, description="nvidia.com/gpu per pod; 0 serves on CPU.")
+    gpu_product: str | None = Field(
+        default=None,
+        description="GPU model to serve on; must match the one the engine was built for.",
+        max_length=128,
+    )
+    cpu: str | None = Field(default=None, description="CPU request and limit.", pattern=QUANTITY)
+    memory: str | None = Field(default=None, description="Memory request and limit.", pattern=QUANTITY)
+
+
+class PauseStep(ApiModel):
+    """Pause the rollout; without a duration it waits until resumed by a person."""
+
+    duration_seconds: int | None = Field(default=None, ge=0, le=86400, description="How long to pause.")
+
+
+class AnalysisStep(ApiModel):
+    """Run the analysis (success rate, latency) before going on."""
+
+    duration_seconds: int = Field(default=300, ge=30, le=86400, description="How long to measure.")
+
+
+class RolloutStep(ApiModel):
+    """One canary step: exactly one of setWeight, pause or analysis."""
+
+    cel_rules = (
+        CelRule(
+            rule="[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+            message="each step sets exactly one of setWeight, pause or analysis",
+            check=lambda s: (
+                [s.set_weight is not None, s.pause is not None, s.analysis is not None].count(True) == 1
+            ),
+        ),
+    )
+
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Percentage of traffic sent to the canary."
+    )
+    pause: PauseStep | None = Field(default=None, description="Pause.")
+    analysis: AnalysisStep | None = Field(default=None, description="Analysis run.")
+
+
+def _weights(steps: list[RolloutStep]) -> list[int]:
+    return [s.set_weight for s in steps if s.set_weight is not None]
+
+
+class Analysis(ApiModel):
+    """Thresholds the canary must hold; a breach aborts and rolls back."""
+
+    success_rate_min: float = Field(
+        default=0.99, ge=0, le=1, description="Lowest acceptable share of successful requests."
+    )
+    latency_p95_max_ms: float | None = Field(
+        default=None, ge=0, description="Highest acceptable p95 request latency in milliseconds."
+    )
+    prometheus_address: str | None = Field(
+        default=None,
+        description="Prometheus to query; empty uses the operator's configured address.",
+        pattern=r"^https?://",
+        max_length=1024,
+    )
+    interval_seconds: int = Field(default=60, ge=10, le=3600, description="How often to measure.")
+    failure_limit: int = Field(default=1, ge=0, le=100, description="Failed measurements tolerated.")
+
+
+class Rollout(ApiModel):
+    """How a new model version replaces the serving one."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.strategy == 'canary' || size(self.steps) == 0",
+            message="steps are only allowed with strategy canary",
+            check=lambda r: r.strategy == "canary" or not r.steps,
+        ),
+        CelRule(
+            rule=(
+                "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && "
+                "self.steps.filter(s, has(s.setWeight)).all(s, "
+                "self.steps.filter(t, has(t.setWeight) && t.setWeight == s.setWeight).size() == 1)"
+            ),
+            message="canary setWeight values must increase from step to step",
+            check=lambda r: all(
+                a < b for a, b in zip(_weights(r.steps), _weights(r.steps)[1:], strict=False)
+            ),
+        ),
+    )
+
+    strategy: Literal["canary", "recreate"] = Field(
+        default="canary", description="canary (Argo Rollouts steps) or recreate."
+    )
+    steps: list[RolloutStep] = Field(
+        default_factory=list,
+        description="Canary steps; empty uses 10%, analysis, 50%, analysis, 100%.",
+        max_length=20,
+    )
+    analysis: Analysis = nested(Analysis, "Analysis thresholds.")
+
+
+class Autoscaling(ApiModel):
+    """Horizontal autoscaling bounds."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+        ),
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_inflight_requests: int | None = Field(
+        default=None, ge=1, description="Scale to keep this many in-flight requests per replica."
+    )
+
+
+class InferenceDeploymentSpec(ApiModel):
+    """Desired state of an InferenceDeployment."""
+
+    model_version_ref: LocalObjectReference = Field(
+        description="ModelVersion to serve, in the same namespace."
+    )
+    triton: Triton = nested(Triton, "Triton settings.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Serving replicas when not autoscaled.")
+    resources: ServingResources = nested(ServingResources, "Resources of each serving pod.")
+    rollout: Rollout = nested(Rollout, "Progressive rollout.")
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; empty keeps replicas.")
+    scheduling: Scheduling = nested(Scheduling, "Scheduling of the serving pods.")
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount of the serving pods.", max_length=253, pattern=DNS_SUBDOMAIN
+    )
+
+
+InferenceDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Available", "Degraded", "Failed"]
+
+
+class InferenceDeploymentStatus(StatusBase):
+    """Observed state of an InferenceDeployment."""
+
+    phase: InferenceDeploymentPhase | None = Field(
+        default=None, description="Pending, Progressing, Paused, Available, Degraded or Failed."
+    )
+    model_version: str | None = Field(default=None, description="ModelVersion being served or rolled out.")
+    stable_version: str | None = Field(default=None, description="ModelVersion serving the stable traffic.")
+    canary_version: str | None = Field(default=None, description="ModelVersion receiving canary traffic.")
+    canary_weight: int | None = Field(default=None, description="Share of traffic on the canary, percent.")
+    workload_kind: Literal["Rollout", "Deployment"] | None = Field(
+        default=None, description="Rollout (Argo Rollouts installed) or Deployment."
+    )
+    replicas: int | None = Field(default=None, description="Pods in all.")
+    ready_replicas: int | None = Field(default=None, description="Ready pods.")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")

@@ -1,0 +1,90 @@
+"""`mlopsctl`: run the operator, generate CRDs, validate manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from . import crdgen
+from .api.validation import ManifestError, validate_manifest
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    for path in crdgen.write(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for name in args.files:
+        for index, doc in enumerate(yaml.safe_load_all(Path(name).read_text())):
+            if not doc:
+                continue
+            label = f"{name}#{index} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            try:
+                validate_manifest(doc)
+            except ManifestError as exc:
+                failed += 1
+                print(f"INVALID {label}", file=sys.stderr)
+                for line in exc.errors:
+                    print(f"  {line}", file=sys.stderr)
+            else:
+                print(f"ok {label}")
+    return 1 if failed else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - kopf is only imported when the operator runs
+
+    import kopf  # noqa: PLC0415
+
+    from . import main as _wiring  # noqa: F401, PLC0415 - registers the handlers
+    from .settings import OperatorConfig  # noqa: PLC0415
+
+    config = OperatorConfig()
+    kopf.configure(
+        verbose=config.verbose,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            standalone=config.peering_name is None,
+            peering_name=config.peering_name,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlopsctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator (settings from MLOPS_* env vars)")
+    run.set_defaults(func=_cmd_run)
+
+    crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
+    crds.add_argument("--out", default="crds", help="output directory (default: crds)")
+    crds.set_defaults(func=_cmd_crds)
+
+    validate = sub.add_parser("validate", help="check manifests against the API models")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

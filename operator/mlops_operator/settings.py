@@ -1,0 +1,71 @@
+"""Operator configuration, read once at startup from `MLOPS_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import kopf
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .api.v1alpha1 import GROUP
+
+# kopf keeps its per-object progress and the last-handled spec here. Chosen on day one: switching
+# storage later makes kopf re-handle every object as new. Annotations (not status) keep our status
+# schema clean and survive status being reset by a GitOps tool.
+STORAGE_PREFIX = GROUP
+
+
+class OperatorConfig(BaseSettings):
+    """Settings of one operator process. Each field maps to `MLOPS_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", env_nested_delimiter="__", extra="ignore")
+
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch; empty watches the whole cluster (JSON list in the env var).",
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    verbose: bool = Field(default=False, description="Debug logging.")
+    metrics_port: int = Field(
+        default=8000, ge=0, le=65535, description="Prometheus /metrics port; 0 disables."
+    )
+    health_port: int = Field(
+        default=8080, ge=0, le=65535, description="Liveness/readiness /healthz port; 0 disables."
+    )
+    field_manager: str = Field(
+        default="mlops-operator", description="Server-side apply field manager of every write."
+    )
+    peering_name: str | None = Field(
+        default=None,
+        description="kopf peering object for HA (one active replica); empty runs standalone.",
+    )
+    trainer_image: str = Field(
+        default="ghcr.io/mlops-operator/trainer:0.1.0",
+        description="Image of training, compile and evaluate workloads when a spec names none.",
+    )
+    workload_tolerations_json: str = Field(
+        default="[]",
+        description=(
+            "Tolerations (JSON list) added to every workload pod; the dev control plane sets the kwok "
+            "taint here so simulated GPU nodes accept pods. Empty in production."
+        ),
+    )
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Apply our choices to kopf's settings object (called from the startup handler)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Our own events say what happened; kopf's per-handler "Handler succeeded" events are noise.
+    settings.posting.level = 100
+    settings.peering.standalone = config.peering_name is None
+    if config.peering_name:
+        settings.peering.name = config.peering_name
+        settings.peering.mandatory = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 16

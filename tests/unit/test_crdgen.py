@@ -1,0 +1,182 @@
+"""The CRDs in crds/ are what the models generate, and they are what the apiserver needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlops_operator import crdgen
+from mlops_operator.api.v1alpha1 import KINDS, KindInfo
+from mlops_operator.api.v1alpha1.common import ApiModel
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def _crds() -> list[tuple[KindInfo, dict[str, Any]]]:
+    return [(info, crdgen.crd_for(info)) for info in KINDS]
+
+
+def _schema(crd: dict[str, Any]) -> dict[str, Any]:
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+
+
+def test_checked_in_crds_are_up_to_date():
+    generated = crdgen.generate()
+    on_disk = {p.name: p.read_text() for p in CRDS.glob("mlops.dev_*.yaml")}
+    assert set(on_disk) == set(generated), "crds/ has missing or extra files: run `make crds`"
+    for name, text in generated.items():
+        assert on_disk[name] == text, f"crds/{name} is stale: run `make crds`"
+
+
+def _walk(node: dict[str, Any], path: str):
+    yield path, node
+    for name, sub in node.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+FORBIDDEN = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "definitions", "title", "const"}
+
+
+@pytest.mark.parametrize(("info", "crd"), _crds(), ids=lambda x: getattr(x, "kind", ""))
+def test_schema_is_structural(info, crd):
+    for path, node in _walk(_schema(crd), info.kind):
+        assert not FORBIDDEN & node.keys(), f"{path} uses {FORBIDDEN & node.keys()}"
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+        if node.get("type") == "object":
+            assert (
+                "properties" in node
+                or "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+                or path.endswith(".metadata")
+            ), f"{path}: object without properties"
+        assert node.get("default", "") is not None, f"{path} defaults to null"
+        assert isinstance(node.get("exclusiveMinimum", False), bool), f"{path}: exclusiveMinimum must be bool"
+
+
+@pytest.mark.parametrize(("info", "crd"), _crds(), ids=lambda x: getattr(x, "kind", ""))
+def test_every_spec_field_is_described_for_kubectl_explain(info, crd):
+    spec = _schema(crd)["properties"]["spec"]
+    missing = [p for p, node in _walk(spec, "spec") if p != "spec" and not node.get("description")]
+    # Items of plain lists and map values need no description of their own.
+    missing = [p for p in missing if not p.endswith(("[]", "{}"))]
+    assert not missing, f"{info.kind}: fields without description: {missing}"
+
+
+@pytest.mark.parametrize(("info", "crd"), _crds(), ids=lambda x: getattr(x, "kind", ""))
+def test_names_category_subresource_and_columns(info, crd):
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{info.plural}.mlops.dev"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["shortNames"] == list(info.short_names)
+    assert spec["names"]["categories"] == ["mlops"]
+    version = spec["versions"][0]
+    assert version["name"] == "v1alpha1"
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns[0] == "Phase"
+    assert columns[-2:] == ["Ready", "Age"]
+    for column in version["additionalPrinterColumns"]:
+        first = column["jsonPath"].split(".")[1].split("[")[0]
+        assert first in {"spec", "status", "metadata"}
+
+
+def test_short_names_are_the_documented_ones():
+    assert {i.kind: i.short_names for i in KINDS} == {
+        "Dataset": ("ds",),
+        "TrainingRun": ("tr",),
+        "ModelVersion": ("mv",),
+        "InferenceDeployment": ("idep",),
+    }
+
+
+def test_trainingrun_columns_match_the_issue():
+    crd = crdgen.crd_for(next(i for i in KINDS if i.kind == "TrainingRun"))
+    columns = [
+        c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if "priority" not in c
+    ]
+    assert columns == ["Phase", "Dataset", "Nodes", "GPUs", "Attempt", "Ready", "Age"]
+
+
+def _all_models() -> set[type[ApiModel]]:
+    seen: set[type[ApiModel]] = set()
+    todo: list[type[ApiModel]] = [i.spec_model for i in KINDS]  # type: ignore[misc]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for field in model.model_fields.values():
+            for arg in _types_in(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, ApiModel):
+                    todo.append(arg)
+    return seen
+
+
+def _types_in(annotation: Any):
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _types_in(arg)
+
+
+def test_every_cel_rule_of_the_models_is_in_the_crds():
+    rules = [r for model in _all_models() for r in model.cel_rules]
+    assert len(rules) >= 10
+    in_crds = [
+        (v["rule"], v["message"])
+        for _, crd in _crds()
+        for _, node in _walk(_schema(crd), "")
+        for v in node.get("x-kubernetes-validations", [])
+    ]
+    for rule in rules:
+        assert (rule.rule, rule.message) in in_crds, rule
+        assert rule.check is not None, "every spec rule has its Python twin"
+
+
+def test_immutable_fields_carry_transition_rules():
+    schema = _schema(crdgen.crd_for(next(i for i in KINDS if i.kind == "TrainingRun")))["properties"]["spec"]
+    for field in ("datasetRef", "model"):
+        rules = schema["properties"][field]["x-kubernetes-validations"]
+        assert {"rule": "self == oldSelf", "message": f"{field} is immutable"} in rules
+
+
+def test_lists_are_bounded_for_cel_cost():
+    """The apiserver refuses CEL rules whose worst-case cost is unbounded; lists and maps need bounds."""
+    for info, crd in _crds():
+        for path, node in _walk(_schema(crd)["properties"]["spec"], info.kind):
+            if node.get("type") == "array":
+                assert "maxItems" in node, f"{path} has no maxItems"
+
+
+def test_conditions_are_a_list_map_keyed_by_type():
+    for _info, crd in _crds():
+        conditions = _schema(crd)["properties"]["status"]["properties"]["conditions"]
+        assert conditions["x-kubernetes-list-type"] == "map"
+        assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+        assert "type" in conditions["items"]["required"]
+
+
+def test_defaults_reach_the_schema():
+    schema = _schema(crdgen.crd_for(next(i for i in KINDS if i.kind == "InferenceDeployment")))
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["rollout"]["default"] == {}
+    assert spec["rollout"]["properties"]["strategy"]["default"] == "canary"
+    assert spec["rollout"]["properties"]["strategy"]["enum"] == ["canary", "recreate"]
+    assert spec["replicas"]["minimum"] == 0
+
+
+def test_write_is_idempotent_and_removes_stale_files(tmp_path):
+    (tmp_path / "mlops.dev_oldkinds.yaml").write_text("stale")
+    crdgen.write(tmp_path)
+    first = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert "mlops.dev_oldkinds.yaml" not in first
+    assert len(first) == len(KINDS)
+    crdgen.write(tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == first

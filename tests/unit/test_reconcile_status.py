@@ -1,0 +1,112 @@
+"""A reconcile's outcome becomes a minimal status patch; the second identical reconcile writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops_operator.api.v1alpha1 import KINDS, TrainingRunSpec, kind_by_name
+from mlops_operator.handlers import RECONCILERS
+from mlops_operator.handlers.base import Outcome, parse_spec, status_patch
+from mlops_operator.k8s.conditions import ConditionUpdate
+from tests.samples import load, valid_samples
+
+
+def _merge(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    return {**status, **patch}
+
+
+def test_first_reconcile_writes_phase_generation_and_ready():
+    outcome = Outcome("Pending", (ConditionUpdate("Ready", "False", "NotImplemented", "later"),))
+    patch, transitions = status_patch({}, outcome, 4, now="2026-01-01T00:00:00Z")
+    assert patch["phase"] == "Pending"
+    assert patch["observedGeneration"] == 4
+    assert patch["conditions"][0]["reason"] == "NotImplemented"
+    assert [t.reason for t in transitions] == ["NotImplemented"]
+
+
+def test_unchanged_outcome_writes_nothing_and_posts_no_event():
+    outcome = Outcome(
+        "Pending", (ConditionUpdate("Ready", "False", "NotImplemented", "later"),), {"attempt": 1}
+    )
+    patch, _ = status_patch({}, outcome, 4, now="2026-01-01T00:00:00Z")
+    status = _merge({}, patch)
+    again, transitions = status_patch(status, outcome, 4, now="2026-01-01T01:00:00Z")
+    assert again == {}
+    assert transitions == []
+
+
+def test_new_generation_is_recorded():
+    outcome = Outcome("Pending", (ConditionUpdate("Ready", "False", "NotImplemented"),))
+    status = _merge({}, status_patch({}, outcome, 1)[0])
+    patch, transitions = status_patch(status, outcome, 2)
+    assert patch["observedGeneration"] == 2
+    assert patch["conditions"][0]["observedGeneration"] == 2
+    assert transitions == []
+
+
+def test_only_changed_fields_are_patched():
+    first = Outcome(
+        "Running", (ConditionUpdate("Ready", "False", "Running"),), {"attempt": 1, "jobName": "j"}
+    )
+    status = _merge({}, status_patch({}, first, 1)[0])
+    second = Outcome(
+        "Running", (ConditionUpdate("Ready", "False", "Running"),), {"attempt": 2, "jobName": "j"}
+    )
+    patch, _ = status_patch(status, second, 1)
+    assert patch == {"attempt": 2}
+
+
+def test_invalid_spec_becomes_a_condition_naming_the_field():
+    spec = {
+        "datasetRef": {"name": "d"},
+        "model": "m",
+        "output": {"uri": "s3://bucket/o/"},
+        "resources": {"gpusPerWorker": 1},
+        "distributed": {"procsPerNode": 4},
+    }
+    outcome = parse_spec(TrainingRunSpec, spec)
+    assert isinstance(outcome, Outcome)
+    assert outcome.phase == "Failed"
+    (ready,) = outcome.conditions
+    assert (ready.status, ready.reason) == ("False", "InvalidSpec")
+    assert "procsPerNode" in ready.message
+
+
+def test_every_kind_has_a_reconciler_that_is_honest_about_its_state():
+    for path in valid_samples():
+        doc = load(path)
+        info = kind_by_name(doc["kind"])
+        spec = parse_spec(info.spec_model, doc["spec"])
+        assert not isinstance(spec, Outcome)
+        outcome = RECONCILERS[info.kind](spec, doc)
+        ready = next(c for c in outcome.conditions if c.type == "Ready")
+        assert ready.status in {"True", "False", "Unknown"}
+        assert ready.reason
+    assert set(RECONCILERS) == {i.kind for i in KINDS}
+
+
+def test_reconcile_object_reports_changes_once_then_nothing():
+    from mlops_operator.main import reconcile_object
+
+    doc = load(valid_samples()[0])
+    info = kind_by_name(doc["kind"])
+    meta = {"name": "digits", "generation": 1}
+    changes, events = reconcile_object(info, doc, doc["spec"], {}, meta)
+    assert changes["phase"] == "Pending"
+    assert changes["observedGeneration"] == 1
+    assert [e.reason for e in events] == ["NotImplemented"]
+    again, events = reconcile_object(info, doc, doc["spec"], changes, meta)
+    assert again == {}
+    assert events == []
+
+
+def test_reconcile_object_turns_a_bad_spec_into_a_warning():
+    from mlops_operator.main import reconcile_object
+
+    info = kind_by_name("ModelVersion")
+    spec = {"modelName": "m", "source": {}}
+    changes, events = reconcile_object(info, {}, spec, {}, {"generation": 1})
+    assert changes["phase"] == "Failed"
+    assert changes["conditions"][0]["reason"] == "InvalidSpec"
+    assert events[0].type == "Warning"
+    assert "spec.source" in events[0].message
