@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install crds lint format typecheck unit test dev clean
+.PHONY: install tools crds lint format typecheck unit test dev clean
 
 ## install: create .venv and install the operator with its dev/test extras
 install: $(STAMP)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+## tools: build (once, then cached) the Go control plane: kube-apiserver, etcd, kwok, helm ...
+tools:
+	hack/build-tools.sh >/dev/null
 
 ## crds: regenerate crds/ from the API models
 crds: install
@@ -38,13 +42,13 @@ typecheck: install
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-## test: lint, typecheck and the whole test suite
-test: lint typecheck
+## test: lint, typecheck, unit and integration tests (integration runs on the local control plane)
+test: lint typecheck tools
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-## dev: validate the sample pipeline against the API
-dev: install
-	$(BIN)/mlopsctl validate samples/*.yaml
+## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)
+dev: install tools
+	$(BIN)/mlopsctl dev $(DEV_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -64,6 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import pipeline  # noqa: PLC0415 - needs the local extras (moto, cryptography)
+
+    return pipeline.run(Path(args.samples), Path(args.crds), namespace=args.namespace, keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlopsctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--out", default="crds", help="output directory (default: crds)")
     crds.set_defaults(func=_cmd_crds)
+
+    dev = sub.add_parser("dev", help="run the sample pipeline on a local control plane")
+    dev.add_argument("--samples", default="samples", help="directory of manifests to apply")
+    dev.add_argument("--crds", default="crds", help="directory of CRDs to install")
+    dev.add_argument("--namespace", default="mlops-demo")
+    dev.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    dev.set_defaults(func=_cmd_dev)
 
     validate = sub.add_parser("validate", help="check manifests against the API models")
     validate.add_argument("files", nargs="+")

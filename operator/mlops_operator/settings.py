@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import kopf
 from pydantic import Field
@@ -44,8 +44,8 @@ class OperatorConfig(BaseSettings):
         default="ghcr.io/mlops-operator/trainer:0.1.0",
         description="Image of training, compile and evaluate workloads when a spec names none.",
     )
-    workload_tolerations_json: str = Field(
-        default="[]",
+    workload_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
         description=(
             "Tolerations (JSON list) added to every workload pod; the dev control plane sets the kwok "
             "taint here so simulated GPU nodes accept pods. Empty in production."

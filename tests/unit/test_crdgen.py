@@ -90,7 +90,7 @@ def test_names_category_subresource_and_columns(info, crd):
 
 def test_short_names_are_the_documented_ones():
     assert {i.kind: i.short_names for i in KINDS} == {
-        "Dataset": ("ds",),
+        "Dataset": ("dset",),
         "TrainingRun": ("tr",),
         "ModelVersion": ("mv",),
         "InferenceDeployment": ("idep",),
@@ -166,7 +166,8 @@ def test_conditions_are_a_list_map_keyed_by_type():
 def test_defaults_reach_the_schema():
     schema = _schema(crdgen.crd_for(next(i for i in KINDS if i.kind == "InferenceDeployment")))
     spec = schema["properties"]["spec"]["properties"]
-    assert spec["rollout"]["default"] == {}
+    assert spec["rollout"]["default"]["strategy"] == "canary"
+    assert spec["rollout"]["default"]["analysis"]["successRateMin"] == 0.99
     assert spec["rollout"]["properties"]["strategy"]["default"] == "canary"
     assert spec["rollout"]["properties"]["strategy"]["enum"] == ["canary", "recreate"]
     assert spec["replicas"]["minimum"] == 0

@@ -84,8 +84,10 @@ class ApiModel(BaseModel):
         return schema
 
     def wire(self) -> dict[str, Any]:
-        """The model as the apiserver stores it: camelCase keys, unset optionals left out."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        """The model as the apiserver stores it: camelCase keys, unset optionals and empty lists or
+        maps left out."""
+        wire: dict[str, Any] = prune_empty(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        return wire
 
 
 def _cel_to_schema(rule: CelRule) -> dict[str, str]:
@@ -95,10 +97,21 @@ def _cel_to_schema(rule: CelRule) -> dict[str, str]:
     return out
 
 
-def nested(model: type[BaseModel], description: str) -> Any:
-    """A sub-object that is always present: defaulted to `{}` in the CRD so the apiserver fills in
-    its own defaults, and built with its defaults in Python."""
-    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+def prune_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        pruned = {k: prune_empty(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [prune_empty(v) for v in value]
+    return value
+
+
+def nested(model: type[ApiModel], description: str) -> Any:
+    """A sub-object that is always present. Its CRD default is the whole defaulted object, because
+    the apiserver checks a default against the CEL rules as it stands, without nested defaults."""
+    return Field(
+        default_factory=model, description=description, json_schema_extra={"default": model().wire()}
+    )
 
 
 class LocalObjectReference(ApiModel):

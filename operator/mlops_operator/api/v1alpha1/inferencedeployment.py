@@ -35,7 +35,10 @@ class Triton(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.dynamicBatching.preferredBatchSizes.all(b, b >= 1 && b <= self.maxBatchSize)",
+            rule=(
+                "!has(self.dynamicBatching.preferredBatchSizes) || "
+                "self.dynamicBatching.preferredBatchSizes.all(b, b >= 1 && b <= self.maxBatchSize)"
+            ),
             message="dynamicBatching.preferredBatchSizes must lie between 1 and maxBatchSize",
             check=lambda t: all(1 <= b <= t.max_batch_size for b in t.dynamic_batching.preferred_batch_sizes),
         ),
@@ -124,12 +127,13 @@ class Rollout(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.strategy == 'canary' || size(self.steps) == 0",
+            rule="self.strategy == 'canary' || !has(self.steps) || size(self.steps) == 0",
             message="steps are only allowed with strategy canary",
             check=lambda r: r.strategy == "canary" or not r.steps,
         ),
         CelRule(
             rule=(
+                "!has(self.steps) || "
                 "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && "
                 "self.steps.filter(s, has(s.setWeight)).all(s, "
                 "self.steps.filter(t, has(t.setWeight) && t.setWeight == s.setWeight).size() == 1)"

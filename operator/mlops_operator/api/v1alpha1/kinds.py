@@ -76,7 +76,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo(
         kind="Dataset",
         plural="datasets",
-        short_names=("ds",),
+        short_names=("dset",),  # not "ds": kubectl resolves that to DaemonSets first
         spec_model=DatasetSpec,
         status_model=DatasetStatus,
         description="A versioned data set in S3 with a data contract; Ready when it is usable for training.",

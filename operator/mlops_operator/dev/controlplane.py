@@ -1,0 +1,432 @@
+"""A real Kubernetes control plane on loopback, for tests and `mlopsctl dev`.
+
+etcd, kube-apiserver (RBAC on, client-certificate auth), kube-controller-manager and kube-scheduler
+run as child processes from binaries built by `hack/build-tools.sh`; kwok plays the kubelet of
+simulated GPU nodes. Everything lives in one temporary directory that `stop()` removes, and every
+process is stopped with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import yaml
+
+from .pki import CertPair, LocalPKI
+
+BIN_DIR_ENV = "MLOPS_BIN_DIR"
+TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not start; the message carries the failing component's log tail."""
+
+
+def default_bin_dir() -> Path:
+    """Where hack/build-tools.sh leaves the binaries (or $MLOPS_BIN_DIR)."""
+    if env := os.environ.get(BIN_DIR_ENV):
+        return Path(env)
+    cache = Path(
+        os.environ.get("MLOPS_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops-operator"
+    )
+    return cache / "bin" / "current"
+
+
+def find_binaries(bin_dir: Path | None = None) -> dict[str, Path]:
+    directory = bin_dir or default_bin_dir()
+    found = {tool: directory / tool for tool in TOOLS}
+    missing = [tool for tool, path in found.items() if not os.access(path, os.X_OK)]
+    if missing:
+        raise ControlPlaneError(
+            f"missing {', '.join(missing)} in {directory}: run hack/build-tools.sh (or make tools) first"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        with self.log.open("ab") as out:
+            # A session of its own: stop() signals the whole group, so nothing is left behind.
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class GpuNodePool:
+    """Simulated nodes with `nvidia.com/gpu` capacity and the GPU product label."""
+
+    count: int = 2
+    gpus_per_node: int = 8
+    gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    cpu: str = "96"
+    memory: str = "1Ti"
+    name_prefix: str = "gpu-node"
+
+
+def gpu_node_manifest(pool: GpuNodePool, index: int) -> dict[str, object]:
+    """A Node object kwok will manage, tainted the way kwok's fake nodes conventionally are."""
+    capacity = {
+        "cpu": pool.cpu,
+        "memory": pool.memory,
+        "pods": "110",
+        "nvidia.com/gpu": str(pool.gpus_per_node),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": f"{pool.name_prefix}-{index}",
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": f"{pool.name_prefix}-{index}",
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": pool.gpu_product,
+                "nvidia.com/gpu.count": str(pool.gpus_per_node),
+            },
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+# Pods must tolerate this to land on the simulated nodes; the operator adds it only when configured
+# to (MLOPS_WORKLOAD_TOLERATIONS), which `mlopsctl dev` and the tests do.
+KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+
+
+@dataclass
+class ControlPlane:
+    """Start with `start()` (or as a context manager); `kubeconfig` is an admin kubeconfig."""
+
+    bin_dir: Path | None = None
+    node_pools: Sequence[GpuNodePool] = (GpuNodePool(),)
+    startup_timeout: float = 90
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlops-cp-")))
+    components: list[Component] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.binaries = find_binaries(self.bin_dir)
+        self.apiserver_port = free_port()
+        self.url = f"https://127.0.0.1:{self.apiserver_port}"
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        started = time.monotonic()
+        try:
+            self._start_components()
+            self._create_nodes()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+        self.components.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _start_components(self) -> None:
+        pki = LocalPKI(self.workdir / "pki")
+        serving = pki.issue(
+            "apiserver",
+            common_name="kube-apiserver",
+            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            ips=("127.0.0.1", "10.96.0.1"),
+            server=True,
+        )
+        admin = pki.issue("admin", common_name="mlops-admin", organizations=("system:masters",))
+        kcm = pki.issue("kcm", common_name="system:kube-controller-manager")
+        scheduler = pki.issue("scheduler", common_name="system:kube-scheduler")
+        kwok = pki.issue("kwok", common_name="mlops-kwok", organizations=("system:masters",))
+        sa = pki.service_account_keys()
+        self.ca_cert = pki.ca_cert
+        self.admin_cert = admin
+        self._write_kubeconfig(self.kubeconfig, admin)
+        kcm_config = self._write_kubeconfig(self.workdir / "kcm.kubeconfig", kcm)
+        scheduler_config = self._write_kubeconfig(self.workdir / "scheduler.kubeconfig", scheduler)
+        kwok_config = self._write_kubeconfig(self.workdir / "kwok.kubeconfig", kwok)
+
+        etcd_client, etcd_peer = free_port(), free_port()
+        b = {k: str(v) for k, v in self.binaries.items()}
+        self._launch(
+            "etcd",
+            [
+                b["etcd"],
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--name=default",
+                # A throwaway cluster: durability is not worth the fsync latency.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_http(f"http://127.0.0.1:{etcd_client}/health", "etcd")
+        self._launch(
+            "kube-apiserver",
+            [
+                b["kube-apiserver"],
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                # The loopback address may not back the `kubernetes` Service's endpoints; skip them.
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--storage-backend=etcd3",
+                "--v=0",
+            ],
+        )
+        self._wait_http(f"{self.url}/readyz", "kube-apiserver", self._ssl_context(admin))
+        common_flags = ["--leader-elect=false", "--v=0"]
+        self._launch(
+            "kube-controller-manager",
+            [
+                b["kube-controller-manager"],
+                f"--kubeconfig={kcm_config}",
+                f"--authentication-kubeconfig={kcm_config}",
+                f"--authorization-kubeconfig={kcm_config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-account-private-key-file={sa.key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--use-service-account-credentials=true",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route",
+                # Evict pods from unreachable simulated nodes quickly, as a real cluster would.
+                "--node-monitor-grace-period=40s",
+                *common_flags,
+            ],
+        )
+        self._launch(
+            "kube-scheduler",
+            [
+                b["kube-scheduler"],
+                f"--kubeconfig={scheduler_config}",
+                f"--authentication-kubeconfig={scheduler_config}",
+                f"--authorization-kubeconfig={scheduler_config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                *common_flags,
+            ],
+        )
+        kwok_stages = self.workdir / "kwok.yaml"
+        kwok_stages.write_text(resources.files(__package__).joinpath("kwok.yaml").read_text())
+        self._launch(
+            "kwok",
+            [
+                b["kwok"],
+                f"--kubeconfig={kwok_config}",
+                f"--config={kwok_stages}",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+        )
+        self._wait_for_controllers()
+
+    def _launch(self, name: str, argv: list[str]) -> None:
+        component = Component(name, argv, self.workdir / f"{name}.log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "KUBERNETES_"))}
+        env["HOME"] = str(self.workdir)  # kwok reads ~/.kwok; keep it out of the user's home
+        component.start(env)
+        self.components.append(component)
+
+    def _component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def _failure(self, name: str, what: str) -> ControlPlaneError:
+        dead = [c for c in self.components if not c.alive()]
+        culprit = dead[0] if dead else self._component(name)
+        return ControlPlaneError(
+            f"{what} (workdir {self.workdir}); last lines of {culprit.name}'s log:\n{culprit.tail()}"
+        )
+
+    def _deadline_loop(self, name: str, what: str) -> Iterator[None]:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if any(not c.alive() for c in self.components):
+                raise self._failure(name, f"{name} exited while waiting for {what}")
+            yield
+            time.sleep(0.2)
+        raise self._failure(name, f"timed out after {self.startup_timeout:.0f}s waiting for {what}")
+
+    def _ssl_context(self, client: CertPair) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        context.load_cert_chain(str(client.cert), str(client.key))
+        return context
+
+    def _wait_http(self, url: str, name: str, context: ssl.SSLContext | None = None) -> None:
+        for _ in self._deadline_loop(name, f"{url} to answer ok"):
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except OSError:
+                continue
+
+    def _wait_for_controllers(self) -> None:
+        """The controller-manager is up once it has made the default ServiceAccount; the scheduler
+        once its /healthz answers."""
+        for _ in self._deadline_loop("kube-controller-manager", "the default ServiceAccount"):
+            if self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0:
+                break
+        port = next(a for a in self._component("kube-scheduler").argv if a.startswith("--secure-port="))
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the scheduler serves a self-signed cert of its own
+        self._wait_http(f"https://127.0.0.1:{port.split('=')[1]}/healthz", "kube-scheduler", context)
+
+    def _write_kubeconfig(self, path: Path, client: CertPair) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "mlops-dev",
+                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_cert)},
+                }
+            ],
+            "users": [
+                {
+                    "name": path.stem,
+                    "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+                }
+            ],
+            "contexts": [{"name": "mlops-dev", "context": {"cluster": "mlops-dev", "user": path.stem}}],
+            "current-context": "mlops-dev",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def _create_nodes(self) -> None:
+        nodes = [gpu_node_manifest(pool, i) for pool in self.node_pools for i in range(pool.count)]
+        if not nodes:
+            return
+        self.kubectl_apply(nodes)
+        names = [str(n["metadata"]["name"]) for n in nodes]  # type: ignore[index]
+        for _ in self._deadline_loop("kwok", f"nodes {', '.join(names)} to become Ready"):
+            result = self.kubectl(
+                "get",
+                "nodes",
+                *names,
+                "-o",
+                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+                check=False,
+            )
+            if result.returncode == 0 and result.stdout.split() == ["True"] * len(names):
+                return
+
+    # -- conveniences --------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.binaries["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            input=input_text,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def kubectl_apply(
+        self, manifests: Sequence[dict[str, object]], *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Server-side apply (large CRDs exceed the client-side last-applied annotation)."""
+        text = yaml.safe_dump_all(manifests)
+        return self.kubectl(
+            "apply", "--server-side", "--field-manager=mlops-dev", "-f", "-", *extra, input_text=text
+        )
+
+    def install_crds(self, crd_dir: Path) -> None:
+        files = sorted(crd_dir.glob("*.yaml"))
+        self.kubectl("apply", "--server-side", "--field-manager=mlops-dev", *[f"-f={f}" for f in files])
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"-f={f}" for f in files])
