@@ -40,6 +40,11 @@ class OperatorConfig(BaseSettings):
         default=None,
         description="kopf peering object for HA (one active replica); empty runs standalone.",
     )
+    timer_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="How often periodic checks (Dataset refresh and retry, run follow-up) look at each object.",
+    )
     trainer_image: str = Field(
         default="ghcr.io/mlops-operator/trainer:0.1.0",
         description="Image of training, compile and evaluate workloads when a spec names none.",

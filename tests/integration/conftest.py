@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
-from mlops_operator.dev.controlplane import ControlPlane, GpuNodePool
+from mlops_operator.dev.controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
+from mlops_operator.dev.s3 import LocalS3
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +67,72 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
         time.sleep(0.2)
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[LocalS3]:
+    with LocalS3() as server:
+        yield server
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    health_port: int
+    log: Path
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(control_plane: ControlPlane, namespace: str, log: Path) -> OperatorProcess:
+    """`mlopsctl run` as its own process, under its own identity, watching one namespace."""
+    metrics, health = free_port(), free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(control_plane.operator_kubeconfig),
+        "MLOPS_NAMESPACES": json.dumps([namespace]),
+        "MLOPS_METRICS_PORT": str(metrics),
+        "MLOPS_HEALTH_PORT": str(health),
+        "MLOPS_LOG_FORMAT": "json",
+        "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+    }
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_operator.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    running = OperatorProcess(process, metrics, health, log)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(healthy, "the operator's /healthz", 30)
+    return running
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    running = start_operator(control_plane, namespace, tmp_path / "operator.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+        if running.process.returncode not in (0, -15):
+            print(running.log.read_text()[-5000:])  # shown by pytest when the test failed

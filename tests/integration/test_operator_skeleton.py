@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from kubernetes import client
 
 from mlops_operator.api.v1alpha1 import GROUP, VERSION, kind_by_name
-from mlops_operator.dev.controlplane import ControlPlane, free_port
+from tests.integration.conftest import OperatorProcess
 from tests.samples import load, valid_samples
 from tests.waiting import wait_for
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[dict[str, int]]:
-    ports = {"metrics": free_port(), "health": free_port()}
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(control_plane.kubeconfig),
-        "MLOPS_NAMESPACES": json.dumps([namespace]),
-        "MLOPS_METRICS_PORT": str(ports["metrics"]),
-        "MLOPS_HEALTH_PORT": str(ports["health"]),
-        "MLOPS_LOG_FORMAT": "json",
-    }
-    log = tmp_path / "operator.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_operator.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{ports['health']}/healthz"), "the operator's /healthz", 30)
-        yield ports
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        if process.returncode not in (0, -15):
-            print(log.read_text())  # shown by pytest on failure
 
 
 def _get(url: str) -> str | None:
@@ -61,12 +25,15 @@ def _ready(obj: dict) -> dict | None:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
 
 
-def test_operator_acknowledges_every_kind_then_stays_quiet(
-    operator: dict[str, int], custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
+def test_operator_acknowledges_kinds_without_a_controller_then_stays_quiet(
+    operator: OperatorProcess, custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ):
+    # The kinds whose controllers are not written yet; Dataset and TrainingRun have tests of their own.
     created = []
     for path in valid_samples():
         doc = load(path)
+        if doc["kind"] not in ("ModelVersion", "InferenceDeployment"):
+            continue
         info = kind_by_name(doc["kind"])
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, info.plural, doc)
         created.append((info.plural, doc["metadata"]["name"]))
@@ -92,12 +59,7 @@ def test_operator_acknowledges_every_kind_then_stays_quiet(
         "NotImplemented events",
         30,
     )
-    assert {e.involved_object.kind for e in events} == {
-        "Dataset",
-        "TrainingRun",
-        "ModelVersion",
-        "InferenceDeployment",
-    }
+    assert {e.involved_object.kind for e in events} == {"ModelVersion", "InferenceDeployment"}
 
     # Idle: nothing changes, so the operator writes nothing.
     versions = {
@@ -115,19 +77,20 @@ def test_operator_acknowledges_every_kind_then_stays_quiet(
     }
     assert after == versions
 
-    metrics = _get(f"http://127.0.0.1:{operator['metrics']}/metrics") or ""
-    assert 'mlops_reconcile_total{kind="Dataset",result="ok"}' in metrics
+    metrics = operator.metrics()
+    assert 'mlops_reconcile_total{kind="ModelVersion",result="ok"}' in metrics
     assert "mlops_reconcile_duration_seconds_bucket" in metrics
 
 
 def test_spec_change_is_reconciled_for_the_new_generation(
-    operator: dict[str, int], custom: client.CustomObjectsApi, namespace: str
+    operator: OperatorProcess, custom: client.CustomObjectsApi, namespace: str
 ):
-    doc = load(valid_samples()[0])
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", doc)
+    doc = load(next(p for p in valid_samples() if "modelversion" in p.name))
+    name = doc["metadata"]["name"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", doc)
     wait_for(
         lambda: (
-            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "digits")
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name)
             .get("status", {})
             .get("observedGeneration")
             == 1
@@ -135,13 +98,13 @@ def test_spec_change_is_reconciled_for_the_new_generation(
         "generation 1 to be observed",
         60,
     )
-    first = _ready(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "digits"))
+    first = _ready(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name))
     custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "datasets", "digits", {"spec": {"refreshInterval": "1h"}}
+        GROUP, VERSION, namespace, "modelversions", name, {"spec": {"stage": "Production"}}
     )
     obj = wait_for(
         lambda: (
-            (o := custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "datasets", "digits"))
+            (o := custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name))
             .get("status", {})
             .get("observedGeneration")
             == 2

@@ -9,6 +9,7 @@ process is stopped with it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,18 +21,31 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import yaml
 
+from ..timeutil import from_rfc3339
 from .pki import CertPair, LocalPKI
 
 BIN_DIR_ENV = "MLOPS_BIN_DIR"
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"
+OPERATOR_USER = "mlops-operator"
+# Record who wrote what (writes only), so tests can prove an idle operator writes nothing.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -206,6 +220,8 @@ class ControlPlane:
         kcm = pki.issue("kcm", common_name="system:kube-controller-manager")
         scheduler = pki.issue("scheduler", common_name="system:kube-scheduler")
         kwok = pki.issue("kwok", common_name="mlops-kwok", organizations=("system:masters",))
+        # The operator's own identity, so the audit log tells its writes apart from the tests'.
+        operator = pki.issue("operator", common_name=OPERATOR_USER, organizations=("system:masters",))
         sa = pki.service_account_keys()
         self.ca_cert = pki.ca_cert
         self.admin_cert = admin
@@ -213,6 +229,10 @@ class ControlPlane:
         kcm_config = self._write_kubeconfig(self.workdir / "kcm.kubeconfig", kcm)
         scheduler_config = self._write_kubeconfig(self.workdir / "scheduler.kubeconfig", scheduler)
         kwok_config = self._write_kubeconfig(self.workdir / "kwok.kubeconfig", kwok)
+        self.operator_kubeconfig = self._write_kubeconfig(self.workdir / "operator.kubeconfig", operator)
+        self.audit_log = self.workdir / "audit.log"
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
 
         etcd_client, etcd_peer = free_port(), free_port()
         b = {k: str(v) for k, v in self.binaries.items()}
@@ -256,6 +276,9 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
                 "--storage-backend=etcd3",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 "--v=0",
             ],
         )
@@ -425,6 +448,17 @@ class ControlPlane:
         return self.kubectl(
             "apply", "--server-side", "--field-manager=mlops-dev", "-f", "-", *extra, input_text=text
         )
+
+    def writes_by(self, username: str, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Write requests (create/update/patch/delete) `username` made, from the audit log."""
+        entries = []
+        for line in self.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != username:
+                continue
+            if since is None or from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
+                entries.append(entry)
+        return entries
 
     def install_crds(self, crd_dir: Path) -> None:
         files = sorted(crd_dir.glob("*.yaml"))

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import dataset, inferencedeployment, modelversion, trainingrun
 from .base import Outcome
+from .context import ReconcileContext
 
-Reconciler = Callable[[Any, Mapping[str, Any]], Outcome]
+Reconciler = Callable[[Any, ReconcileContext], Outcome]
+DueCheck = Callable[[Any, ReconcileContext], bool]
 
-RECONCILERS: dict[str, Reconciler] = {
-    "Dataset": dataset.reconcile,
-    "TrainingRun": trainingrun.reconcile,
-    "ModelVersion": modelversion.reconcile,
-    "InferenceDeployment": inferencedeployment.reconcile,
+
+@dataclass(frozen=True)
+class KindHandler:
+    """How one kind is reconciled: on every change, and on timer ticks when `is_due` says so."""
+
+    reconcile: Reconciler
+    is_due: DueCheck | None = None
+
+
+HANDLERS: dict[str, KindHandler] = {
+    "Dataset": KindHandler(dataset.reconcile, dataset.is_due),
+    "TrainingRun": KindHandler(trainingrun.reconcile),
+    "ModelVersion": KindHandler(modelversion.reconcile),
+    "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
 }

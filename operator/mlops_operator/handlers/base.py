@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..k8s.conditions import ConditionUpdate, find_condition, set_conditions
+from ..k8s.events import Event
 
 READY = "Ready"
 
@@ -27,6 +28,7 @@ class Outcome:
     phase: str
     conditions: tuple[ConditionUpdate, ...]
     fields: Mapping[str, Any] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()  # posted besides the ones for condition transitions
 
 
 @dataclass(frozen=True)

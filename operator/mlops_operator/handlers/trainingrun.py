@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ..api.v1alpha1 import TrainingRunSpec
 from .base import Outcome, not_implemented
+from .context import ReconcileContext
 
 
-def reconcile(spec: TrainingRunSpec, body: Mapping[str, Any]) -> Outcome:
+def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
     return not_implemented("TrainingRun")

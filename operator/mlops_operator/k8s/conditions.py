@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ..timeutil import to_rfc3339
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return to_rfc3339(datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,9 @@ class DatasetStatus(StatusBase):
         default=None, description="sha256 over the sorted manifest (key, size, checksum)."
     )
     manifest_uri: str | None = Field(default=None, description="Where the manifest was written or read.")
-    last_validated_time: str | None = Field(default=None, description="When the data was last checked.")
+    last_checked_time: str | None = Field(
+        default=None, description="When the operator last listed and checked the data (successfully or not)."
+    )
     violations: list[str] = Field(
         default_factory=list, description="First contract violations found, if any.", max_length=20
     )

@@ -1,0 +1,71 @@
+"""What a reconcile may look at besides the spec: the object, its status, clients, settings, time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..integrations.s3 import Boto3ObjectStore, ObjectStore, S3Config
+from ..settings import OperatorConfig
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Clients:
+    """API clients, made once per operator process (tests build their own)."""
+
+    api: Any  # kubernetes.client.ApiClient
+    object_store: Callable[[S3Config], ObjectStore] = Boto3ObjectStore
+
+    @property
+    def core(self) -> Any:
+        from kubernetes import client  # noqa: PLC0415
+
+        return client.CoreV1Api(self.api)
+
+    @property
+    def batch(self) -> Any:
+        from kubernetes import client  # noqa: PLC0415
+
+        return client.BatchV1Api(self.api)
+
+    @property
+    def custom(self) -> Any:
+        from kubernetes import client  # noqa: PLC0415
+
+        return client.CustomObjectsApi(self.api)
+
+
+@dataclass
+class ReconcileContext:
+    body: Mapping[str, Any]
+    clients: Clients | None = None
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    now: Callable[[], datetime] = _utcnow
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+    @property
+    def generation(self) -> int | None:
+        value = self.body.get("metadata", {}).get("generation")
+        return int(value) if value is not None else None
+
+    def require_clients(self) -> Clients:
+        if self.clients is None:
+            raise RuntimeError("this reconcile needs API clients")
+        return self.clients

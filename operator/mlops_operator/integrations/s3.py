@@ -1,0 +1,146 @@
+"""S3 access behind a small interface: list a prefix, read and write small objects.
+
+boto3 is synchronous: callers run in kopf's thread pool (sync handlers), never on the event loop.
+Errors come back as `S3UnavailableError` with a message a person can act on and no credential in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # without leading slash; empty or ending in "/"
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri}")
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if key and not key.endswith("/"):
+            key += "/"
+        return cls(bucket, key)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:  # never print the secret, not even in a traceback
+        return "S3Credentials(***)"
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials: S3Credentials | None = None
+
+
+class S3UnavailableError(Exception):
+    """The bucket cannot be read: missing, denied, unreachable. `reason` is one CamelCase word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ObjectStore(Protocol):
+    def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]: ...
+
+    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
+
+    def exists(self, bucket: str, key: str) -> bool: ...
+
+
+_REASONS = {
+    "NoSuchBucket": "BucketNotFound",
+    "AccessDenied": "AccessDenied",
+    "InvalidAccessKeyId": "InvalidCredentials",
+    "SignatureDoesNotMatch": "InvalidCredentials",
+    "ExpiredToken": "InvalidCredentials",
+    "NoSuchKey": "ObjectNotFound",
+}
+
+
+def _unavailable(error: Exception, what: str) -> S3UnavailableError:
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+        return S3UnavailableError(_REASONS.get(code, "S3Error"), f"{what}: {code}")
+    # BotoCoreError messages name the endpoint, never the credentials.
+    return S3UnavailableError("EndpointUnreachable", f"{what}: {type(error).__name__}: {error}")
+
+
+class Boto3ObjectStore:
+    """`ObjectStore` over a boto3 client."""
+
+    def __init__(self, config: S3Config) -> None:
+        creds = config.credentials
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            region_name=config.region or "us-east-1",
+            aws_access_key_id=creds.access_key_id if creds else None,
+            aws_secret_access_key=creds.secret_access_key if creds else None,
+            aws_session_token=creds.session_token if creds else None,
+            config=Config(
+                connect_timeout=5, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+        )
+
+    def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=location.bucket, Prefix=location.prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        str(item["Key"]), int(item["Size"]), str(item.get("ETag", "")).strip('"')
+                    )
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(error, f"cannot list {location.uri(location.prefix)}") from None
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            return bytes(self._client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(error, f"cannot read s3://{bucket}/{key}") from None
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(error, f"cannot write s3://{bucket}/{key}") from None
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise _unavailable(error, f"cannot read s3://{bucket}/{key}") from None
+        except BotoCoreError as error:
+            raise _unavailable(error, f"cannot read s3://{bucket}/{key}") from None
+        return True

@@ -1,0 +1,204 @@
+"""Dataset manifest, fingerprint, contract and reconcile, as data (an in-memory object store).
+
+The S3 side is an in-memory `ObjectStore` here so each rule is checked in isolation; the same
+reconcile runs against moto's real S3 server in tests/integration/test_dataset.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mlops_operator.api.v1alpha1 import DatasetSpec
+from mlops_operator.api.v1alpha1.dataset import DataContract
+from mlops_operator.builders.dataset import (
+    Manifest,
+    ManifestEntry,
+    contract_violations,
+    manifest_from_jsonl,
+    manifest_from_listing,
+    missing_from_listing,
+)
+from mlops_operator.handlers import dataset
+from mlops_operator.handlers.context import Clients, ReconcileContext
+from mlops_operator.integrations.s3 import ObjectInfo, S3Config, S3Location, S3UnavailableError
+from mlops_operator.timeutil import to_rfc3339
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class InMemoryStore:
+    def __init__(self, objects: dict[str, bytes], *, broken: str | None = None) -> None:
+        self.objects = objects
+        self.broken = broken
+
+    def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+        if self.broken:
+            raise S3UnavailableError(self.broken, f"cannot list {location.uri(location.prefix)}")
+        for key, data in sorted(self.objects.items()):
+            if key.startswith(f"{location.bucket}/{location.prefix}"):
+                yield ObjectInfo(key.removeprefix(f"{location.bucket}/"), len(data), f"etag-{len(data)}")
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self.objects[f"{bucket}/{key}"]
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self.objects[f"{bucket}/{key}"] = data
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return f"{bucket}/{key}" in self.objects
+
+
+def _ctx(store: InMemoryStore, status: dict | None = None, generation: int = 1) -> ReconcileContext:
+    body = {"metadata": {"name": "d", "namespace": "ns", "generation": generation}, "status": status or {}}
+    return ReconcileContext(body, Clients(api=None, object_store=lambda _config: store), now=lambda: NOW)
+
+
+SPEC = DatasetSpec.model_validate(
+    {"source": {"uri": "s3://data/digits/"}, "contract": {"minObjects": 2, "requiredFiles": ["schema.json"]}}
+)
+DATA = {"data/digits/schema.json": b"{}", "data/digits/part-0.npz": b"x" * 100, "data/other/x": b"no"}
+
+
+def test_fingerprint_is_order_independent_and_content_sensitive():
+    a = manifest_from_listing([ObjectInfo("p/a", 1, "e1"), ObjectInfo("p/b", 2, "e2")], "p/")
+    b = manifest_from_listing([ObjectInfo("p/b", 2, "e2"), ObjectInfo("p/a", 1, "e1")], "p/")
+    c = manifest_from_listing([ObjectInfo("p/a", 1, "e1"), ObjectInfo("p/b", 2, "CHANGED")], "p/")
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+    # The documented formula, shared with the trainer's validate-data.
+    assert a.fingerprint == "sha256:" + hashlib.sha256(b"a\t1\te1\nb\t2\te2\n").hexdigest()
+    assert (a.object_count, a.total_bytes) == (2, 3)
+
+
+def test_operator_files_and_folder_markers_are_not_data():
+    listed = [
+        ObjectInfo("p/a", 1, "e"),
+        ObjectInfo("p/.mlops/manifest-1.jsonl", 9, "m"),
+        ObjectInfo("p/dir/", 0, ""),
+    ]
+    assert [e.key for e in manifest_from_listing(listed, "p/").entries] == ["a"]
+
+
+def test_contract_violations_are_precise():
+    manifest = Manifest((ManifestEntry("a.npz", 10, "x"), ManifestEntry("b.txt", 10, "y")))
+    contract = DataContract.model_validate(
+        {
+            "minObjects": 3,
+            "minBytes": 100,
+            "requiredFiles": ["schema.json"],
+            "requiredSuffixes": [".npz"],
+            "expectedFingerprint": "sha256:" + "0" * 64,
+        }
+    )
+    violations = contract_violations(contract, manifest)
+    assert violations[0] == "2 objects, the contract wants at least 3"
+    assert "20 bytes, the contract wants at least 100" in violations
+    assert "required file schema.json is missing" in violations
+    assert "b.txt does not end with one of .npz" in violations
+    assert any(v.startswith("fingerprint sha256:") for v in violations)
+    assert contract_violations(DataContract(), manifest) == []
+
+
+def test_user_manifest_is_checked_against_the_bucket():
+    manifest = manifest_from_jsonl(
+        '{"key": "a", "size": 1, "sha256": "s"}\n{"key": "b", "size": 5, "sha256": "t"}\n'
+    )
+    listed = Manifest((ManifestEntry("a", 2, "e"),))
+    assert missing_from_listing(manifest, listed) == [
+        "a has 2 bytes, the manifest says 1",
+        "b is in the manifest but not in the bucket",
+    ]
+
+
+def test_ready_dataset_reports_counts_and_writes_its_manifest():
+    store = InMemoryStore(dict(DATA))
+    outcome = dataset.reconcile(SPEC, _ctx(store))
+    assert outcome.phase == "Ready"
+    assert outcome.conditions[0].reason == "Validated"
+    assert outcome.fields["objectCount"] == 2
+    assert outcome.fields["totalBytes"] == 102
+    uri = str(outcome.fields["manifestURI"])
+    assert uri.startswith("s3://data/digits/.mlops/manifest-")
+    written = store.objects[uri.removeprefix("s3://")].decode()
+    assert written == manifest_from_jsonl(written).to_jsonl()
+    # A second reconcile over the same data lists the manifest object but does not count it.
+    again = dataset.reconcile(SPEC, _ctx(store, {"fingerprint": outcome.fields["fingerprint"]}))
+    assert again.fields["fingerprint"] == outcome.fields["fingerprint"]
+    assert again.events == ()
+
+
+def test_changed_data_changes_the_fingerprint_with_an_event():
+    store = InMemoryStore(dict(DATA))
+    first = dataset.reconcile(SPEC, _ctx(store))
+    store.objects["data/digits/part-1.npz"] = b"y" * 7
+    second = dataset.reconcile(SPEC, _ctx(store, {"fingerprint": first.fields["fingerprint"]}))
+    assert second.fields["fingerprint"] != first.fields["fingerprint"]
+    assert [e.reason for e in second.events] == ["FingerprintChanged"]
+
+
+def test_contract_violation():
+    store = InMemoryStore({"data/digits/part-0.npz": b"x"})
+    outcome = dataset.reconcile(SPEC, _ctx(store))
+    assert outcome.phase == "Failed"
+    (ready,) = outcome.conditions
+    assert (ready.status, ready.reason) == ("False", "ContractViolated")
+    assert "1 objects, the contract wants at least 2" in ready.message
+    assert "required file schema.json is missing" in ready.message
+
+
+def test_unavailable_source_is_a_condition_not_a_crash():
+    outcome = dataset.reconcile(SPEC, _ctx(InMemoryStore({}, broken="BucketNotFound")))
+    assert outcome.phase == "Pending"
+    (ready,) = outcome.conditions
+    assert (ready.status, ready.reason) == ("False", "SourceUnavailable")
+    assert "BucketNotFound" in ready.message
+
+
+@pytest.mark.parametrize(
+    ("status", "refresh", "due"),
+    [
+        ({}, None, True),  # never checked
+        ({"observedGeneration": 1, "lastCheckedTime": to_rfc3339(NOW)}, None, False),
+        ({"observedGeneration": 0, "lastCheckedTime": to_rfc3339(NOW)}, None, True),  # new generation
+        ({"observedGeneration": 1, "lastCheckedTime": to_rfc3339(NOW - timedelta(minutes=9))}, "10m", False),
+        ({"observedGeneration": 1, "lastCheckedTime": to_rfc3339(NOW - timedelta(minutes=10))}, "10m", True),
+    ],
+)
+def test_refresh_is_due_on_schedule(status, refresh, due):
+    spec = SPEC.model_copy(update={"refresh_interval": refresh})
+    assert dataset.is_due(spec, _ctx(InMemoryStore({}), status)) is due
+
+
+def test_unavailable_source_is_retried_with_growing_backoff():
+    def status(failing_for: timedelta, since_check: timedelta) -> dict:
+        return {
+            "observedGeneration": 1,
+            "lastCheckedTime": to_rfc3339(NOW - since_check),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "SourceUnavailable",
+                    "lastTransitionTime": to_rfc3339(NOW - failing_for),
+                }
+            ],
+        }
+
+    store = InMemoryStore({})
+    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(seconds=20), timedelta(seconds=15))))
+    assert not dataset.is_due(SPEC, _ctx(store, status(timedelta(minutes=4), timedelta(seconds=60))))
+    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(minutes=4), timedelta(minutes=2))))
+    assert not dataset.is_due(SPEC, _ctx(store, status(timedelta(hours=5), timedelta(minutes=4))))
+    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(hours=5), timedelta(minutes=5))))
+
+
+def test_s3_location_parsing():
+    assert S3Location.parse("s3://bucket/a/b") == S3Location("bucket", "a/b/")
+    assert S3Location.parse("s3://bucket") == S3Location("bucket", "")
+    with pytest.raises(ValueError, match="not an s3"):
+        S3Location.parse("gs://bucket/x")
+    assert "secret" not in repr(S3Config(credentials=None))
