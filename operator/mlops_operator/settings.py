@@ -43,7 +43,7 @@ class OperatorConfig(BaseSettings):
     timer_seconds: float = Field(
         default=10,
         gt=0,
-        description="How often periodic checks (Dataset refresh and retry, run follow-up) look at each object.",
+        description="How often periodic checks (Dataset refresh and retry, run follow-up) run per object.",
     )
     trainer_image: str = Field(
         default="ghcr.io/mlops-operator/trainer:0.1.0",
