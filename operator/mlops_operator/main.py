@@ -1,20 +1,30 @@
-"""kopf wiring only: one reconcile per kind on create/update/resume, startup settings, probes."""
+"""kopf wiring only: what triggers a reconcile, and how its result is written.
+
+Every trigger (create/update/resume, a timer tick, an event on a child Job or Pod) ends in
+`reconcile_by_name`: read the object fresh, reconcile, write the status changes (if any) with the
+object's resourceVersion as a precondition, post events. One path, so two triggers racing on the
+same object can never write a stale status over a newer one.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import prometheus_client
+from kubernetes.client.exceptions import ApiException
 
-from .api.v1alpha1 import GROUP, KINDS, VERSION, KindInfo
+from .api.v1alpha1 import GROUP, KINDS, VERSION, KindInfo, kind_by_name
+from .builders.training import RUN_LABEL
 from .handlers import HANDLERS
 from .handlers.base import Outcome, parse_spec, status_patch
 from .handlers.context import Clients, ReconcileContext
 from .k8s.events import Event, post_event
-from .metrics import STATUS_WRITES, observe_reconcile
+from .metrics import PHASES, STATUS_WRITES, observe_reconcile
 from .settings import OperatorConfig, configure_kopf
 
 log = logging.getLogger(__name__)
@@ -26,6 +36,9 @@ class Runtime:
 
     config: OperatorConfig = field(default_factory=OperatorConfig)
     clients: Clients | None = None
+    locks: defaultdict[tuple[str, str, str], threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock)
+    )
 
 
 RUNTIME = Runtime()
@@ -46,40 +59,68 @@ def reconcile_object(info: KindInfo, ctx: ReconcileContext) -> tuple[dict[str, A
             for t in transitions
         ]
         events += outcome.events
-        if changes:
-            STATUS_WRITES.labels(kind=info.kind).inc()
+        PHASES.set(info.kind, ctx.namespace, ctx.name, outcome.phase)
         return changes, events
 
 
-def _apply(body: kopf.Body, patch: kopf.Patch, changes: dict[str, Any], events: list[Event]) -> None:
-    if changes:
-        patch.status.update(changes)
-    for event in events:
-        post_event(body, event.reason, event.message, type_=event.type)
+def reconcile_by_name(info: KindInfo, namespace: str, name: str, *, only_if_due: bool = False) -> None:
+    """Read, reconcile and write one object; the single path of every trigger."""
+    clients = RUNTIME.clients
+    assert clients is not None, "the startup handler sets up the clients"
+    with RUNTIME.locks[(info.kind, namespace, name)]:
+        try:
+            body = clients.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, info.plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                PHASES.set(info.kind, namespace, name, None)
+                return  # deleted meanwhile: nothing to do
+            raise
+        ctx = ReconcileContext(body, clients, RUNTIME.config)
+        is_due = HANDLERS[info.kind].is_due
+        if only_if_due and is_due is not None:
+            spec = parse_spec(info.spec_model, body.get("spec") or {})
+            if isinstance(spec, Outcome) or not is_due(spec, ctx):
+                return
+        changes, events = reconcile_object(info, ctx)
+        if changes:
+            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": changes}
+            try:
+                clients.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, info.plural, name, patch
+                )
+            except ApiException as error:
+                if error.status == 409:  # changed since we read it: look again shortly
+                    raise kopf.TemporaryError(
+                        f"{info.kind} {name} changed while reconciling", delay=1
+                    ) from None
+                raise
+            STATUS_WRITES.labels(kind=info.kind).inc()
+        kopf_body = kopf.Body(body)
+        for event in events:
+            post_event(kopf_body, event.reason, event.message, type_=event.type)
 
 
 def _register(info: KindInfo) -> None:
-    handler = HANDLERS[info.kind]
-
     # Sync handlers: kopf runs them in its thread pool, so blocking clients never stall the event loop.
-    def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        ctx = ReconcileContext(body, RUNTIME.clients, RUNTIME.config)
-        _apply(body, patch, *reconcile_object(info, ctx))
+    def reconcile(name: str, namespace: str | None, **_: Any) -> None:
+        reconcile_by_name(info, str(namespace), name)  # all our kinds are namespaced
 
     reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{info.singular}"
     for decorator in (kopf.on.create, kopf.on.resume):
         decorator(GROUP, VERSION, info.plural, id="reconcile")(reconcile)
     kopf.on.update(GROUP, VERSION, info.plural, id="reconcile", field="spec")(reconcile)
 
-    if handler.is_due is not None:
-        is_due = handler.is_due
+    def forget(name: str, namespace: str | None, **_: Any) -> None:
+        PHASES.set(info.kind, str(namespace), name, None)
 
-        def tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-            ctx = ReconcileContext(body, RUNTIME.clients, RUNTIME.config)
-            spec = parse_spec(info.spec_model, body.get("spec") or {})
-            # Checking is free (no API call); only a due object is reconciled, so idle means no writes.
-            if not isinstance(spec, Outcome) and is_due(spec, ctx):
-                _apply(body, patch, *reconcile_object(info, ctx))
+    # optional: no finalizer is added, so deleting an object never waits for the operator.
+    kopf.on.delete(GROUP, VERSION, info.plural, id="forget", optional=True)(forget)
+
+    if HANDLERS[info.kind].is_due is not None:
+
+        def tick(name: str, namespace: str | None, **_: Any) -> None:
+            # Checking is cheap (no write); only a due object is reconciled, so idle means no writes.
+            reconcile_by_name(info, str(namespace), name, only_if_due=True)
 
         tick.__name__ = tick.__qualname__ = f"tick_{info.singular}"
         # The interval is read when this module is imported: MLOPS_TIMER_SECONDS must be set before.
@@ -89,6 +130,19 @@ def _register(info: KindInfo) -> None:
 
 for _info in KINDS:
     _register(_info)
+
+
+def _owner_run(labels: kopf.Labels, namespace: str | None) -> tuple[str, str] | None:
+    name = labels.get(RUN_LABEL)
+    return (namespace, name) if name and namespace else None
+
+
+# A TrainingRun follows its Jobs and their pods: any change to one reconciles the run at once.
+@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
+def child_changed(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    if owner := _owner_run(labels, namespace):
+        reconcile_by_name(kind_by_name("TrainingRun"), *owner)
 
 
 def _load_clients() -> Clients:

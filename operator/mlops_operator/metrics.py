@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
 
 RECONCILE_TOTAL = Counter(
     "mlops_reconcile_total",
@@ -24,6 +26,51 @@ STATUS_WRITES = Counter(
     "Status patches sent, by kind; a reconcile that changes nothing sends none.",
     ["kind"],
 )
+
+
+TRAINING_ATTEMPTS = Counter("mlops_training_attempts_total", "Training attempts started.", ["namespace"])
+TRAINING_GPU_SECONDS = Counter(
+    "mlops_training_gpu_seconds_total",
+    "GPU-seconds held by training attempts (nodes x GPUs x wall time).",
+    ["namespace"],
+)
+TRAINING_TIME_TO_START = Histogram(
+    "mlops_training_time_to_start_seconds",
+    "From a TrainingRun's start to its first attempt running (queueing, scheduling, image pull).",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+TRAINING_DURATION = Histogram(
+    "mlops_training_duration_seconds",
+    "From a TrainingRun's start to its end, by result.",
+    ["result"],
+    buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800),
+)
+
+
+class PhaseCollector(Collector):
+    """`mlops_objects{kind, phase}`: how many objects of each kind are in each phase right now."""
+
+    def __init__(self) -> None:
+        self.phases: dict[tuple[str, str, str], str] = {}
+
+    def set(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
+        if phase is None:
+            self.phases.pop((kind, namespace, name), None)
+        else:
+            self.phases[(kind, namespace, name)] = phase
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily("mlops_objects", "Objects by kind and phase.", labels=["kind", "phase"])
+        counts: dict[tuple[str, str], int] = {}
+        for (kind, _, _), phase in list(self.phases.items()):
+            counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
+        for (kind, phase), count in sorted(counts.items()):
+            family.add_metric([kind, phase], count)
+        return [family]
+
+
+PHASES = PhaseCollector()
+REGISTRY.register(PHASES)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ class KindHandler:
 
 HANDLERS: dict[str, KindHandler] = {
     "Dataset": KindHandler(dataset.reconcile, dataset.is_due),
-    "TrainingRun": KindHandler(trainingrun.reconcile),
+    "TrainingRun": KindHandler(trainingrun.reconcile, trainingrun.is_due),
     "ModelVersion": KindHandler(modelversion.reconcile),
     "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
 }

@@ -189,6 +189,19 @@ TrainingRunPhase = Literal[
 ]
 
 
+class AttemptFailure(ApiModel):
+    """Why one attempt failed."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    attempt: int = Field(description="The attempt, starting at 1.")
+    reason: str = Field(description="Evicted, Preempted, NodeLost, OOMKilled, the trainer's reason ...")
+    message: str = Field(default="", description="The pod's or the trainer's message.")
+    retryable: bool = Field(description="Whether another attempt could help.")
+    exit_code: int | None = Field(default=None, description="The trainer's exit code, when it exited.")
+    time: str | None = Field(default=None, description="When the failure was seen.")
+
+
 class TrainingRunStatus(StatusBase):
     """Observed state of a TrainingRun."""
 
@@ -209,3 +222,16 @@ class TrainingRunStatus(StatusBase):
     model_uri: str | None = Field(default=None, description="URI of the trained model artifacts.")
     checkpoint_uri: str | None = Field(default=None, description="URI of the last checkpoint.")
     wandb_run: str | None = Field(default=None, description="W&B run path (entity/project/run-id).")
+    attempt_start_time: str | None = Field(
+        default=None, description="When the current attempt's Job was made."
+    )
+    next_attempt_time: str | None = Field(
+        default=None, description="When the next attempt starts, while waiting out the retry backoff."
+    )
+    failures: list[AttemptFailure] = Field(
+        default_factory=list, description="Failed attempts, oldest first.", max_length=20
+    )
+    spec_hash: str | None = Field(
+        default=None, description="Hash of the spec the run started with; later changes are refused."
+    )
+    gpu_seconds: float | None = Field(default=None, description="GPU time consumed by all attempts so far.")

@@ -1,0 +1,428 @@
+"""Pure builders of a TrainingRun's workload, and pure readings of what the workload did.
+
+`build_job` / `build_rendezvous_service` turn the spec (+ the Dataset it trains on, the attempt and
+operator settings) into manifests; `observe` turns the Job and its pods into one `Observation`. No I/O
+here: the handler fetches and applies, these are tested as plain data.
+
+The environment handed to the trainer is the contract of trainer-image/README.md ("Environment
+contract"): MLOPS_* settings, AWS_* for S3, WANDB_* for tracking; secrets only as secretKeyRefs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
+from ..k8s.naming import child_name, common_labels
+
+KIND = "TrainingRun"
+RENDEZVOUS_PORT = 29500
+ATTEMPT_LABEL = "mlops.dev/attempt"
+RUN_LABEL = "mlops.dev/trainingrun"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+# Exit codes of mlops-trainer (trainer-image/mlops_trainer/errors.py): 1 unexpected error and 75
+# preempted/temporarily unavailable are retryable; 2, 65, 70, 78 are permanent. 143 is a SIGTERM the
+# process did not handle (a drained node): retryable too.
+RETRYABLE_EXIT_CODES = frozenset({1, 75, 143})
+TRAINER_SUMMARY_SCHEMA = "mlops.dev/trainer-result/v1"
+
+
+def job_name(run: str, attempt: int) -> str:
+    return child_name(run, f"a{attempt}")
+
+
+def service_name(run: str) -> str:
+    return child_name(run, "rdzv")
+
+
+def spec_hash(spec: TrainingRunSpec) -> str:
+    """Hash of what a started run may not change (everything but suspend and the TTL)."""
+    frozen = spec.wire()
+    frozen.pop("suspend", None)
+    frozen.pop("ttlSecondsAfterFinished", None)
+    return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """Everything the workload of one attempt depends on."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: TrainingRunSpec
+    dataset: DatasetSpec
+    dataset_fingerprint: str
+    attempt: int
+    default_image: str
+    extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+    @property
+    def distributed(self) -> bool:
+        return self.spec.distributed.nodes > 1
+
+    @property
+    def job_name(self) -> str:
+        return job_name(self.name, self.attempt)
+
+
+def _owner(inputs: TrainingInputs) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": inputs.name,
+        "uid": inputs.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(inputs: TrainingInputs) -> dict[str, str]:
+    labels = common_labels(KIND, inputs.name, component="trainer")
+    labels[ATTEMPT_LABEL] = str(inputs.attempt)
+    if inputs.spec.scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = inputs.spec.scheduling.queue_name
+    return labels
+
+
+def _env(inputs: TrainingInputs) -> list[dict[str, Any]]:
+    spec, source = inputs.spec, inputs.dataset.source
+    env: list[dict[str, Any]] = [
+        {"name": "MLOPS_MODEL", "value": spec.model},
+        {"name": "MLOPS_DATASET_URI", "value": source.uri},
+        {"name": "MLOPS_DATASET_FINGERPRINT", "value": inputs.dataset_fingerprint},
+        {"name": "MLOPS_OUTPUT_URI", "value": spec.output.uri},
+        {"name": "MLOPS_HYPERPARAMETERS", "value": json.dumps(spec.hyperparameters, sort_keys=True)},
+        {"name": "MLOPS_RUN_NAME", "value": f"{inputs.namespace}-{inputs.name}"},
+        {"name": "MLOPS_ATTEMPT", "value": str(inputs.attempt)},
+        {"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+    ]
+    if spec.checkpoint:
+        env += [
+            {"name": "MLOPS_CHECKPOINT_URI", "value": spec.checkpoint.uri},
+            {"name": "MLOPS_CHECKPOINT_INTERVAL_STEPS", "value": str(spec.checkpoint.interval_steps)},
+        ]
+    if source.endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": source.endpoint_url})
+    if source.region:
+        env.append({"name": "AWS_REGION", "value": source.region})
+    creds = source.credentials_secret_ref
+    if creds:
+        pairs = [
+            ("AWS_ACCESS_KEY_ID", creds.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key_key),
+        ]
+        if creds.session_token_key:
+            pairs.append(("AWS_SESSION_TOKEN", creds.session_token_key))
+        env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": k}}} for n, k in pairs]
+    wandb = spec.tracking.wandb
+    if wandb:
+        env += [
+            {"name": "WANDB_PROJECT", "value": wandb.project},
+            {"name": "WANDB_MODE", "value": wandb.mode},
+        ]
+        if wandb.entity:
+            env.append({"name": "WANDB_ENTITY", "value": wandb.entity})
+        if wandb.api_key_secret_ref:
+            ref = wandb.api_key_secret_ref
+            env.append(
+                {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            )
+    else:
+        env.append({"name": "WANDB_MODE", "value": "disabled"})
+    if inputs.distributed:
+        # The pod's index in the Indexed Job is its torchrun node rank.
+        env.append(
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                    }
+                },
+            }
+        )
+    return env
+
+
+def _command(inputs: TrainingInputs) -> tuple[list[str], list[str]]:
+    spec = inputs.spec
+    args = list(spec.args) if spec.args is not None else ["train"]
+    if spec.command is not None:
+        return list(spec.command), args
+    procs = spec.distributed.procs_per_node
+    if inputs.distributed:
+        master = f"{inputs.job_name}-0.{service_name(inputs.name)}"
+        launcher = [
+            "torchrun",
+            f"--nnodes={spec.distributed.nodes}",
+            f"--nproc-per-node={procs}",
+            "--node-rank=$(NODE_RANK)",
+            f"--master-addr={master}",
+            f"--master-port={RENDEZVOUS_PORT}",
+            "-m",
+            "mlops_trainer",
+        ]
+        return launcher, args
+    if procs > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={procs}", "-m", "mlops_trainer"], args
+    return ["mlops-trainer"], args
+
+
+def _resources(inputs: TrainingInputs) -> dict[str, Any]:
+    res = inputs.spec.resources
+    limits: dict[str, str] = {}
+    if res.gpus_per_worker:
+        limits["nvidia.com/gpu"] = str(res.gpus_per_worker)
+    if res.cpu:
+        limits["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = res.memory
+    out: dict[str, Any] = {"limits": limits} if limits else {}
+    requests = {k: v for k, v in limits.items() if k != "nvidia.com/gpu"}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _tolerations(inputs: TrainingInputs) -> list[dict[str, Any]]:
+    tolerations = [t.wire() for t in inputs.spec.scheduling.tolerations]
+    if inputs.spec.resources.gpus_per_worker:
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule so only GPU workloads land there.
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    tolerations += [dict(t) for t in inputs.extra_tolerations]
+    return tolerations
+
+
+def build_job(inputs: TrainingInputs) -> dict[str, Any]:
+    spec = inputs.spec
+    labels = _labels(inputs)
+    node_selector = dict(spec.scheduling.node_selector)
+    if spec.resources.gpu_product:
+        node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
+    command, args = _command(inputs)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.service_account_name or "default",
+        # The trainer talks to S3 and W&B, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 120,  # time to write a checkpoint on SIGTERM
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": spec.image or inputs.default_image,
+                "command": command,
+                "args": args,
+                "env": _env(inputs),
+                "resources": _resources(inputs),
+                "terminationMessagePath": "/dev/termination-log",
+                # The trainer writes its JSON summary there; if it crashes first, the log tail stands in.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+                    {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            # DataLoader workers pass batches through shared memory; the default 64 MiB is too small.
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations := _tolerations(inputs):
+        pod_spec["tolerations"] = tolerations
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    job_spec: dict[str, Any] = {
+        # Attempts are the operator's: it retries with backoff and resumes from the checkpoint.
+        "backoffLimit": 0,
+        "completions": spec.distributed.nodes,
+        "parallelism": spec.distributed.nodes,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if inputs.distributed:
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = service_name(inputs.name)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": inputs.job_name,
+            "namespace": inputs.namespace,
+            "labels": labels,
+            "ownerReferences": [_owner(inputs)],
+        },
+        "spec": job_spec,
+    }
+
+
+def build_rendezvous_service(inputs: TrainingInputs) -> dict[str, Any]:
+    """Headless Service giving each worker pod a DNS name (<job>-<index>.<service>) for torchrun."""
+    labels = common_labels(KIND, inputs.name, component="rendezvous")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(inputs.name),
+            "namespace": inputs.namespace,
+            "labels": labels,
+            "ownerReferences": [_owner(inputs)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            # Workers must find each other before they are Ready.
+            "publishNotReadyAddresses": True,
+            "selector": {RUN_LABEL: inputs.name},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+# -- reading what the workload did ---------------------------------------------------------------
+
+State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    retryable: bool
+    reason: str
+    message: str
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: State
+    unschedulable: str | None = None
+    result: Mapping[str, Any] | None = None
+    failure: Failure | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond  # type: ignore[no-any-return]
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER and "terminated" in (status.get("state") or {}):
+            return status["state"]["terminated"]  # type: ignore[no-any-return]
+    return None
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON summary from a termination message, or None when it is not one."""
+    if not message:
+        return None
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
+    """Why a pod failed, and whether another attempt can help."""
+    status = pod.get("status", {})
+    if status.get("reason") == "Evicted":
+        return Failure(True, "Evicted", status.get("message") or "the pod was evicted")
+    if status.get("reason") in {"NodeLost", "NodeShutdown", "Terminated"}:
+        return Failure(
+            True, "NodeLost", status.get("message") or f"the node went away ({status.get('reason')})"
+        )
+    disruption = _condition(pod, "DisruptionTarget")
+    if disruption:
+        return Failure(True, "Preempted", disruption.get("message") or str(disruption.get("reason")))
+    terminated = _terminated(pod)
+    if terminated is None:
+        return Failure(True, "PodFailed", status.get("message") or "the pod failed before its container ran")
+    code = int(terminated.get("exitCode", -1))
+    summary = parse_summary(terminated.get("message"))
+    if terminated.get("reason") == "OOMKilled":
+        return Failure(False, "OOMKilled", "the trainer ran out of memory; raise resources.memory", code)
+    if summary is not None and summary.get("schema") == TRAINER_SUMMARY_SCHEMA:
+        return Failure(
+            bool(summary.get("retryable")),
+            str(summary.get("reason") or "TrainerFailed"),
+            str(summary.get("message") or "")[:1024],
+            code,
+        )
+    message = (terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
+    return Failure(code in RETRYABLE_EXIT_CODES, f"ExitCode{code}", message, code)
+
+
+def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Observation:
+    """One reading of an attempt's Job and pods."""
+    if job is None:
+        return Observation("Missing")
+    started = job.get("status", {}).get("startTime")
+    if complete := _condition(job, "Complete"):
+        done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+        # Rank 0 (index 0, or the only pod) reports the run's result.
+        done.sort(
+            key=lambda p: (
+                p.get("metadata", {})
+                .get("annotations", {})
+                .get("batch.kubernetes.io/job-completion-index", "")
+            )
+        )
+        terminated = _terminated(done[0]) if done else None
+        result = parse_summary(terminated.get("message")) if terminated else None
+        return Observation(
+            "Succeeded",
+            result=result or {},
+            started_at=started,
+            finished_at=complete.get("lastTransitionTime"),
+        )
+    failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    job_failed = _condition(job, "Failed")
+    if failed_pods or job_failed:
+        if failed_pods:
+            failure = classify_pod_failure(failed_pods[0])
+        else:
+            assert job_failed is not None
+            failure = Failure(
+                True, str(job_failed.get("reason") or "JobFailed"), str(job_failed.get("message") or "")
+            )
+        finished = job_failed.get("lastTransitionTime") if job_failed else None
+        return Observation("Failed", failure=failure, started_at=started, finished_at=finished)
+    for pod in pods:
+        for cond in pod.get("status", {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return Observation(
+                    "Pending", unschedulable=str(cond.get("message") or "Unschedulable"), started_at=started
+                )
+    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+    if running:
+        return Observation("Running", started_at=started)
+    return Observation("Pending", started_at=started)
+
+
+def backoff_seconds(failed_attempt: int, base: int, cap: int) -> int:
+    """Exponential backoff after `failed_attempt` (1-based): base, 2*base, 4*base ... up to cap."""
+    return int(min(cap, base * 2 ** max(0, failed_attempt - 1)))
