@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The trainer (torch, onnx, wandb) has a venv of its own: torch stays out of the operator's.
+TRAINER_VENV ?= trainer-image/.venv
+TRAINER_STAMP := $(TRAINER_VENV)/.installed
 PYTEST_ARGS ?=
+LINTED := operator tests trainer-image bench
 
-.PHONY: install tools crds lint format typecheck unit test dev clean
+.PHONY: install trainer tools crds lint format typecheck unit test dev clean
 
 ## install: create .venv and install the operator with its dev/test extras
 install: $(STAMP)
@@ -16,6 +20,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+## trainer: the trainer's own venv (torch from PyPI, onnx, onnxruntime, wandb, moto)
+trainer: $(TRAINER_STAMP)
+
+$(TRAINER_STAMP): trainer-image/pyproject.toml
+	test -x $(TRAINER_VENV)/bin/python || $(PYTHON) -m venv $(TRAINER_VENV)
+	$(TRAINER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRAINER_VENV)/bin/python -m pip install -q -e './trainer-image[dev]'
+	touch $(TRAINER_STAMP)
 
 ## tools: build (once, then cached) the Go control plane: kube-apiserver, etcd, kwok, helm ...
 tools:
@@ -27,28 +40,30 @@ crds: install
 
 ## lint: ruff lint and format check
 lint: install
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: install
-	$(BIN)/ruff format operator tests
-	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
-## typecheck: mypy --strict on the operator package
-typecheck: install
+## typecheck: mypy --strict on the operator and on the trainer package
+typecheck: install trainer
 	$(BIN)/mypy --strict operator
+	cd trainer-image && $(abspath $(TRAINER_VENV))/bin/mypy --strict mlops_trainer
 
 ## unit: unit tests only (no control plane)
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-## test: lint, typecheck, unit and integration tests (integration runs on the local control plane)
-test: lint typecheck tools
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+## test: lint, typecheck, then the operator's unit and integration tests and the trainer's tests
+test: lint typecheck tools trainer
+	$(BIN)/python -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
+	$(TRAINER_VENV)/bin/python -m pytest tests/trainer $(PYTEST_ARGS)
 
 ## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)
-dev: install tools
+dev: install tools trainer
 	$(BIN)/mlopsctl dev $(DEV_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) .mypy_cache .ruff_cache .pytest_cache

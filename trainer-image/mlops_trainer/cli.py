@@ -1,0 +1,269 @@
+"""`mlops-trainer train|compile|evaluate|validate-data|write-demo-data`.
+
+Each flag has an environment variable (named in its help); the flag wins. Every command ends by
+writing the JSON result summary to the termination-message path and exiting with a code from
+`errors.ExitCode`, so the operator learns the outcome from the pod's status alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import ExitCode, TrainerError
+from .result import summary, termination_message_path, write_termination_message
+
+log = logging.getLogger("mlops_trainer")
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, env: str, help_text: str, **kwargs: Any) -> None:
+    """A flag whose default comes from `env` (read when the command line is parsed)."""
+    parser.add_argument(flag, default=_env(env), help=f"{help_text} [env {env}]", **kwargs)
+
+
+def _int(value: str | None, default: int, name: str) -> int:
+    from .errors import ConfigError  # noqa: PLC0415
+
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float(value: str | None, default: float, name: str) -> float:
+    from .errors import ConfigError  # noqa: PLC0415
+
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import Hyperparameters, TrackingSettings, TrainSettings  # noqa: PLC0415
+    from .train import train  # noqa: PLC0415 - torch loads only for commands that need it
+
+    hyperparameters_text = args.hyperparameters
+    if args.hyperparameters_file:
+        with open(args.hyperparameters_file, encoding="utf-8") as handle:
+            hyperparameters_text = handle.read()
+    settings = TrainSettings(
+        model=args.model or "",
+        dataset_uri=args.dataset_uri or "",
+        output_uri=args.output_uri or "",
+        hyperparameters=Hyperparameters.from_json(hyperparameters_text),
+        checkpoint_uri=args.checkpoint_uri,
+        checkpoint_interval_steps=_int(args.checkpoint_interval_steps, 500, "checkpoint interval"),
+        keep_checkpoints=_int(args.keep_checkpoints, 3, "kept checkpoints"),
+        run_name=args.run_name or "run",
+        device=args.device or "auto",
+        onnx_tolerance=_float(args.onnx_tolerance, 1e-4, "ONNX tolerance"),
+        dataset_fingerprint=args.dataset_fingerprint,
+        work_dir=args.work_dir or "/tmp/mlops-trainer",  # noqa: S108 - container scratch space
+        tracking=TrackingSettings.from_env(),
+    )
+    return train(settings)
+
+
+def _validate_data(args: argparse.Namespace) -> dict[str, Any]:
+    from .dataset import DataContract, validate_dataset  # noqa: PLC0415
+    from .errors import ConfigError, DataError  # noqa: PLC0415
+    from .storage import open_store  # noqa: PLC0415
+
+    if not args.dataset_uri:
+        raise ConfigError("no data set: set MLOPS_DATASET_URI or --dataset-uri")
+    report = validate_dataset(open_store(args.dataset_uri), DataContract.from_json(args.contract))
+    result = report.to_json()
+    for violation in report.violations:
+        log.error("violation: %s", violation)
+    if not report.valid:
+        raise DataError(
+            f"{len(report.violations)} contract violation(s); first: {report.violations[0]}",
+            details={"validation": result},
+        )
+    return {"validation": result}
+
+
+def _write_demo_data(args: argparse.Namespace) -> dict[str, Any]:
+    from .demo_data import write_digits_to_store  # noqa: PLC0415
+    from .errors import ConfigError  # noqa: PLC0415
+    from .storage import open_store  # noqa: PLC0415
+
+    if not args.dataset_uri:
+        raise ConfigError("no target: set MLOPS_DATASET_URI or --dataset-uri")
+    written = write_digits_to_store(open_store(args.dataset_uri))
+    return {
+        "dataset": {
+            "uri": written.uri,
+            "objectCount": written.object_count,
+            "totalBytes": written.total_bytes,
+            "fingerprint": written.fingerprint,
+            "records": written.records,
+        }
+    }
+
+
+def _compile(args: argparse.Namespace) -> dict[str, Any]:
+    from .compiler import CompileSettings, compile_model, parse_dynamic_shapes  # noqa: PLC0415
+
+    settings = CompileSettings(
+        model_uri=args.model_uri or "",
+        output_uri=args.output_uri or "",
+        target=args.target or "tensorrt",
+        precision=args.precision or "fp16",
+        max_batch_size=_int(args.max_batch_size, 8, "max batch size"),
+        dynamic_shapes=parse_dynamic_shapes(args.dynamic_shapes),
+        workspace_mib=_int(args.workspace_mib, 1024, "workspace MiB"),
+        calibration_dataset_uri=args.calibration_dataset_uri,
+        calibration_max_samples=_int(args.calibration_max_samples, 512, "calibration samples"),
+        calibration_batch_size=_int(args.calibration_batch_size, 32, "calibration batch size"),
+    )
+    return compile_model(settings)
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluate import EvaluateSettings, evaluate  # noqa: PLC0415
+
+    settings = EvaluateSettings(
+        engine_uri=args.engine_uri or "",
+        dataset_uri=args.dataset_uri or "",
+        split=args.split or "test",
+        batch_size=_int(args.batch_size, 0, "batch size") or None,
+        warmup_batches=_int(args.warmup_batches, 10, "warm-up batches"),
+        latency_batches=_int(args.latency_batches, 100, "latency batches"),
+    )
+    return evaluate(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mlops-trainer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        _flag(sub, "--termination-message-path", "MLOPS_TERMINATION_MESSAGE_PATH",
+              "where the JSON result goes (default /dev/termination-log)")  # fmt: skip
+        return sub
+
+    train = command("train", _train, "train a model from the registry on a data set")
+    _flag(train, "--model", "MLOPS_MODEL", "architecture name, e.g. digits-cnn")
+    _flag(train, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix (s3://bucket/prefix/)")
+    _flag(train, "--output-uri", "MLOPS_OUTPUT_URI", "prefix for model.pt, model.onnx, metadata.json")
+    _flag(
+        train, "--checkpoint-uri", "MLOPS_CHECKPOINT_URI", "checkpoint prefix; resumes from it when present"
+    )
+    _flag(
+        train,
+        "--checkpoint-interval-steps",
+        "MLOPS_CHECKPOINT_INTERVAL_STEPS",
+        "checkpoint every N steps (500)",
+    )
+    _flag(train, "--keep-checkpoints", "MLOPS_KEEP_CHECKPOINTS", "checkpoints kept (3)")
+    _flag(train, "--hyperparameters", "MLOPS_HYPERPARAMETERS", "JSON object of hyperparameters")
+    _flag(train, "--hyperparameters-file", "MLOPS_HYPERPARAMETERS_FILE", "file holding that JSON object")
+    _flag(train, "--run-name", "MLOPS_RUN_NAME", "run name (W&B run and artifact names)")
+    _flag(train, "--device", "MLOPS_DEVICE", "auto, cpu or cuda (auto)")
+    _flag(train, "--onnx-tolerance", "MLOPS_ONNX_TOLERANCE", "max abs ONNX-vs-PyTorch difference (1e-4)")
+    _flag(
+        train, "--dataset-fingerprint", "MLOPS_DATASET_FINGERPRINT", "fail if the data's fingerprint differs"
+    )
+    _flag(train, "--work-dir", "MLOPS_WORK_DIR", "local scratch (W&B files) (/tmp/mlops-trainer)")
+
+    validate = command(
+        "validate-data", _validate_data, "check a data set against its manifest, schema and contract"
+    )
+    _flag(validate, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix")
+    _flag(validate, "--contract", "MLOPS_DATA_CONTRACT", "JSON data contract (Dataset.spec.contract)")
+
+    demo = command("write-demo-data", _write_demo_data, "write the digits demo data set to a prefix")
+    _flag(demo, "--dataset-uri", "MLOPS_DATASET_URI", "target prefix")
+
+    compile_ = command(
+        "compile", _compile, "build a TensorRT engine (or validated ONNX model) from a trained model"
+    )
+    _flag(compile_, "--model-uri", "MLOPS_MODEL_URI", "training output prefix (model.onnx + metadata.json)")
+    _flag(compile_, "--output-uri", "MLOPS_OUTPUT_URI", "prefix for the engine and its metadata.json")
+    _flag(
+        compile_,
+        "--target",
+        "MLOPS_COMPILE_TARGET",
+        "tensorrt or onnx (tensorrt)",
+        choices=["tensorrt", "onnx"],
+    )
+    _flag(
+        compile_,
+        "--precision",
+        "MLOPS_PRECISION",
+        "fp32, fp16 or int8 (fp16)",
+        choices=["fp32", "fp16", "int8"],
+    )
+    _flag(compile_, "--max-batch-size", "MLOPS_MAX_BATCH_SIZE", "largest batch (8)")
+    _flag(compile_, "--dynamic-shapes", "MLOPS_DYNAMIC_SHAPES", "JSON list of {input, min, opt, max}")
+    _flag(compile_, "--workspace-mib", "MLOPS_WORKSPACE_MIB", "TensorRT workspace limit in MiB (1024)")
+    _flag(
+        compile_,
+        "--calibration-dataset-uri",
+        "MLOPS_CALIBRATION_DATASET_URI",
+        "data set for int8 calibration",
+    )
+    _flag(compile_, "--calibration-max-samples", "MLOPS_CALIBRATION_MAX_SAMPLES", "calibration samples (512)")
+    _flag(compile_, "--calibration-batch-size", "MLOPS_CALIBRATION_BATCH_SIZE", "calibration batch (32)")
+
+    evaluate = command("evaluate", _evaluate, "measure accuracy, latency and size of a compiled artifact")
+    _flag(evaluate, "--engine-uri", "MLOPS_ENGINE_URI", "compile output prefix")
+    _flag(evaluate, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix")
+    _flag(evaluate, "--split", "MLOPS_EVAL_SPLIT", "split to score (test)")
+    _flag(evaluate, "--batch-size", "MLOPS_EVAL_BATCH_SIZE", "batch size (the engine's max)")
+    _flag(evaluate, "--warmup-batches", "MLOPS_EVAL_WARMUP_BATCHES", "untimed warm-up batches (10)")
+    _flag(evaluate, "--latency-batches", "MLOPS_EVAL_LATENCY_BATCHES", "timed batches (100)")
+    return parser
+
+
+def _writes_termination_message() -> bool:
+    """Under torchrun several processes share a container: its local rank 0 writes the file."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    fields: dict[str, Any]
+    try:
+        fields = args.handler(args)
+        code, reason, message = ExitCode.SUCCESS, "Succeeded", ""
+    except TrainerError as exc:
+        log.error("%s: %s", exc.reason, exc)
+        code, reason, message, fields = exc.exit_code, exc.reason, str(exc), dict(exc.details)
+    except Exception as exc:  # anything unforeseen is reported, then retried by the operator
+        log.exception("unexpected failure")
+        code, reason, message, fields = ExitCode.INTERNAL, "InternalError", f"{type(exc).__name__}: {exc}", {}
+    fields["durationSeconds"] = round(time.monotonic() - started, 3)
+    if _writes_termination_message():
+        write_termination_message(
+            summary(args.command, code, reason=reason, message=message, **fields),
+            termination_message_path(args.termination_message_path),
+        )
+    return int(code)
