@@ -8,6 +8,7 @@ same object can never write a stale status over a newer one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import defaultdict
@@ -50,13 +51,18 @@ def reconcile_object(info: KindInfo, ctx: ReconcileContext) -> tuple[dict[str, A
         parsed = parse_spec(info.spec_model, ctx.body.get("spec") or {})
         outcome = parsed if isinstance(parsed, Outcome) else HANDLERS[info.kind].reconcile(parsed, ctx)
         changes, transitions = status_patch(ctx.status, outcome, ctx.generation)
+        # An event for every change of Ready (so every phase change), and for any other condition
+        # only when it turns into a problem.
         events = [
             Event(
                 reason=t.reason,
                 message=f"{t.type}={t.status}: {t.message}",
-                type="Warning" if t.status == "False" and outcome.phase == "Failed" else "Normal",
+                type="Warning"
+                if t.status == "False" and (outcome.phase == "Failed" or t.type != "Ready")
+                else "Normal",
             )
             for t in transitions
+            if t.type == "Ready" or t.status == "False"
         ]
         events += outcome.events
         PHASES.set(info.kind, ctx.namespace, ctx.name, outcome.phase)
@@ -118,14 +124,20 @@ def _register(info: KindInfo) -> None:
 
     if HANDLERS[info.kind].is_due is not None:
 
-        def tick(name: str, namespace: str | None, **_: Any) -> None:
-            # Checking is cheap (no write); only a due object is reconciled, so idle means no writes.
-            reconcile_by_name(info, str(namespace), name, only_if_due=True)
+        async def tick(name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any) -> None:
+            # One cheap loop per object (a daemon, not a kopf timer: no log line per tick). Checking
+            # is free of writes; only a due object is reconciled, so idle means no writes.
+            while not stopped:
+                await stopped.wait(RUNTIME.config.timer_seconds)
+                if stopped:
+                    break
+                try:
+                    await asyncio.to_thread(reconcile_by_name, info, str(namespace), name, only_if_due=True)
+                except Exception:  # the next tick tries again; the daemon must outlive one bad reconcile
+                    log.exception("periodic reconcile of %s %s/%s failed", info.kind, namespace, name)
 
         tick.__name__ = tick.__qualname__ = f"tick_{info.singular}"
-        # The interval is read when this module is imported: MLOPS_TIMER_SECONDS must be set before.
-        interval = OperatorConfig().timer_seconds
-        kopf.timer(GROUP, VERSION, info.plural, id="tick", interval=interval, initial_delay=interval)(tick)
+        kopf.daemon(GROUP, VERSION, info.plural, id="tick", cancellation_timeout=5)(tick)
 
 
 for _info in KINDS:

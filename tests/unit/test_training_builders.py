@@ -320,3 +320,7 @@ def test_trainer_message_is_reported():
 
 def test_backoff_doubles_up_to_the_cap():
     assert [backoff_seconds(n, 30, 600) for n in (1, 2, 3, 4, 5, 6)] == [30, 60, 120, 240, 480, 600]
+
+
+def test_a_succeeded_pod_of_an_incomplete_job_still_counts_as_running():
+    assert observe(_job(), [_pod("Succeeded", **_terminated(0, "{}", "Completed"))]).state == "Running"

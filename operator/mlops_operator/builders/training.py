@@ -30,6 +30,7 @@ CONTAINER = "trainer"
 # process did not handle (a drained node): retryable too.
 RETRYABLE_EXIT_CODES = frozenset({1, 75, 143})
 TRAINER_SUMMARY_SCHEMA = "mlops.dev/trainer-result/v1"
+TRAINER_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 
 
 def job_name(run: str, attempt: int) -> str:
@@ -101,6 +102,8 @@ def _env(inputs: TrainingInputs) -> list[dict[str, Any]]:
         {"name": "MLOPS_RUN_NAME", "value": f"{inputs.namespace}-{inputs.name}"},
         {"name": "MLOPS_ATTEMPT", "value": str(inputs.attempt)},
         {"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+        # The root filesystem is read-only; libraries that write under $HOME (wandb) get the scratch volume.
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
     ]
     if spec.checkpoint:
         env += [
@@ -214,9 +217,9 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
         "terminationGracePeriodSeconds": 120,  # time to write a checkpoint on SIGTERM
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
@@ -417,8 +420,9 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
                 return Observation(
                     "Pending", unschedulable=str(cond.get("message") or "Unschedulable"), started_at=started
                 )
-    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
-    if running:
+    # A pod that already succeeded while the Job is not Complete yet is still part of a running Job.
+    active = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
+    if active:
         return Observation("Running", started_at=started)
     return Observation("Pending", started_at=started)
 

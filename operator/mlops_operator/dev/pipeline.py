@@ -1,14 +1,16 @@
 """`mlopsctl dev`: the sample pipeline on a local control plane, start to finish.
 
-Starts the control plane (simulated GPU nodes), the local S3 server and the operator, applies
-`samples/`, waits until the operator has reconciled every object, and prints what `kubectl get
-mlops` and the events show. With `keep`, everything stays up until Ctrl-C.
+Starts the control plane (simulated GPU nodes), the local S3 server with the digits demo data, the
+operator, and the local pod runner (which runs workload containers as local processes: the real
+trainer trains for real), applies `samples/`, waits until the TrainingRun has finished, and prints
+what `kubectl get mlops` and the events show. With `keep`, everything stays up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import config
 
 from ..api.v1alpha1 import kind_by_name
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
+from .runner import LocalPodRunner
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
 
-SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000
+SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000 ...
+SAMPLE_DATA_URI = "s3://mlops-demo/datasets/digits/v1"  # ... and this prefix
+TRAINER = Path("trainer-image/.venv/bin/mlops-trainer")
+FINISHED = ("Succeeded", "Failed")
 
 
 def _say(message: str) -> None:
@@ -35,81 +42,127 @@ def _load_samples(samples: Path) -> list[dict[str, Any]]:
     return docs
 
 
-def _wait_reconciled(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], timeout: float) -> bool:
+def _get(plane: ControlPlane, namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
+    plural = kind_by_name(doc["kind"]).plural
+    out = plane.kubectl("get", plural, doc["metadata"]["name"], "-n", namespace, "-o", "json", check=False)
+    obj: dict[str, Any] = json.loads(out.stdout) if out.returncode == 0 else {}
+    return obj
+
+
+def _wait_done(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], timeout: float) -> bool:
+    """Every object reconciled, and every TrainingRun finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pending = []
-        for doc in docs:
-            out = plane.kubectl(
-                "get",
-                kind_by_name(doc["kind"]).plural,
-                doc["metadata"]["name"],
-                "-n",
-                namespace,
-                "-o",
-                "json",
-                check=False,
-            )
-            obj = json.loads(out.stdout) if out.returncode == 0 else {}
-            if obj.get("status", {}).get("observedGeneration") != obj.get("metadata", {}).get("generation"):
-                pending.append(doc["metadata"]["name"])
-        if not pending:
+        objs = [(doc, _get(plane, namespace, doc)) for doc in docs]
+        reconciled = all(
+            o.get("status", {}).get("observedGeneration") == o.get("metadata", {}).get("generation")
+            for _, o in objs
+        )
+        runs = [o for d, o in objs if d["kind"] == "TrainingRun"]
+        if reconciled and all(o.get("status", {}).get("phase") in FINISHED for o in runs):
             return True
-        time.sleep(0.5)
+        time.sleep(1)
     return False
 
 
+def _write_demo_data(s3: LocalS3, workdir: Path) -> None:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
+        "MLOPS_TERMINATION_MESSAGE_PATH": str(workdir / "demo-data.json"),
+    }
+    subprocess.run(
+        [str(TRAINER), "write-demo-data", "--dataset-uri", SAMPLE_DATA_URI],
+        env=env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.operator_kubeconfig),
+        "MLOPS_NAMESPACES": json.dumps([namespace]),
+        "MLOPS_METRICS_PORT": str(free_port()),
+        "MLOPS_HEALTH_PORT": str(free_port()),
+        "MLOPS_TIMER_SECONDS": "2",
+        "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlops_operator.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _report(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
+    print(plane.kubectl("get", "mlops", "-n", namespace, check=False).stdout, flush=True)
+    print(plane.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout)
+    for doc in docs:
+        if doc["kind"] == "TrainingRun":
+            status = _get(plane, namespace, doc).get("status", {})
+            fields = (
+                "phase",
+                "attempt",
+                "metrics",
+                "modelURI",
+                "checkpointURI",
+                "wandbRun",
+                "datasetFingerprint",
+            )
+            print(f"TrainingRun {doc['metadata']['name']}:")
+            print(json.dumps({k: status.get(k) for k in fields}, indent=2), flush=True)
+
+
 def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool = False) -> int:
+    if not os.access(TRAINER, os.X_OK):
+        _say(f"{TRAINER} is missing: run `make trainer` (make dev does)")
+        return 1
+    # SIGTERM would end Python without running `finally`, leaving the control plane behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plane = ControlPlane(node_pools=(GpuNodePool(count=2, gpus_per_node=8),))
     s3 = LocalS3(port=SAMPLE_S3_PORT)
     operator: subprocess.Popen[bytes] | None = None
+    runner: LocalPodRunner | None = None
     try:
         _say("starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
         plane.start()
         _say(f"control plane up in {plane.startup_seconds:.1f}s; kubeconfig: {plane.kubeconfig}")
         plane.install_crds(crds)
-        _say(f"local S3 (moto) on {s3.endpoint_url}")
+        _say(f"local S3 (moto) on {s3.endpoint_url}; writing the digits demo data set to {SAMPLE_DATA_URI}")
         s3.start()
         s3.client().create_bucket(Bucket="mlops-demo")
+        _write_demo_data(s3, plane.workdir)
         plane.kubectl("create", "namespace", namespace)
         plane.kubectl(
-            "create",
-            "secret",
-            "generic",
-            "s3-credentials",
-            "-n",
-            namespace,
+            "create", "secret", "generic", "s3-credentials", "-n", namespace,
             f"--from-literal=AWS_ACCESS_KEY_ID={DEV_ACCESS_KEY_ID}",
             f"--from-literal=AWS_SECRET_ACCESS_KEY={DEV_SECRET_ACCESS_KEY}",
-        )
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(plane.kubeconfig),
-            "MLOPS_NAMESPACES": json.dumps([namespace]),
-            "MLOPS_METRICS_PORT": str(free_port()),
-            "MLOPS_HEALTH_PORT": str(free_port()),
-            "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
-        }
+        )  # fmt: skip
         log = plane.workdir / "operator.log"
-        _say(f"starting the operator (log: {log})")
-        with log.open("wb") as out:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "mlops_operator.cli", "run"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        _say(f"starting the operator (log: {log}) and the local pod runner")
+        operator = _start_operator(plane, namespace, log)
+        runner = LocalPodRunner(
+            config.new_client_from_config(config_file=str(plane.kubeconfig)),  # type: ignore[no-untyped-call]
+            namespace,
+            executables={"mlops-trainer": str(TRAINER.resolve())},
+        )
+        runner.start()
         docs = _load_samples(samples)
-        _say(f"applying {len(docs)} sample objects to namespace {namespace}")
+        _say(
+            f"applying {len(docs)} sample objects to namespace {namespace}; the trainer trains for real (CPU)"
+        )
         plane.kubectl_apply([{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in docs])
-        ok = _wait_reconciled(plane, namespace, docs, timeout=120)
-        print(plane.kubectl("get", "mlops", "-n", namespace, check=False).stdout, flush=True)
-        print(plane.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout)
+        ok = _wait_done(plane, namespace, docs, timeout=600)
+        _report(plane, namespace, docs)
         if not ok:
-            _say("the operator did not reconcile every sample in time; its log:")
+            _say("the sample pipeline did not finish in time; the operator's log:")
             print(log.read_text()[-4000:])
             return 1
-        _say("every sample object was reconciled")
+        _say("done: the Dataset was validated and the TrainingRun trained; later stages say NotImplemented")
         if keep:
             _say(f"kept running; in another shell: export KUBECONFIG={plane.kubeconfig}  (Ctrl-C stops)")
             while operator.poll() is None:
@@ -118,6 +171,8 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
     except KeyboardInterrupt:
         return 0
     finally:
+        if runner is not None:
+            runner.stop()
         if operator is not None:
             operator.terminate()
             try:
