@@ -58,6 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             namespaces=config.namespaces,
             standalone=config.peering_name is None,
             peering_name=config.peering_name,
+            priority=config.peering_priority,
             liveness_endpoint=liveness,
         )
     )

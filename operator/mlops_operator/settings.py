@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Literal
 
 import kopf
@@ -38,7 +39,21 @@ class OperatorConfig(BaseSettings):
     )
     peering_name: str | None = Field(
         default=None,
-        description="kopf peering object for HA (one active replica); empty runs standalone.",
+        description=(
+            "kopf peering object for HA: of the replicas sharing it, only the one with the highest "
+            "priority works, the others stand by; empty runs standalone. Needs crds/kopf.dev_peerings.yaml "
+            "and a (Cluster)KopfPeering object of that name."
+        ),
+    )
+    peering_priority: int = Field(
+        default_factory=lambda: secrets.randbelow(2**31),
+        description=(
+            "This replica's peering priority. Default: random, so replicas of one Deployment differ "
+            "(equal priorities make kopf pause them all)."
+        ),
+    )
+    peering_lifetime_seconds: int = Field(
+        default=60, ge=10, description="How long a silent peer counts as alive: the standby's takeover time."
     )
     timer_seconds: float = Field(
         default=10,
@@ -71,6 +86,8 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     if config.peering_name:
         settings.peering.name = config.peering_name
         settings.peering.mandatory = True
+        settings.peering.priority = config.peering_priority
+        settings.peering.lifetime = config.peering_lifetime_seconds
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16

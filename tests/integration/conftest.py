@@ -96,7 +96,9 @@ class OperatorProcess:
                 self.process.wait()
 
 
-def start_operator(control_plane: ControlPlane, namespace: str, log: Path) -> OperatorProcess:
+def start_operator(
+    control_plane: ControlPlane, namespace: str, log: Path, extra_env: dict[str, str] | None = None
+) -> OperatorProcess:
     """`mlopsctl run` as its own process, under its own identity, watching one namespace."""
     metrics, health = free_port(), free_port()
     env = {
@@ -107,6 +109,8 @@ def start_operator(control_plane: ControlPlane, namespace: str, log: Path) -> Op
         "MLOPS_HEALTH_PORT": str(health),
         "MLOPS_LOG_FORMAT": "json",
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+        "MLOPS_TIMER_SECONDS": "1",
+        **(extra_env or {}),
     }
     with log.open("ab") as out:
         process = subprocess.Popen(

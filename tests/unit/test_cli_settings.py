@@ -23,6 +23,7 @@ def test_validate_reports_each_invalid_file(capsys):
 def test_crds_command_writes_files(tmp_path, capsys):
     assert main(["crds", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kopf.dev_peerings.yaml",
         "mlops.dev_datasets.yaml",
         "mlops.dev_inferencedeployments.yaml",
         "mlops.dev_modelversions.yaml",
