@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client, config
 
 from mlops_operator.dev.controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
-from mlops_operator.dev.s3 import LocalS3
+from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,21 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 def s3() -> Iterator[LocalS3]:
     with LocalS3() as server:
         yield server
+
+
+def create_s3_secret(core: client.CoreV1Api, namespace: str, name: str = "s3-credentials") -> str:
+    """The Secret a Dataset's credentialsSecretRef names, with the local S3 server's credentials."""
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name),
+            string_data={
+                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
+            },
+        ),
+    )
+    return name
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
-from tests.integration.conftest import OperatorProcess
+from mlops_operator.dev.s3 import DEV_SECRET_ACCESS_KEY, LocalS3
+from tests.integration.conftest import OperatorProcess, create_s3_secret
 from tests.waiting import wait_for
 
 G, V, P = "mlops.dev", "v1alpha1", "datasets"
@@ -27,16 +27,7 @@ def bucket(s3: LocalS3) -> str:
 
 @pytest.fixture
 def credentials(core: client.CoreV1Api, namespace: str) -> str:
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="s3"),
-            string_data={
-                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-            },
-        ),
-    )
+    create_s3_secret(core, namespace, "s3")
     return "s3"
 
 

@@ -17,7 +17,7 @@ from kubernetes import client
 
 from mlops_operator.dev.runner import LocalPodRunner
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
-from tests.integration.conftest import OperatorProcess
+from tests.integration.conftest import OperatorProcess, create_s3_secret
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -60,16 +60,7 @@ def test_real_trainer_runs_as_the_workload_and_its_result_reaches_status(
         capture_output=True,
         timeout=120,
     )
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="s3-credentials"),
-            string_data={
-                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-            },
-        ),
-    )
+    create_s3_secret(core, namespace)
     source = {
         "uri": f"s3://{bucket}/datasets/digits/v1/",
         # The data set's own manifest (with sha256 per object): operator and trainer fingerprint it alike.

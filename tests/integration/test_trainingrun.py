@@ -17,8 +17,8 @@ from kubernetes import client
 
 from mlops_operator.dev.controlplane import OPERATOR_USER, ControlPlane
 from mlops_operator.dev.pods import evict_pod, finish_pod
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
-from tests.integration.conftest import OperatorProcess, start_operator
+from mlops_operator.dev.s3 import LocalS3
+from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -32,16 +32,7 @@ def dataset(s3: LocalS3, core: client.CoreV1Api, custom: client.CustomObjectsApi
     s3.client().create_bucket(Bucket=bucket)
     for i in range(2):
         s3.client().put_object(Bucket=bucket, Key=f"digits/part-{i}.npz", Body=b"x" * 64)
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="s3-credentials"),
-            string_data={
-                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-            },
-        ),
-    )
+    create_s3_secret(core, namespace)
     body = _dataset_body(s3, bucket)
     custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
     return bucket
@@ -114,6 +105,17 @@ def _running_pods(core: client.CoreV1Api, namespace: str, job: str, count: int =
     return wait_for(probe, f"{count} running pod(s) of Job {job}", 60)
 
 
+def _start(
+    custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, run: dict[str, Any]
+) -> str:
+    """Create the run, wait until it is Running, return the name of its (first attempt's) pod."""
+    name = run["metadata"]["name"]
+    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", run)
+    _wait_phase(custom, namespace, name, "Running")
+    (pod,) = _running_pods(core, namespace, f"{name}-a1")
+    return pod
+
+
 def _summary(**fields: Any) -> str:
     base = {
         "schema": SCHEMA,
@@ -150,16 +152,7 @@ def test_run_waits_for_its_dataset_then_runs_and_succeeds(
     bucket = f"ml-{uuid.uuid4().hex[:10]}"
     s3.client().create_bucket(Bucket=bucket)
     s3.client().put_object(Bucket=bucket, Key="digits/a.npz", Body=b"1234")
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="s3-credentials"),
-            string_data={
-                "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-            },
-        ),
-    )
+    create_s3_secret(core, namespace)
     custom.create_namespaced_custom_object(G, V, namespace, "datasets", _dataset_body(s3, bucket))
     running = _wait_phase(custom, namespace, "r1", "Running")
     dataset = custom.get_namespaced_custom_object(G, V, namespace, "datasets", "digits")
@@ -231,9 +224,7 @@ def test_retryable_failure_starts_attempt_two_resuming_from_the_checkpoint(
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
-    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("retry", dataset))
-    _wait_phase(custom, namespace, "retry", "Running")
-    (pod,) = _running_pods(core, namespace, "retry-a1")
+    pod = _start(custom, core, namespace, _run("retry", dataset))
     evict_pod(core, namespace, pod, "The node was low on resource: memory.")
 
     def second_attempt_running() -> dict[str, Any] | None:
@@ -273,9 +264,7 @@ def test_permanent_failure_ends_failed_after_one_attempt(
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
-    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("bad", dataset))
-    _wait_phase(custom, namespace, "bad", "Running")
-    (pod,) = _running_pods(core, namespace, "bad-a1")
+    pod = _start(custom, core, namespace, _run("bad", dataset))
     message = _summary(
         status="Failed", exitCode=78, reason="InvalidConfig", message="unknown model 'digits-cnn'"
     )
@@ -365,11 +354,7 @@ def test_ttl_deletes_children_and_keeps_the_run(
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
-    custom.create_namespaced_custom_object(
-        G, V, namespace, "trainingruns", _run("ttl", dataset, ttlSecondsAfterFinished=2)
-    )
-    _wait_phase(custom, namespace, "ttl", "Running")
-    (pod,) = _running_pods(core, namespace, "ttl-a1")
+    pod = _start(custom, core, namespace, _run("ttl", dataset, ttlSecondsAfterFinished=2))
     finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
     _wait_phase(custom, namespace, "ttl", "Succeeded")
     batch = client.BatchV1Api(core.api_client)
@@ -421,9 +406,7 @@ def test_idle_operator_makes_no_writes(
     namespace: str,
 ):
     """Settled objects (a Ready Dataset, a Succeeded run): a minute of timer ticks, zero API writes."""
-    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("quiet", dataset))
-    _wait_phase(custom, namespace, "quiet", "Running")
-    (pod,) = _running_pods(core, namespace, "quiet-a1")
+    pod = _start(custom, core, namespace, _run("quiet", dataset))
     finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
     _wait_phase(custom, namespace, "quiet", "Succeeded")
     time.sleep(3)  # let the last event posts and kopf's own bookkeeping land
