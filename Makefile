@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The trainer (torch, onnx, wandb) has a venv of its own: torch stays out of the operator's.
-TRAINER_VENV ?= trainer-image/.venv
+TRAINER_VENV ?= .venv-trainer
 TRAINER_STAMP := $(TRAINER_VENV)/.installed
 PYTEST_ARGS ?=
 LINTED := operator tests trainer-image bench

@@ -1,6 +1,6 @@
 """Training throughput of `mlops-trainer train` against a bare PyTorch loop on the same model and data.
 
-    trainer-image/.venv/bin/python bench/trainer_throughput.py [--epochs 6] [--repeats 3] [--device auto]
+    .venv-trainer/bin/python bench/trainer_throughput.py [--epochs 6] [--repeats 3] [--device auto]
 
 Both sides train the registry's digits-cnn on the digits data set (written to a local folder, read
 back through the trainer's own loader), with the same batch size, optimizer and precision (bf16

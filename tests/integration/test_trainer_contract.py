@@ -21,7 +21,7 @@ from tests.integration.conftest import OperatorProcess, create_s3_secret
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
-TRAINER = Path(__file__).resolve().parents[2] / "trainer-image" / ".venv" / "bin" / "mlops-trainer"
+TRAINER = Path(__file__).resolve().parents[2] / ".venv-trainer" / "bin" / "mlops-trainer"
 
 
 @pytest.fixture(scope="module")

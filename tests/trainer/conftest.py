@@ -1,7 +1,7 @@
 """Fixtures of the trainer tests: moto's real S3 server on loopback (no S3 mocks), the digits data set
 in it, and one reference training run through the real CLI that several tests inspect.
 
-Run with the trainer's own environment: `trainer-image/.venv/bin/python -m pytest tests/trainer`.
+Run with the trainer's own environment: `.venv-trainer/bin/python -m pytest tests/trainer`.
 """
 
 from __future__ import annotations

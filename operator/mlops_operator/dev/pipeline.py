@@ -27,7 +27,7 @@ from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
 
 SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000 ...
 SAMPLE_DATA_URI = "s3://mlops-demo/datasets/digits/v1"  # ... and this prefix
-TRAINER = Path("trainer-image/.venv/bin/mlops-trainer")
+TRAINER = Path(".venv-trainer/bin/mlops-trainer")
 FINISHED = ("Succeeded", "Failed")
 
 
