@@ -24,7 +24,13 @@ from mlops_operator.builders.dataset import (
 )
 from mlops_operator.handlers import dataset
 from mlops_operator.handlers.context import Clients, ReconcileContext
-from mlops_operator.integrations.s3 import ObjectInfo, S3Config, S3Location, S3UnavailableError
+from mlops_operator.integrations.s3 import (
+    ObjectInfo,
+    S3Config,
+    S3Location,
+    S3UnavailableError,
+    split_object_uri,
+)
 from mlops_operator.timeutil import to_rfc3339
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -201,4 +207,5 @@ def test_s3_location_parsing():
     assert S3Location.parse("s3://bucket") == S3Location("bucket", "")
     with pytest.raises(ValueError, match="not an s3"):
         S3Location.parse("gs://bucket/x")
+    assert split_object_uri("s3://bucket/a/manifest.jsonl") == ("bucket", "a/manifest.jsonl")
     assert "secret" not in repr(S3Config(credentials=None))

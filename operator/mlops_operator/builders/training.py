@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
-from ..k8s.naming import child_name, common_labels
+from ..k8s.naming import child_name, common_labels, owner_reference
 
 KIND = "TrainingRun"
 RENDEZVOUS_PORT = 29500
@@ -73,14 +73,8 @@ class TrainingInputs:
 
 
 def _owner(inputs: TrainingInputs) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": inputs.name,
-        "uid": inputs.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    run = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": inputs.name, "uid": inputs.uid}}
+    return owner_reference(run)
 
 
 def _labels(inputs: TrainingInputs) -> dict[str, str]:

@@ -18,7 +18,14 @@ from ..builders.dataset import (
     manifest_key,
     missing_from_listing,
 )
-from ..integrations.s3 import ObjectStore, S3Config, S3Credentials, S3Location, S3UnavailableError
+from ..integrations.s3 import (
+    ObjectStore,
+    S3Config,
+    S3Credentials,
+    S3Location,
+    S3UnavailableError,
+    split_object_uri,
+)
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
@@ -84,10 +91,9 @@ def _read_manifest(store: ObjectStore, spec: DatasetSpec, listed: Manifest) -> t
     """The data's manifest: the user's (checked against the listing) or the listing itself."""
     if not spec.source.manifest_uri:
         return listed, []
-    location = S3Location.parse(spec.source.manifest_uri)
-    key = location.prefix.rstrip("/")
+    bucket, key = split_object_uri(spec.source.manifest_uri)
     try:
-        manifest = manifest_from_jsonl(store.get_bytes(location.bucket, key).decode())
+        manifest = manifest_from_jsonl(store.get_bytes(bucket, key).decode())
     except ManifestFormatError as error:
         return listed, [str(error)]
     return manifest, missing_from_listing(manifest, listed)

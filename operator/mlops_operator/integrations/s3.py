@@ -33,6 +33,14 @@ class S3Location:
         return f"s3://{self.bucket}/{key}"
 
 
+def split_object_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/path/to/object -> (bucket, path/to/object)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
