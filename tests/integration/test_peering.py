@@ -37,19 +37,26 @@ def test_standby_replica_pauses_then_takes_over(
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "mlops"}},
     )
     peering = {"MLOPS_PEERING_NAME": "mlops", "MLOPS_PEERING_LIFETIME_SECONDS": "10"}
+    # Verbose: the standby's log then says when each watch-stream has actually paused.
     standby = start_operator(
-        control_plane, namespace, tmp_path / "standby.log", {**peering, "MLOPS_PEERING_PRIORITY": "10"}
+        control_plane,
+        namespace,
+        tmp_path / "standby.log",
+        {**peering, "MLOPS_PEERING_PRIORITY": "10", "MLOPS_VERBOSE": "true"},
     )
     try:
         active = start_operator(
             control_plane, namespace, tmp_path / "active.log", {**peering, "MLOPS_PEERING_PRIORITY": "20"}
         )
         try:
-            wait_for(
-                lambda: "Pausing operations in favour of" in standby.log.read_text(),
-                "the standby to pause",
-                30,
-            )
+            # Peering is cooperative, not a lock: the standby stops once its streams have paused, a
+            # moment after it sees the higher-priority peer (the single status-write path, with its
+            # resourceVersion precondition, keeps that window safe).
+            def paused() -> bool:
+                _, seen, after = standby.log.read_text().partition("Pausing operations in favour of")
+                return bool(seen) and "Pausing the watch-stream for modelversions" in after
+
+            wait_for(paused, "the standby's streams to pause", 30)
             custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _model_version("mv-a"))
             wait_for(lambda: _reconciled(custom, namespace, "mv-a"), "the active replica to reconcile", 30)
             assert "mv-a" not in standby.log.read_text()
