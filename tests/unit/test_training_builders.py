@@ -13,11 +13,10 @@ from mlops_operator.builders.training import (
     backoff_seconds,
     build_job,
     build_rendezvous_service,
-    classify_pod_failure,
-    observe,
     spec_hash,
 )
 from mlops_operator.dev.controlplane import KWOK_TOLERATION
+from mlops_operator.observation.training import classify_pod_failure, observe
 from tests.samples import load, valid_samples
 
 RUN = load(next(p for p in valid_samples() if "trainingrun" in p.name))

@@ -1,8 +1,8 @@
 """Pure builders of a TrainingRun's workload, and pure readings of what the workload did.
 
 `build_job` / `build_rendezvous_service` turn the spec (+ the Dataset it trains on, the attempt and
-operator settings) into manifests; `observe` turns the Job and its pods into one `Observation`. No I/O
-here: the handler fetches and applies, these are tested as plain data.
+operator settings) into manifests. No I/O here: the handler applies, these are tested as plain data.
+Reading what a workload did is `observation.training`.
 
 The environment handed to the trainer is the contract of trainer-image/README.md ("Environment
 contract"): MLOPS_* settings, AWS_* for S3, WANDB_* for tracking; secrets only as secretKeyRefs.
@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
 from ..k8s.naming import child_name, common_labels, owner_reference
@@ -25,11 +25,6 @@ ATTEMPT_LABEL = "mlops.dev/attempt"
 RUN_LABEL = "mlops.dev/trainingrun"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
-# Exit codes of mlops-trainer (trainer-image/mlops_trainer/errors.py): 1 unexpected error and 75
-# preempted/temporarily unavailable are retryable; 2, 65, 70, 78 are permanent. 143 is a SIGTERM the
-# process did not handle (a drained node): retryable too.
-RETRYABLE_EXIT_CODES = frozenset({1, 75, 143})
-TRAINER_SUMMARY_SCHEMA = "mlops.dev/trainer-result/v1"
 TRAINER_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 
 
@@ -293,132 +288,6 @@ def build_rendezvous_service(inputs: TrainingInputs) -> dict[str, Any]:
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
         },
     }
-
-
-# -- reading what the workload did ---------------------------------------------------------------
-
-State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
-
-
-@dataclass(frozen=True)
-class Failure:
-    retryable: bool
-    reason: str
-    message: str
-    exit_code: int | None = None
-
-
-@dataclass(frozen=True)
-class Observation:
-    state: State
-    unschedulable: str | None = None
-    result: Mapping[str, Any] | None = None
-    failure: Failure | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-
-
-def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in obj.get("status", {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond  # type: ignore[no-any-return]
-    return None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER and "terminated" in (status.get("state") or {}):
-            return status["state"]["terminated"]  # type: ignore[no-any-return]
-    return None
-
-
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON summary from a termination message, or None when it is not one."""
-    if not message:
-        return None
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
-    """Why a pod failed, and whether another attempt can help."""
-    status = pod.get("status", {})
-    if status.get("reason") == "Evicted":
-        return Failure(True, "Evicted", status.get("message") or "the pod was evicted")
-    if status.get("reason") in {"NodeLost", "NodeShutdown", "Terminated"}:
-        return Failure(
-            True, "NodeLost", status.get("message") or f"the node went away ({status.get('reason')})"
-        )
-    disruption = _condition(pod, "DisruptionTarget")
-    if disruption:
-        return Failure(True, "Preempted", disruption.get("message") or str(disruption.get("reason")))
-    terminated = _terminated(pod)
-    if terminated is None:
-        return Failure(True, "PodFailed", status.get("message") or "the pod failed before its container ran")
-    code = int(terminated.get("exitCode", -1))
-    summary = parse_summary(terminated.get("message"))
-    if terminated.get("reason") == "OOMKilled":
-        return Failure(False, "OOMKilled", "the trainer ran out of memory; raise resources.memory", code)
-    if summary is not None and summary.get("schema") == TRAINER_SUMMARY_SCHEMA:
-        return Failure(
-            bool(summary.get("retryable")),
-            str(summary.get("reason") or "TrainerFailed"),
-            str(summary.get("message") or "")[:1024],
-            code,
-        )
-    message = (terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
-    return Failure(code in RETRYABLE_EXIT_CODES, f"ExitCode{code}", message, code)
-
-
-def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Observation:
-    """One reading of an attempt's Job and pods."""
-    if job is None:
-        return Observation("Missing")
-    started = job.get("status", {}).get("startTime")
-    if complete := _condition(job, "Complete"):
-        done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
-        # Rank 0 (index 0, or the only pod) reports the run's result.
-        done.sort(
-            key=lambda p: (
-                p.get("metadata", {})
-                .get("annotations", {})
-                .get("batch.kubernetes.io/job-completion-index", "")
-            )
-        )
-        terminated = _terminated(done[0]) if done else None
-        result = parse_summary(terminated.get("message")) if terminated else None
-        return Observation(
-            "Succeeded",
-            result=result or {},
-            started_at=started,
-            finished_at=complete.get("lastTransitionTime"),
-        )
-    failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
-    job_failed = _condition(job, "Failed")
-    if failed_pods or job_failed:
-        if failed_pods:
-            failure = classify_pod_failure(failed_pods[0])
-        else:
-            assert job_failed is not None
-            failure = Failure(
-                True, str(job_failed.get("reason") or "JobFailed"), str(job_failed.get("message") or "")
-            )
-        finished = job_failed.get("lastTransitionTime") if job_failed else None
-        return Observation("Failed", failure=failure, started_at=started, finished_at=finished)
-    for pod in pods:
-        for cond in pod.get("status", {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-                return Observation(
-                    "Pending", unschedulable=str(cond.get("message") or "Unschedulable"), started_at=started
-                )
-    # A pod that already succeeded while the Job is not Complete yet is still part of a running Job.
-    active = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
-    if active:
-        return Observation("Running", started_at=started)
-    return Observation("Pending", started_at=started)
 
 
 def backoff_seconds(failed_attempt: int, base: int, cap: int) -> int:

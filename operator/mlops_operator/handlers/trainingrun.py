@@ -15,13 +15,11 @@ from kubernetes.client.exceptions import ApiException
 from ..api.v1alpha1 import GROUP, VERSION, DatasetSpec, TrainingRunSpec
 from ..builders.training import (
     RUN_LABEL,
-    Observation,
     TrainingInputs,
     backoff_seconds,
     build_job,
     build_rendezvous_service,
     job_name,
-    observe,
     service_name,
     spec_hash,
 )
@@ -29,6 +27,7 @@ from ..k8s.apply import server_side_apply
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
+from ..observation.training import Observation, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import READY, Outcome
 from .context import ReconcileContext

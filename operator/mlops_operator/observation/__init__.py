@@ -1,0 +1,1 @@
+"""Pure readings of what workloads did: observed children in, one verdict out."""

@@ -1,0 +1,143 @@
+"""What a training attempt's Job and pods say: running, done with a result, or failed and why.
+
+Pure: the handler hands in the objects it observed (from the watch cache), this turns them into one
+`Observation`, tested as plain data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..builders.training import CONTAINER
+
+# Exit codes of mlops-trainer (trainer-image/mlops_trainer/errors.py): 1 unexpected error and 75
+# preempted/temporarily unavailable are retryable; 2, 65, 70, 78 are permanent. 143 is a SIGTERM the
+# process did not handle (a drained node): retryable too.
+RETRYABLE_EXIT_CODES = frozenset({1, 75, 143})
+TRAINER_SUMMARY_SCHEMA = "mlops.dev/trainer-result/v1"
+
+State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    retryable: bool
+    reason: str
+    message: str
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: State
+    unschedulable: str | None = None
+    result: Mapping[str, Any] | None = None
+    failure: Failure | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond  # type: ignore[no-any-return]
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER and "terminated" in (status.get("state") or {}):
+            return status["state"]["terminated"]  # type: ignore[no-any-return]
+    return None
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The trainer's JSON summary from a termination message, or None when it is not one."""
+    if not message:
+        return None
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
+    """Why a pod failed, and whether another attempt can help."""
+    status = pod.get("status", {})
+    if status.get("reason") == "Evicted":
+        return Failure(True, "Evicted", status.get("message") or "the pod was evicted")
+    if status.get("reason") in {"NodeLost", "NodeShutdown", "Terminated"}:
+        return Failure(
+            True, "NodeLost", status.get("message") or f"the node went away ({status.get('reason')})"
+        )
+    disruption = _condition(pod, "DisruptionTarget")
+    if disruption:
+        return Failure(True, "Preempted", disruption.get("message") or str(disruption.get("reason")))
+    terminated = _terminated(pod)
+    if terminated is None:
+        return Failure(True, "PodFailed", status.get("message") or "the pod failed before its container ran")
+    code = int(terminated.get("exitCode", -1))
+    summary = parse_summary(terminated.get("message"))
+    if terminated.get("reason") == "OOMKilled":
+        return Failure(False, "OOMKilled", "the trainer ran out of memory; raise resources.memory", code)
+    if summary is not None and summary.get("schema") == TRAINER_SUMMARY_SCHEMA:
+        return Failure(
+            bool(summary.get("retryable")),
+            str(summary.get("reason") or "TrainerFailed"),
+            str(summary.get("message") or "")[:1024],
+            code,
+        )
+    message = (terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
+    return Failure(code in RETRYABLE_EXIT_CODES, f"ExitCode{code}", message, code)
+
+
+def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Observation:
+    """One reading of an attempt's Job and pods."""
+    if job is None:
+        return Observation("Missing")
+    started = job.get("status", {}).get("startTime")
+    if complete := _condition(job, "Complete"):
+        done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
+        # Rank 0 (index 0, or the only pod) reports the run's result.
+        done.sort(
+            key=lambda p: (
+                p.get("metadata", {})
+                .get("annotations", {})
+                .get("batch.kubernetes.io/job-completion-index", "")
+            )
+        )
+        terminated = _terminated(done[0]) if done else None
+        result = parse_summary(terminated.get("message")) if terminated else None
+        return Observation(
+            "Succeeded",
+            result=result or {},
+            started_at=started,
+            finished_at=complete.get("lastTransitionTime"),
+        )
+    failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    job_failed = _condition(job, "Failed")
+    if failed_pods or job_failed:
+        if failed_pods:
+            failure = classify_pod_failure(failed_pods[0])
+        else:
+            assert job_failed is not None
+            failure = Failure(
+                True, str(job_failed.get("reason") or "JobFailed"), str(job_failed.get("message") or "")
+            )
+        finished = job_failed.get("lastTransitionTime") if job_failed else None
+        return Observation("Failed", failure=failure, started_at=started, finished_at=finished)
+    for pod in pods:
+        for cond in pod.get("status", {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return Observation(
+                    "Pending", unschedulable=str(cond.get("message") or "Unschedulable"), started_at=started
+                )
+    # A pod that already succeeded while the Job is not Complete yet is still part of a running Job.
+    active = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
+    if active:
+        return Observation("Running", started_at=started)
+    return Observation("Pending", started_at=started)
