@@ -21,6 +21,11 @@ RECONCILE_DURATION = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+RECONCILE_ERRORS = Counter(
+    "mlops_reconcile_errors_total",
+    "Reconciles that ended in an unexpected error (turned into Ready=False), by kind and error type.",
+    ["kind", "reason"],
+)
 STATUS_WRITES = Counter(
     "mlops_status_writes_total",
     "Status patches sent, by kind; a reconcile that changes nothing sends none.",

@@ -55,10 +55,23 @@ class OperatorConfig(BaseSettings):
     peering_lifetime_seconds: int = Field(
         default=60, ge=10, description="How long a silent peer counts as alive: the standby's takeover time."
     )
-    timer_seconds: float = Field(
-        default=10,
-        gt=0,
-        description="How often periodic checks (Dataset refresh and retry, run follow-up) run per object.",
+    workers: int = Field(
+        default=8,
+        ge=1,
+        le=128,
+        description=(
+            "Reconcile worker threads. One object is reconciled by one worker at a time; a burst of "
+            "changes to one object is coalesced into one reconcile."
+        ),
+    )
+    start_deadline_seconds: int = Field(
+        default=600,
+        ge=10,
+        description=(
+            "Default time an attempt's pods may take to start running (scheduling, image pull, "
+            "container creation) before the attempt fails with StartDeadlineExceeded; a TrainingRun's "
+            "spec.scheduling.startDeadlineSeconds overrides it."
+        ),
     )
     trainer_image: str = Field(
         default="ghcr.io/mlops-operator/trainer:0.1.0",
@@ -90,4 +103,3 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.peering.lifetime = config.peering_lifetime_seconds
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.execution.max_workers = 16

@@ -23,6 +23,7 @@ from mlops_operator.builders.dataset import (
     missing_from_listing,
 )
 from mlops_operator.handlers import dataset
+from mlops_operator.handlers.base import Outcome, Unchanged
 from mlops_operator.handlers.context import Clients, ReconcileContext
 from mlops_operator.integrations.s3 import (
     ObjectInfo,
@@ -176,7 +177,7 @@ def test_unavailable_source_is_a_condition_not_a_crash():
 )
 def test_refresh_is_due_on_schedule(status, refresh, due):
     spec = SPEC.model_copy(update={"refresh_interval": refresh})
-    assert dataset.is_due(spec, _ctx(InMemoryStore({}), status)) is due
+    assert (dataset.due_in(spec, _ctx(InMemoryStore({}), status)) == 0) is due
 
 
 def test_unavailable_source_is_retried_with_growing_backoff():
@@ -195,11 +196,49 @@ def test_unavailable_source_is_retried_with_growing_backoff():
         }
 
     store = InMemoryStore({})
-    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(seconds=20), timedelta(seconds=15))))
-    assert not dataset.is_due(SPEC, _ctx(store, status(timedelta(minutes=4), timedelta(seconds=60))))
-    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(minutes=4), timedelta(minutes=2))))
-    assert not dataset.is_due(SPEC, _ctx(store, status(timedelta(hours=5), timedelta(minutes=4))))
-    assert dataset.is_due(SPEC, _ctx(store, status(timedelta(hours=5), timedelta(minutes=5))))
+
+    def due_in(failing_for: timedelta, since_check: timedelta) -> float | None:
+        return dataset.due_in(SPEC, _ctx(store, status(failing_for, since_check)))
+
+    assert due_in(timedelta(seconds=20), timedelta(seconds=15)) == 0
+    assert due_in(timedelta(minutes=4), timedelta(seconds=60)) == 60  # half of 4 min, 1 min spent
+    assert due_in(timedelta(minutes=4), timedelta(minutes=2)) == 0
+    assert due_in(timedelta(hours=5), timedelta(minutes=4)) == 60  # capped at 5 min
+    assert due_in(timedelta(hours=5), timedelta(minutes=5)) == 0
+
+
+def test_a_settled_dataset_is_not_listed_again_until_its_refresh_is_due():
+    class CountingStore(InMemoryStore):
+        lists = 0
+
+        def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+            CountingStore.lists += 1
+            return super().list_objects(location)
+
+    store = CountingStore(dict(DATA))
+    spec = SPEC.model_copy(update={"refresh_interval": "10m"})
+    first = dataset.reconcile(spec, _ctx(store))
+    assert isinstance(first, Outcome)
+    assert first.requeue_after == 600
+    status = {**first.fields, "observedGeneration": 1, "phase": first.phase}
+    # A restart (or our own status write) delivers the object again: nothing is listed.
+    again = dataset.reconcile(spec, _ctx(store, status))
+    assert isinstance(again, Unchanged)
+    assert again.requeue_after == 600
+    assert CountingStore.lists == 1
+
+
+def test_a_manifest_that_is_not_utf8_is_a_contract_violation():
+    store = InMemoryStore({**DATA, "data/digits/manifest.jsonl": b"\xff\xfe not text"})
+    spec = SPEC.model_copy(
+        update={"source": SPEC.source.model_copy(update={"manifest_uri": "s3://data/digits/manifest.jsonl"})}
+    )
+    outcome = dataset.reconcile(spec, _ctx(store))
+    assert isinstance(outcome, Outcome)
+    assert outcome.phase == "Failed"
+    (ready,) = outcome.conditions
+    assert ready.reason == "ContractViolated"
+    assert "not UTF-8" in ready.message
 
 
 def test_s3_location_parsing():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from mlops_operator.api.v1alpha1 import KINDS, TrainingRunSpec, kind_by_name
 from mlops_operator.handlers import HANDLERS
-from mlops_operator.handlers.base import Outcome, parse_spec, status_patch
+from mlops_operator.handlers.base import Outcome, checked_status, parse_spec, status_patch
 from mlops_operator.handlers.context import ReconcileContext
-from mlops_operator.k8s.conditions import ConditionUpdate
+from mlops_operator.k8s.conditions import REASON, ConditionUpdate, condition_reason
 from tests.samples import load, valid_samples
 
 
@@ -87,31 +90,48 @@ def test_kinds_without_a_controller_are_honest_about_it():
     assert set(HANDLERS) == {i.kind for i in KINDS}
 
 
-def test_reconcile_object_reports_changes_once_then_nothing():
-    from mlops_operator.main import reconcile_object
-
+def test_a_modelversion_outcome_is_written_once_then_nothing():
     doc = load(next(p for p in valid_samples() if "modelversion" in p.name))
     doc["metadata"].update(namespace="ns", generation=1)
     info = kind_by_name(doc["kind"])
-    changes, events = reconcile_object(info, ReconcileContext(doc))
+    spec = parse_spec(info.spec_model, doc["spec"])
+    outcome = HANDLERS[info.kind].reconcile(spec, ReconcileContext(doc))
+    assert isinstance(outcome, Outcome)
+    changes, transitions = status_patch({}, outcome, 1)
     assert changes["phase"] == "Pending"
     assert changes["observedGeneration"] == 1
-    assert [e.reason for e in events] == ["NotImplemented"]
-    again, events = reconcile_object(info, ReconcileContext({**doc, "status": changes}))
+    assert [t.reason for t in transitions] == ["NotImplemented"]
+    checked_status(info.status_model, {}, changes)
+    again, transitions = status_patch(changes, outcome, 1)
     assert again == {}
-    assert events == []
+    assert transitions == []
 
 
-def test_reconcile_object_turns_a_bad_spec_into_a_warning():
-    from mlops_operator.main import reconcile_object
+def test_status_is_proven_against_the_status_model_before_it_is_written():
+    info = kind_by_name("TrainingRun")
+    good = {"phase": "Running", "attempt": 1, "gpuSeconds": 12.5}
+    assert checked_status(info.status_model, {}, good) == good
+    for bad in (
+        {"gpuSeconds": float("nan")},
+        {"phase": "Exploded"},
+        {"attempt": "1"},
+        {"metrics": {"a": "x"}},
+    ):
+        with pytest.raises(ValidationError):
+            checked_status(info.status_model, {}, bad)
 
-    info = kind_by_name("ModelVersion")
-    body = {
-        "metadata": {"name": "m", "namespace": "ns", "generation": 1},
-        "spec": {"modelName": "m", "source": {}},
-    }
-    changes, events = reconcile_object(info, ReconcileContext(body))
-    assert changes["phase"] == "Failed"
-    assert changes["conditions"][0]["reason"] == "InvalidSpec"
-    assert events[0].type == "Warning"
-    assert "spec.source" in events[0].message
+
+def test_free_form_reasons_become_valid_condition_reasons():
+    outcome = Outcome(
+        "Failed",
+        (ConditionUpdate("Ready", "False", "CUDA error: out of memory " + "x" * 2000, "m" * 5000),),
+    )
+    changes, transitions = status_patch({}, outcome, 1)
+    (ready,) = changes["conditions"]
+    assert ready["reason"].startswith("CUDAErrorOutOfMemory")
+    assert REASON.match(ready["reason"])
+    assert len(ready["reason"]) <= 128
+    assert len(ready["message"]) == 1024
+    assert transitions[0].reason == ready["reason"]
+    assert condition_reason("42") == "Unknown"
+    assert condition_reason("Evicted") == "Evicted"

@@ -123,7 +123,9 @@ def test_distributed_job_is_indexed_with_torchrun_and_a_headless_service():
     assert service["metadata"]["name"] == "digits-r1-rdzv"
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
-    assert service["spec"]["selector"] == {"mlops.dev/trainingrun": "digits-r1"}
+    # Pods are selected by the run's UID: a user's pod with a copied name label never joins.
+    assert service["spec"]["selector"] == {"mlops.dev/trainingrun-uid": "uid-1"}
+    assert job["spec"]["template"]["metadata"]["labels"]["mlops.dev/trainingrun-uid"] == "uid-1"
 
 
 def test_single_node_multi_process_uses_standalone_torchrun():

@@ -5,7 +5,8 @@ operator settings) into manifests. No I/O here: the handler applies, these are t
 Reading what a workload did is `observation.training`.
 
 The environment handed to the trainer is the contract of trainer-image/README.md ("Environment
-contract"): MLOPS_* settings, AWS_* for S3, WANDB_* for tracking; secrets only as secretKeyRefs.
+contract"), its names in `mlops_contract.envvars`: MLOPS_* settings, AWS_* for S3, WANDB_* for
+tracking; secrets only as secretKeyRefs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlops_contract import envvars
+from mlops_contract.result import TERMINATION_MESSAGE_PATH
+
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
-from ..k8s.naming import child_name, common_labels, owner_reference
+from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference
 
 KIND = "TrainingRun"
 RENDEZVOUS_PORT = 29500
@@ -28,12 +32,18 @@ CONTAINER = "trainer"
 TRAINER_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 
 
+RUN_UID_LABEL = "mlops.dev/trainingrun-uid"  # selects the pods of one run, whatever its name
+# An Indexed Job's pod hostname is `<job>-<index>` (index < 256), and it must be a DNS label.
+MAX_JOB_NAME = MAX_NAME - len("-255")
+
+
 def job_name(run: str, attempt: int) -> str:
-    return child_name(run, f"a{attempt}")
+    return dns_label(run, f"a{attempt}", max_length=MAX_JOB_NAME)
 
 
 def service_name(run: str) -> str:
-    return child_name(run, "rdzv")
+    """The rendezvous Service: a DNS-1035 label (a letter first, no dots), also the pods' subdomain."""
+    return dns_label(run, "rdzv", dns1035=True)
 
 
 def spec_hash(spec: TrainingRunSpec) -> str:
@@ -74,6 +84,7 @@ def _owner(inputs: TrainingInputs) -> dict[str, Any]:
 
 def _labels(inputs: TrainingInputs) -> dict[str, str]:
     labels = common_labels(KIND, inputs.name, component="trainer")
+    labels[RUN_UID_LABEL] = inputs.uid
     labels[ATTEMPT_LABEL] = str(inputs.attempt)
     if inputs.spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = inputs.spec.scheduling.queue_name
@@ -83,55 +94,58 @@ def _labels(inputs: TrainingInputs) -> dict[str, str]:
 def _env(inputs: TrainingInputs) -> list[dict[str, Any]]:
     spec, source = inputs.spec, inputs.dataset.source
     env: list[dict[str, Any]] = [
-        {"name": "MLOPS_MODEL", "value": spec.model},
-        {"name": "MLOPS_DATASET_URI", "value": source.uri},
-        {"name": "MLOPS_DATASET_FINGERPRINT", "value": inputs.dataset_fingerprint},
-        {"name": "MLOPS_OUTPUT_URI", "value": spec.output.uri},
-        {"name": "MLOPS_HYPERPARAMETERS", "value": json.dumps(spec.hyperparameters, sort_keys=True)},
-        {"name": "MLOPS_RUN_NAME", "value": f"{inputs.namespace}-{inputs.name}"},
-        {"name": "MLOPS_ATTEMPT", "value": str(inputs.attempt)},
-        {"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+        {"name": envvars.MODEL, "value": spec.model},
+        {"name": envvars.DATASET_URI, "value": source.uri},
+        {"name": envvars.DATASET_FINGERPRINT, "value": inputs.dataset_fingerprint},
+        {"name": envvars.OUTPUT_URI, "value": spec.output.uri},
+        {"name": envvars.HYPERPARAMETERS, "value": json.dumps(spec.hyperparameters, sort_keys=True)},
+        {"name": envvars.RUN_NAME, "value": f"{inputs.namespace}-{inputs.name}"},
+        {"name": envvars.ATTEMPT, "value": str(inputs.attempt)},
+        {"name": envvars.TERMINATION_MESSAGE_PATH, "value": TERMINATION_MESSAGE_PATH},
         # The root filesystem is read-only; libraries that write under $HOME (wandb) get the scratch volume.
         {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
     ]
     if spec.checkpoint:
         env += [
-            {"name": "MLOPS_CHECKPOINT_URI", "value": spec.checkpoint.uri},
-            {"name": "MLOPS_CHECKPOINT_INTERVAL_STEPS", "value": str(spec.checkpoint.interval_steps)},
+            {"name": envvars.CHECKPOINT_URI, "value": spec.checkpoint.uri},
+            {"name": envvars.CHECKPOINT_INTERVAL_STEPS, "value": str(spec.checkpoint.interval_steps)},
         ]
     if source.endpoint_url:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": source.endpoint_url})
+        env.append({"name": envvars.AWS_ENDPOINT_URL_S3, "value": source.endpoint_url})
     if source.region:
-        env.append({"name": "AWS_REGION", "value": source.region})
+        env.append({"name": envvars.AWS_REGION, "value": source.region})
     creds = source.credentials_secret_ref
     if creds:
         pairs = [
-            ("AWS_ACCESS_KEY_ID", creds.access_key_id_key),
-            ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key_key),
+            (envvars.AWS_ACCESS_KEY_ID, creds.access_key_id_key),
+            (envvars.AWS_SECRET_ACCESS_KEY, creds.secret_access_key_key),
         ]
         if creds.session_token_key:
-            pairs.append(("AWS_SESSION_TOKEN", creds.session_token_key))
+            pairs.append((envvars.AWS_SESSION_TOKEN, creds.session_token_key))
         env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": k}}} for n, k in pairs]
     wandb = spec.tracking.wandb
     if wandb:
         env += [
-            {"name": "WANDB_PROJECT", "value": wandb.project},
-            {"name": "WANDB_MODE", "value": wandb.mode},
+            {"name": envvars.WANDB_PROJECT, "value": wandb.project},
+            {"name": envvars.WANDB_MODE, "value": wandb.mode},
         ]
         if wandb.entity:
-            env.append({"name": "WANDB_ENTITY", "value": wandb.entity})
+            env.append({"name": envvars.WANDB_ENTITY, "value": wandb.entity})
         if wandb.api_key_secret_ref:
             ref = wandb.api_key_secret_ref
             env.append(
-                {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+                {
+                    "name": envvars.WANDB_API_KEY,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
             )
     else:
-        env.append({"name": "WANDB_MODE", "value": "disabled"})
+        env.append({"name": envvars.WANDB_MODE, "value": "disabled"})
     if inputs.distributed:
         # The pod's index in the Indexed Job is its torchrun node rank.
         env.append(
             {
-                "name": "NODE_RANK",
+                "name": envvars.NODE_RANK,
                 "valueFrom": {
                     "fieldRef": {
                         "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -154,7 +168,7 @@ def _command(inputs: TrainingInputs) -> tuple[list[str], list[str]]:
             "torchrun",
             f"--nnodes={spec.distributed.nodes}",
             f"--nproc-per-node={procs}",
-            "--node-rank=$(NODE_RANK)",
+            f"--node-rank=$({envvars.NODE_RANK})",
             f"--master-addr={master}",
             f"--master-port={RENDEZVOUS_PORT}",
             "-m",
@@ -219,7 +233,7 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
                 "args": args,
                 "env": _env(inputs),
                 "resources": _resources(inputs),
-                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                 # The trainer writes its JSON summary there; if it crashes first, the log tail stands in.
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {
@@ -271,6 +285,7 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
 def build_rendezvous_service(inputs: TrainingInputs) -> dict[str, Any]:
     """Headless Service giving each worker pod a DNS name (<job>-<index>.<service>) for torchrun."""
     labels = common_labels(KIND, inputs.name, component="rendezvous")
+    labels[RUN_UID_LABEL] = inputs.uid
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -284,7 +299,7 @@ def build_rendezvous_service(inputs: TrainingInputs) -> dict[str, Any]:
             "clusterIP": "None",
             # Workers must find each other before they are Ready.
             "publishNotReadyAddresses": True,
-            "selector": {RUN_LABEL: inputs.name},
+            "selector": {RUN_UID_LABEL: inputs.uid},
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
         },
     }

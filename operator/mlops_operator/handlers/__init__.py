@@ -1,30 +1,35 @@
-"""One module per kind: read the object, reconcile, return an Outcome for the status."""
+"""One module per kind: reconcile an object from what the watches delivered, return its Outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.cache import Cache, ObjectKey
 from . import dataset, inferencedeployment, modelversion, trainingrun
-from .base import Outcome
+from .base import Result
 from .context import ReconcileContext
 
-Reconciler = Callable[[Any, ReconcileContext], Outcome]
-DueCheck = Callable[[Any, ReconcileContext], bool]
+Reconciler = Callable[[Any, ReconcileContext], Result]
+Dependents = Callable[[Cache, Mapping[str, Any]], Iterable[ObjectKey]]
+
+
+def _none(cache: Cache, body: Mapping[str, Any]) -> Iterable[ObjectKey]:
+    return ()
 
 
 @dataclass(frozen=True)
 class KindHandler:
-    """How one kind is reconciled: on every change, and on timer ticks when `is_due` says so."""
+    """How one kind is reconciled, and which other objects wait on a change of one of its objects."""
 
     reconcile: Reconciler
-    is_due: DueCheck | None = None
+    dependents: Dependents = _none
 
 
 HANDLERS: dict[str, KindHandler] = {
-    "Dataset": KindHandler(dataset.reconcile, dataset.is_due),
-    "TrainingRun": KindHandler(trainingrun.reconcile, trainingrun.is_due),
+    "Dataset": KindHandler(dataset.reconcile, trainingrun.waiting_on_dataset),
+    "TrainingRun": KindHandler(trainingrun.reconcile),
     "ModelVersion": KindHandler(modelversion.reconcile),
     "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
 }

@@ -1,22 +1,29 @@
 """What every kind's handler shares: spec parsing, the outcome of a reconcile, and the status patch.
 
-A kind's `reconcile` returns an `Outcome` (desired phase, conditions, status fields). `status_patch`
-turns it into the minimal status patch against what the object already says, or into nothing at all
-when nothing changed, so an idle operator makes no writes.
+A kind's `reconcile` returns an `Outcome` (desired phase, conditions, status fields, and when the
+object is due again), or `Unchanged` when nothing is due. `status_patch` turns an Outcome into the
+minimal status patch against what the object already says, or into nothing at all when nothing
+changed, so an idle operator makes no writes. `checked_status` proves the result against the kind's
+status model before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..k8s.conditions import ConditionUpdate, find_condition, set_conditions
+from ..k8s.conditions import ConditionUpdate, condition_reason, find_condition, set_conditions
 from ..k8s.events import Event
 
 READY = "Ready"
+# Ready reasons that only the engine sets, on an unexpected error; a handler restating its own Ready
+# replaces them once the error is gone.
+ENGINE_REASONS = frozenset({"ChildRejected", "Forbidden", "ApiError", "ReconcileError", "InvalidStatus"})
+MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -29,6 +36,19 @@ class Outcome:
     conditions: tuple[ConditionUpdate, ...]
     fields: Mapping[str, Any] = field(default_factory=dict)
     events: tuple[Event, ...] = ()  # posted besides the ones for condition transitions
+    # Seconds until something this object names is due (a backoff end, a refresh, a TTL, a start
+    # deadline); None: nothing is due, only a change of the object or its children wakes it.
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """Nothing to do now: the status stands as it is; look again after `requeue_after` seconds."""
+
+    requeue_after: float | None = None
+
+
+Result = Outcome | Unchanged
 
 
 @dataclass(frozen=True)
@@ -66,9 +86,11 @@ def status_patch(
     """The status fields to patch (empty when nothing changed) and the condition transitions."""
     status = status or {}
     old_conditions = list(status.get("conditions") or [])
-    conditions, conditions_changed = set_conditions(
-        old_conditions, outcome.conditions, generation=generation, now=now
-    )
+    updates = [
+        ConditionUpdate(u.type, u.status, condition_reason(u.reason), u.message[:MAX_MESSAGE])
+        for u in outcome.conditions
+    ]
+    conditions, conditions_changed = set_conditions(old_conditions, updates, generation=generation, now=now)
     patch: dict[str, Any] = {}
     if conditions_changed:
         patch["conditions"] = conditions
@@ -77,11 +99,24 @@ def status_patch(
         if status.get(key) != value:
             patch[key] = value
     transitions = []
-    for update in outcome.conditions:
+    for update in updates:
         before = find_condition(old_conditions, update.type)
         if before is None or before.get("status") != update.status or before.get("reason") != update.reason:
             transitions.append(Transition(update.type, update.status, update.reason, update.message))
     return patch, transitions
+
+
+def checked_status(
+    model: type[BaseModel], status: Mapping[str, Any] | None, patch: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The patch, once the status it produces has passed the kind's status model (raises otherwise).
+
+    Valid by construction: a NaN, an over-long string or a wrong type is caught here, in the
+    operator, with a message naming the field, instead of as a 422 from the apiserver.
+    """
+    merged = {**(status or {}), **{k: v for k, v in patch.items() if v is not None}}
+    model.model_validate_json(json.dumps(merged, allow_nan=True), strict=True)
+    return dict(patch)
 
 
 def not_implemented(kind: str) -> Outcome:

@@ -1,4 +1,5 @@
-"""What a reconcile may look at besides the spec: the object, its status, clients, settings, time."""
+"""What a reconcile may look at besides the spec: the object, its status, its children as the
+watches delivered them, clients for writes (and the rare read-through), settings, time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..engine.cache import Cache
 from ..integrations.s3 import Boto3ObjectStore, ObjectStore, S3Config
 from ..settings import OperatorConfig
 
@@ -47,6 +49,7 @@ class ReconcileContext:
     clients: Clients | None = None
     config: OperatorConfig = field(default_factory=OperatorConfig)
     now: Callable[[], datetime] = _utcnow
+    cache: Cache = field(default_factory=Cache)
 
     @property
     def namespace(self) -> str:
@@ -59,6 +62,10 @@ class ReconcileContext:
     @property
     def status(self) -> Mapping[str, Any]:
         return self.body.get("status") or {}
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"].get("uid", ""))
 
     @property
     def generation(self) -> int | None:

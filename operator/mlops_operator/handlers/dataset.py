@@ -29,7 +29,7 @@ from ..integrations.s3 import (
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
-from .base import READY, Outcome
+from .base import READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
 
 # While the source is unavailable, retry after half the time it has been failing, within these bounds:
@@ -65,25 +65,34 @@ def read_credentials(ctx: ReconcileContext, ref: CredentialsRef) -> S3Credential
     return S3Credentials(value(ref.access_key_id_key), value(ref.secret_access_key_key), token)
 
 
-def is_due(spec: DatasetSpec, ctx: ReconcileContext) -> bool:
-    """Whether a timer tick should re-check the data now."""
+def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
+    """Seconds until the data should be checked again (0: now); None: only a change wakes it."""
     status = ctx.status
     checked = status.get("lastCheckedTime")
     if status.get("observedGeneration") != ctx.generation or not checked:
-        return True
+        return 0.0
     elapsed = ctx.now() - from_rfc3339(checked)
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
     if ready.get("reason") == "SourceUnavailable":
-        failing_for = ctx.now() - from_rfc3339(ready.get("lastTransitionTime") or checked)
-        return elapsed >= min(max(failing_for / 2, RETRY_MIN), RETRY_MAX)
-    return spec.refresh_interval is not None and elapsed >= parse_duration(spec.refresh_interval)
+        return max(0.0, (_retry_delay(ctx, ready, checked) - elapsed).total_seconds())
+    if spec.refresh_interval is None:
+        return None
+    return max(0.0, (parse_duration(spec.refresh_interval) - elapsed).total_seconds())
 
 
-def _unavailable(message: str, checked: str) -> Outcome:
+def _retry_delay(ctx: ReconcileContext, ready: Mapping[str, Any], checked: str) -> timedelta:
+    failing_for = ctx.now() - from_rfc3339(ready.get("lastTransitionTime") or checked)
+    return min(max(failing_for / 2, RETRY_MIN), RETRY_MAX)
+
+
+def _unavailable(ctx: ReconcileContext, message: str, checked: str) -> Outcome:
+    ready: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), READY) or {}
+    since = ready.get("lastTransitionTime") if ready.get("reason") == "SourceUnavailable" else None
     return Outcome(
         phase="Pending",
         conditions=(ConditionUpdate(READY, "False", "SourceUnavailable", message),),
         fields={"lastCheckedTime": checked},
+        requeue_after=_retry_delay(ctx, {"lastTransitionTime": since}, checked).total_seconds(),
     )
 
 
@@ -94,12 +103,19 @@ def _read_manifest(store: ObjectStore, spec: DatasetSpec, listed: Manifest) -> t
     bucket, key = split_object_uri(spec.source.manifest_uri)
     try:
         manifest = manifest_from_jsonl(store.get_bytes(bucket, key).decode())
+    except UnicodeDecodeError as error:
+        return listed, [
+            f"manifest {spec.source.manifest_uri} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ]
     except ManifestFormatError as error:
         return listed, [str(error)]
     return manifest, missing_from_listing(manifest, listed)
 
 
-def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Outcome:
+def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
+    wait = due_in(spec, ctx)
+    if wait is None or wait > 0:
+        return Unchanged(wait)  # a restart or our own status write: nothing to list
     checked = to_rfc3339(ctx.now())
     source = S3Location.parse(spec.source.uri)
     try:
@@ -109,13 +125,18 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Outcome:
             else None
         )
     except CredentialsUnavailableError as error:
-        return _unavailable(str(error), checked)
-    store = ctx.require_clients().object_store(S3Config(spec.source.endpoint_url, spec.source.region, creds))
+        return _unavailable(ctx, str(error), checked)
+    try:
+        store = ctx.require_clients().object_store(
+            S3Config(spec.source.endpoint_url, spec.source.region, creds)
+        )
+    except ValueError as error:  # botocore refuses an endpoint it cannot parse
+        return _unavailable(ctx, f"InvalidEndpoint: {error}", checked)
     try:
         listed = manifest_from_listing(store.list_objects(source), source.prefix)
         manifest, manifest_problems = _read_manifest(store, spec, listed)
     except S3UnavailableError as error:
-        return _unavailable(f"{error.reason}: {error.message}", checked)
+        return _unavailable(ctx, f"{error.reason}: {error.message}", checked)
 
     violations = manifest_problems + contract_violations(spec.contract, manifest)
     fields: dict[str, object] = {
@@ -142,6 +163,7 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Outcome:
             fields["manifestURI"] = source.uri(key)
         except S3UnavailableError as error:
             manifest_note = f"; the manifest could not be written ({error.reason})"
+    refresh = parse_duration(spec.refresh_interval).total_seconds() if spec.refresh_interval else None
     if violations:
         shown = "; ".join(violations[:3]) + (f" (+{len(violations) - 3} more)" if len(violations) > 3 else "")
         return Outcome(
@@ -149,6 +171,7 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Outcome:
             conditions=(ConditionUpdate(READY, "False", "ContractViolated", shown),),
             fields=fields,
             events=tuple(events),
+            requeue_after=refresh,
         )
     message = f"{manifest.object_count} objects, {manifest.total_bytes} bytes, {manifest.fingerprint}"
     return Outcome(
@@ -156,4 +179,5 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Outcome:
         conditions=(ConditionUpdate(READY, "True", "Validated", message + manifest_note),),
         fields=fields,
         events=tuple(events),
+        requeue_after=refresh,
     )

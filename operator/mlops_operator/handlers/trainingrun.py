@@ -1,12 +1,20 @@
 """TrainingRun reconcile: wait for the Dataset, run attempts as Jobs, follow them, retry, finish.
 
-Level-based: every call reads the Job and pods of the current attempt and derives the status from
-them, so a restarted operator picks a run up where it was without making a second Job.
+Level-based: every call derives the status from the run's Jobs and pods as the watches delivered
+them (matched by owner UID), so a restarted operator picks a run up where it was without making a
+second Job. Rules that keep attempts honest:
+- the first attempt pins the spec, the Dataset's source and fingerprint and the image; every later
+  attempt (a retry, a resume) is built from that pin, whatever the spec says now;
+- an attempt starts only when every earlier attempt's Job, and with it every pod, is gone (Jobs are
+  deleted in the foreground, so a pod in its grace period keeps its Job), so two attempts never write
+  the same checkpoint prefix;
+- an attempt whose pods do not run within the start deadline fails, with the kubelet's or the
+  scheduler's reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +22,6 @@ from kubernetes.client.exceptions import ApiException
 
 from ..api.v1alpha1 import GROUP, VERSION, DatasetSpec, TrainingRunSpec
 from ..builders.training import (
-    RUN_LABEL,
     TrainingInputs,
     backoff_seconds,
     build_job,
@@ -23,25 +30,50 @@ from ..builders.training import (
     service_name,
     spec_hash,
 )
+from ..engine.cache import Cache, ObjectKey
 from ..k8s.apply import server_side_apply
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
-from ..observation.training import Observation, observe
+from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, observe
 from ..timeutil import from_rfc3339, to_rfc3339
-from .base import READY, Outcome
+from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
 
 FINISHED = ("Succeeded", "Failed")
 SPEC_ACCEPTED = "SpecAccepted"
 CHILDREN_DELETED = "ChildrenDeleted"
+# A Job that has made no pod for this long is asked why (its FailedCreate events), then every PROBE.
+NO_PODS_GRACE = timedelta(seconds=10)
+PROBE_INTERVAL = 30.0
 
 
 def _ready(status: str, reason: str, message: str) -> ConditionUpdate:
-    return ConditionUpdate(READY, status, reason, message[:1024])  # type: ignore[arg-type]
+    return ConditionUpdate(READY, status, reason, message[:MAX_MESSAGE])  # type: ignore[arg-type]
+
+
+def _seconds_until(ctx: ReconcileContext, moment: str) -> float:
+    return max(0.0, (from_rfc3339(moment) - ctx.now()).total_seconds())
+
+
+# -- the Dataset ------------------------------------------------------------------------------------
+
+
+def waiting_on_dataset(cache: Cache, dataset: Mapping[str, Any]) -> Iterable[ObjectKey]:
+    """Runs not started yet that name this Dataset: a change of it may let them start."""
+    meta = dataset["metadata"]
+    for run in cache.in_namespace("TrainingRun", str(meta["namespace"])):
+        ref = (run.get("spec") or {}).get("datasetRef") or {}
+        if ref.get("name") == meta["name"] and not (run.get("status") or {}).get("attempt"):
+            yield ("TrainingRun", str(meta["namespace"]), str(run["metadata"]["name"]))
 
 
 def _read_dataset(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
+    cached = ctx.cache.get("Dataset", ctx.namespace, name)
+    if cached is not None:
+        return cached
+    # Not delivered by the watch (yet): read through once, so a restart never reports a Dataset
+    # that exists as missing.
     try:
         obj: Mapping[str, Any] = ctx.require_clients().custom.get_namespaced_custom_object(
             GROUP, VERSION, ctx.namespace, "datasets", name
@@ -77,51 +109,108 @@ def _dataset_gate(
     return dataset, None
 
 
+# -- the pin ------------------------------------------------------------------------------------------
+
+
+def _pin(spec: TrainingRunSpec, dataset: Mapping[str, Any], image: str) -> dict[str, Any]:
+    """What every attempt of this run is built from: the spec it started with (without suspend and
+    the TTL, which may change), the Dataset's source, and the image it resolved to."""
+    frozen = spec.wire()
+    frozen.pop("suspend", None)
+    frozen.pop("ttlSecondsAfterFinished", None)
+    return {"spec": frozen, "datasetSpec": dict(dataset["spec"]), "image": image}
+
+
+def _inputs_from_pin(ctx: ReconcileContext, spec: TrainingRunSpec, attempt: int) -> TrainingInputs:
+    status = ctx.status
+    pinned = status.get("pinned")
+    if not pinned:
+        raise RuntimeError(
+            "this run started under an operator version that did not pin its spec; "
+            "create a new TrainingRun to train again"
+        )
+    started = TrainingRunSpec.model_validate({**pinned["spec"], "suspend": spec.suspend})
+    return _inputs(
+        ctx,
+        spec=started,
+        dataset=DatasetSpec.model_validate(pinned["datasetSpec"]),
+        attempt=attempt,
+        status=status,
+        image=str(pinned["image"]),
+    )
+
+
 def _inputs(
-    spec: TrainingRunSpec, ctx: ReconcileContext, dataset: Mapping[str, Any], attempt: int, fingerprint: str
+    ctx: ReconcileContext,
+    *,
+    spec: TrainingRunSpec,
+    dataset: DatasetSpec,
+    attempt: int,
+    status: Mapping[str, Any],
+    image: str,
 ) -> TrainingInputs:
     return TrainingInputs(
         name=ctx.name,
         namespace=ctx.namespace,
-        uid=str(ctx.body["metadata"]["uid"]),
+        uid=ctx.uid,
         spec=spec,
-        dataset=DatasetSpec.model_validate(dataset["spec"]),
-        dataset_fingerprint=fingerprint,
+        dataset=dataset,
+        dataset_fingerprint=str(status.get("datasetFingerprint")),
         attempt=attempt,
-        default_image=ctx.config.trainer_image,
+        default_image=image,
         extra_tolerations=ctx.config.workload_tolerations,
     )
 
 
-def _read_job(ctx: ReconcileContext, name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+# -- children -----------------------------------------------------------------------------------------
+
+
+def _jobs(ctx: ReconcileContext) -> list[Mapping[str, Any]]:
+    return ctx.cache.owned("Job", ctx.uid)
+
+
+def _pods(ctx: ReconcileContext, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return ctx.cache.owned("Pod", str(job["metadata"]["uid"]))
+
+
+def _read_through_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
+    """A Job the status says was made but the cache lacks (a watch event still on its way)."""
     clients = ctx.require_clients()
     try:
         job = clients.batch.read_namespaced_job(name, ctx.namespace)
     except ApiException as error:
         if error.status == 404:
-            return None, []
+            return None
         raise
-    uid = job.metadata.uid
-    pods = clients.core.list_namespaced_pod(
-        ctx.namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}"
-    )
-    serialize = clients.api.sanitize_for_serialization
-    return serialize(job), [serialize(p) for p in pods.items]
+    obj: dict[str, Any] = clients.api.sanitize_for_serialization(job)
+    refs = obj["metadata"].get("ownerReferences") or []
+    if not any(r.get("uid") == ctx.uid and r.get("controller") for r in refs):
+        return None  # same name, not ours
+    obj.setdefault("kind", "Job")
+    ctx.cache.upsert("Job", obj)
+    return obj
 
 
-def _start_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, inputs: TrainingInputs) -> None:
+def _start_attempt(ctx: ReconcileContext, inputs: TrainingInputs) -> None:
     api, manager = ctx.require_clients().api, ctx.config.field_manager
     if inputs.distributed:
         server_side_apply(api, build_rendezvous_service(inputs), manager)
-    server_side_apply(api, build_job(inputs), manager)
+    created = server_side_apply(api, build_job(inputs), manager)
+    written: dict[str, Any] = ctx.require_clients().api.sanitize_for_serialization(created)
+    written.setdefault("kind", "Job")
+    ctx.cache.upsert("Job", written)  # the next reconcile sees it before its watch event arrives
     TRAINING_ATTEMPTS.labels(namespace=ctx.namespace).inc()
 
 
-def _delete_job(ctx: ReconcileContext, name: str) -> None:
+def _delete_job(ctx: ReconcileContext, job: Mapping[str, Any]) -> None:
+    """Delete in the foreground: the Job stays (with a deletionTimestamp) until all its pods are gone,
+    so its absence proves no pod of that attempt runs any more. Pods get SIGTERM and their grace
+    period: the trainer writes a checkpoint before it exits."""
+    if job["metadata"].get("deletionTimestamp"):
+        return
     try:
-        # Pods get SIGTERM and their grace period: the trainer writes a checkpoint before it exits.
         ctx.require_clients().batch.delete_namespaced_job(
-            name, ctx.namespace, propagation_policy="Background"
+            job["metadata"]["name"], ctx.namespace, propagation_policy="Foreground"
         )
     except ApiException as error:
         if error.status != 404:
@@ -148,40 +237,64 @@ def _spec_accepted(spec: TrainingRunSpec, status: Mapping[str, Any]) -> Conditio
     return ConditionUpdate(SPEC_ACCEPTED, "True", "Accepted", "")
 
 
-def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
+# -- finished runs ------------------------------------------------------------------------------------
+
+
+def _final_ready(status: Mapping[str, Any]) -> ConditionUpdate:
+    """Ready of a finished run, as it was written when it finished (unless the engine has since put an
+    error there: then as the phase says)."""
+    ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
+    phase = status["phase"]
+    if ready and ready.get("reason") not in ENGINE_REASONS:
+        return ConditionUpdate(READY, ready["status"], ready["reason"], ready.get("message", ""))
+    if phase == "Succeeded":
+        return _ready("True", "Succeeded", f"attempt {status.get('attempt')} succeeded")
+    last = (status.get("failures") or [{}])[-1]
+    return _ready("False", str(last.get("reason") or "Failed"), str(last.get("message") or "the run failed"))
+
+
+def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     """A finished run keeps its status; after ttlSecondsAfterFinished its children go."""
     status = ctx.status
-    ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
-    conditions = [
-        ConditionUpdate(
-            READY,
-            ready.get("status", "False"),
-            ready.get("reason", status["phase"]),
-            ready.get("message", ""),
-        )
-    ]
-    conditions.append(_spec_accepted(spec, status))
+    conditions = [_final_ready(status), _spec_accepted(spec, status)]
     completion = status.get("completionTime")
     ttl = spec.ttl_seconds_after_finished
-    if ttl is not None and completion and ctx.now() >= from_rfc3339(completion) + timedelta(seconds=ttl):
-        clients = ctx.require_clients()
-        selector = f"{RUN_LABEL}={ctx.name}"
-        for job in clients.batch.list_namespaced_job(ctx.namespace, label_selector=selector).items:
-            _delete_job(ctx, job.metadata.name)
-        try:
-            clients.core.delete_namespaced_service(service_name(ctx.name), ctx.namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-        conditions.append(
-            ConditionUpdate(
-                CHILDREN_DELETED, "True", "TTLExpired", f"children deleted {ttl}s after the run finished"
+    requeue: float | None = None
+    deleted = find_condition(status.get("conditions", []), CHILDREN_DELETED)
+    if status["phase"] == "Failed":
+        # An attempt that failed before its pods ran (a start deadline) leaves them stuck: remove them.
+        for job in _jobs(ctx):
+            if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
+                _delete_job(ctx, job)
+    if ttl is not None and completion and not deleted:
+        expires = from_rfc3339(completion) + timedelta(seconds=ttl)
+        if ctx.now() >= expires:
+            for job in _jobs(ctx):
+                _delete_job(ctx, job)
+            try:
+                ctx.require_clients().core.delete_namespaced_service(service_name(ctx.name), ctx.namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+            conditions.append(
+                ConditionUpdate(
+                    CHILDREN_DELETED, "True", "TTLExpired", f"children deleted {ttl}s after the run finished"
+                )
             )
-        )
-    return Outcome(status["phase"], tuple(conditions))
+        else:
+            requeue = (expires - ctx.now()).total_seconds()
+    if status.get("observedGeneration") == ctx.generation and len(conditions) == 2:
+        ready = find_condition(status.get("conditions", []), READY) or {}
+        accepted = find_condition(status.get("conditions", []), SPEC_ACCEPTED) or {}
+        if (ready.get("reason"), accepted.get("reason")) == (conditions[0].reason, conditions[1].reason):
+            return Unchanged(requeue)  # settled: costs nothing
+    return Outcome(status["phase"], tuple(conditions), requeue_after=requeue)
 
 
-def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
+# -- the reconcile -----------------------------------------------------------------------------------
+
+
+def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     status = ctx.status
     if status.get("phase") in FINISHED:
         return _finished(spec, ctx)
@@ -191,15 +304,24 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
         return _first_attempt(spec, ctx, now)
     accepted = _spec_accepted(spec, status)
     name = status.get("jobName") or job_name(ctx.name, attempt)
-    job, pods = _read_job(ctx, name)
-    seen = observe(job, pods)
-    if seen.state == "Succeeded":
+    jobs = _jobs(ctx)
+    job = next((j for j in jobs if j["metadata"]["name"] == name), None)
+    if job is None and status.get("attemptStartTime") and not status.get("nextAttemptTime"):
+        job = _read_through_job(ctx, name)
+    live = job is not None and not job["metadata"].get("deletionTimestamp")
+    seen = observe(job, _pods(ctx, job) if job is not None else [])
+    if live and seen.state == "Succeeded":
         return _succeeded(spec, ctx, seen, accepted, now)
-    if seen.state == "Failed":
-        return _failed(spec, ctx, seen, accepted, now)
+    if live and seen.state == "Failed":
+        assert seen.failure is not None
+        return _failed(
+            spec, ctx, failure=seen.failure, finished_at=seen.finished_at, accepted=accepted, now=now
+        )
+
     if spec.suspend:
-        if job is not None:
-            _delete_job(ctx, name)
+        going = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
+        for j in going:
+            _delete_job(ctx, j)
         return Outcome(
             "Suspended",
             (
@@ -211,9 +333,28 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
                 accepted,
             ),
             events=(Event("Suspended", f"deleted Job {name}; its pods checkpoint on SIGTERM"),)
-            if job is not None
+            if going
             else (),
         )
+
+    # Earlier attempts (and a suspended attempt's own Job) must be gone, pods and all, first.
+    stale = [j for j in jobs if j["metadata"]["name"] != name or j["metadata"].get("deletionTimestamp")]
+    if stale:
+        for j in stale:
+            _delete_job(ctx, j)
+        names = ", ".join(sorted(str(j["metadata"]["name"]) for j in stale))
+        return Outcome(
+            "Pending",
+            (
+                _ready(
+                    "False",
+                    "WaitingForPreviousAttempt",
+                    f"attempt {attempt} starts when Job {names} and its pods are gone",
+                ),
+                accepted,
+            ),
+        )
+
     next_attempt = status.get("nextAttemptTime")
     if job is None and next_attempt and ctx.now() < from_rfc3339(next_attempt):
         last = (status.get("failures") or [{}])[-1]
@@ -228,18 +369,17 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
                 ),
                 accepted,
             ),
+            requeue_after=_seconds_until(ctx, next_attempt),
         )
     if job is None:
-        # A new attempt, a resume after suspend, or a Job someone deleted: (re)create it.
-        dataset, waiting = _dataset_gate(spec, ctx)
-        if waiting is not None:
-            return Outcome(waiting.phase, (*waiting.conditions, accepted))
-        assert dataset is not None
-        _start_attempt(spec, ctx, _inputs(spec, ctx, dataset, attempt, str(status.get("datasetFingerprint"))))
+        # A new attempt, a resume after suspend, or a Job someone deleted: (re)create it from the pin.
+        inputs = _inputs_from_pin(ctx, spec, attempt)
+        _start_attempt(ctx, inputs)
         return Outcome(
             "Starting",
             (_ready("False", "Starting", f"attempt {attempt}: Job {name} created"), accepted),
             {"jobName": name, "attemptStartTime": now, "nextAttemptTime": None},
+            requeue_after=float(_start_deadline(spec, ctx)),
         )
     if seen.state == "Running":
         if status.get("phase") != "Running" and attempt == 1 and status.get("startTime"):
@@ -251,12 +391,70 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Outcome:
                 accepted,
             ),
         )
-    if seen.unschedulable:
-        return Outcome("Starting", (_ready("False", "Unschedulable", seen.unschedulable[:1024]), accepted))
-    return Outcome(
-        "Starting",
-        (_ready("False", "Starting", f"attempt {attempt}: waiting for pods of Job {name}"), accepted),
+    return _starting(spec, ctx, job=job, seen=seen, accepted=accepted, now=now)
+
+
+def _start_deadline(spec: TrainingRunSpec, ctx: ReconcileContext) -> int:
+    override = getattr(spec.scheduling, "start_deadline_seconds", None)
+    return int(override if override is not None else ctx.config.start_deadline_seconds)
+
+
+def _failed_create(ctx: ReconcileContext, job: Mapping[str, Any]) -> str | None:
+    """Why the Job controller cannot make this Job's pods (a missing ServiceAccount or
+    PriorityClass, a quota, Pod Security): the message of its latest FailedCreate event."""
+    uid = job["metadata"]["uid"]
+    events = (
+        ctx.require_clients()
+        .core.list_namespaced_event(
+            ctx.namespace, field_selector=f"involvedObject.uid={uid},reason=FailedCreate", limit=20
+        )
+        .items
     )
+    if not events:
+        return None
+    latest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+    return str(latest.message)
+
+
+def _starting(
+    spec: TrainingRunSpec,
+    ctx: ReconcileContext,
+    *,
+    job: Mapping[str, Any],
+    seen: Observation,
+    accepted: ConditionUpdate,
+    now: str,
+) -> Outcome:
+    status, attempt = ctx.status, int(ctx.status["attempt"])
+    started = from_rfc3339(status.get("attemptStartTime") or job["metadata"]["creationTimestamp"])
+    deadline_seconds = _start_deadline(spec, ctx)
+    deadline = started + timedelta(seconds=deadline_seconds)
+    reason, message, permanent = (
+        "Starting",
+        f"attempt {attempt}: waiting for pods of Job {job['metadata']['name']}",
+        False,
+    )
+    requeue = max(0.0, (deadline - ctx.now()).total_seconds())
+    pods = _pods(ctx, job)
+    if seen.stuck:
+        reason, message = seen.stuck
+        permanent = reason in PERMANENT_START_FAILURES
+    elif seen.unschedulable:
+        reason, message = "Unschedulable", seen.unschedulable
+    elif not pods and ctx.now() - started >= NO_PODS_GRACE:
+        if cause := _failed_create(ctx, job):
+            reason, message = "FailedCreate", cause
+        requeue = min(requeue, PROBE_INTERVAL)
+    elif not pods:
+        requeue = min(requeue, NO_PODS_GRACE.total_seconds())
+    if ctx.now() >= deadline:
+        failure = Failure(
+            not permanent,
+            "StartDeadlineExceeded",
+            f"the attempt's pods did not start within {deadline_seconds}s ({reason}: {message})",
+        )
+        return _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
+    return Outcome("Starting", (_ready("False", reason, message), accepted), requeue_after=max(1.0, requeue))
 
 
 def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Outcome:
@@ -267,8 +465,17 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
     if spec.suspend:
         return Outcome("Suspended", (_ready("False", "Suspended", "suspended before it started"),))
     fingerprint = str(dataset["status"]["fingerprint"])
-    inputs = _inputs(spec, ctx, dataset, 1, fingerprint)
-    _start_attempt(spec, ctx, inputs)
+    pin = _pin(spec, dataset, spec.image or ctx.config.trainer_image)
+    first = {"datasetFingerprint": fingerprint}
+    inputs = _inputs(
+        ctx,
+        spec=spec,
+        dataset=DatasetSpec.model_validate(pin["datasetSpec"]),
+        attempt=1,
+        status=first,
+        image=pin["image"],
+    )
+    _start_attempt(ctx, inputs)
     return Outcome(
         "Starting",
         (
@@ -280,6 +487,7 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
             "jobName": inputs.job_name,
             "datasetFingerprint": fingerprint,
             "specHash": spec_hash(spec),
+            "pinned": pin,
             "startTime": now,
             "attemptStartTime": now,
         },
@@ -290,11 +498,25 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
                 f"attempt 1 is Job {inputs.job_name}",
             ),
         ),
+        requeue_after=float(_start_deadline(spec, ctx)),
     )
 
 
 def _numeric(values: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    """Finite numbers only: a NaN or an infinity from a trainer has no place in status (nor in JSON)."""
+    out: dict[str, float] = {}
+    for key, value in list(values.items())[:64]:
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and abs(float(value)) < float("inf")
+        ):
+            out[str(key)[:128]] = float(value)
+    return out
+
+
+def _text(value: Any, limit: int = 1024) -> str | None:
+    return str(value)[:limit] if value else None
 
 
 def _succeeded(
@@ -302,53 +524,59 @@ def _succeeded(
 ) -> Outcome:
     status, result = ctx.status, seen.result or {}
     finished = seen.finished_at or now
-    gpu_seconds = float(status.get("gpuSeconds") or 0) + _gpu_seconds(
-        spec, status.get("attemptStartTime"), finished
-    )
-    TRAINING_GPU_SECONDS.labels(namespace=ctx.namespace).inc(
-        _gpu_seconds(spec, status.get("attemptStartTime"), finished)
-    )
+    used = _gpu_seconds(spec, status.get("attemptStartTime"), finished)
+    gpu_seconds = float(status.get("gpuSeconds") or 0) + used
+    TRAINING_GPU_SECONDS.labels(namespace=ctx.namespace).inc(used)
     if status.get("startTime"):
         TRAINING_DURATION.labels(result="Succeeded").observe(
             (from_rfc3339(finished) - from_rfc3339(status["startTime"])).total_seconds()
         )
-    artifacts = result.get("artifacts") or {}
-    checkpoint = result.get("checkpoint") or {}
-    wandb = result.get("wandb") or {}
-    fields = {
+    artifacts = result.get("artifacts") if isinstance(result.get("artifacts"), Mapping) else {}
+    checkpoint = result.get("checkpoint") if isinstance(result.get("checkpoint"), Mapping) else {}
+    wandb = result.get("wandb") if isinstance(result.get("wandb"), Mapping) else {}
+    raw_metrics = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else {}
+    metrics = _numeric(raw_metrics or {})
+    fields: dict[str, Any] = {
         "completionTime": finished,
-        "metrics": _numeric(result.get("metrics") or {}),
+        "metrics": metrics,
         "modelURI": spec.output.uri if artifacts else None,
-        "checkpointURI": checkpoint.get("uri"),
-        "wandbRun": wandb.get("path"),
+        "checkpointURI": _text((checkpoint or {}).get("uri")),
+        "wandbRun": _text((wandb or {}).get("path")),
         "gpuSeconds": round(gpu_seconds, 3),
     }
     message = f"attempt {status.get('attempt')} succeeded"
-    if "accuracy" in fields["metrics"]:  # type: ignore[operator]
-        message += f" (accuracy {fields['metrics']['accuracy']:.4f})"  # type: ignore[index]
+    if "accuracy" in metrics:
+        message += f" (accuracy {metrics['accuracy']:.4f})"
+    dropped = sorted(set(map(str, raw_metrics or {})) - set(metrics))
+    if dropped:
+        message += f"; metrics that were not finite numbers were left out: {', '.join(dropped)[:200]}"
     if not result:
         message += "; the trainer left no result summary in its termination message"
     return Outcome(
         "Succeeded",
         (_ready("True", "Succeeded", message), accepted),
         {k: v for k, v in fields.items() if v is not None},
+        requeue_after=float(spec.ttl_seconds_after_finished)
+        if spec.ttl_seconds_after_finished is not None
+        else None,
     )
 
 
 def _failed(
     spec: TrainingRunSpec,
     ctx: ReconcileContext,
-    seen: Observation,
+    *,
+    failure: Failure,
+    finished_at: str | None,
     accepted: ConditionUpdate,
     now: str,
 ) -> Outcome:
     status = ctx.status
     attempt = int(status["attempt"])
-    failure = seen.failure
-    assert failure is not None
-    finished = seen.finished_at or now
+    finished = finished_at or now
     used = _gpu_seconds(spec, status.get("attemptStartTime"), finished)
-    failures = list(status.get("failures") or [])
+    failures: list[Mapping[str, Any]] = list(status.get("failures") or [])
+    message = failure.message[:MAX_MESSAGE]
     if not any(f.get("attempt") == attempt for f in failures):
         TRAINING_GPU_SECONDS.labels(namespace=ctx.namespace).inc(used)
         failures.append(
@@ -356,8 +584,8 @@ def _failed(
                 k: v
                 for k, v in {
                     "attempt": attempt,
-                    "reason": failure.reason,
-                    "message": failure.message[:1024],
+                    "reason": failure.reason[:128],
+                    "message": message,
                     "retryable": failure.retryable,
                     "exitCode": failure.exit_code,
                     "time": finished,
@@ -376,7 +604,7 @@ def _failed(
                 _ready(
                     "False",
                     "BackoffBeforeRetry",
-                    f"attempt {attempt} failed ({failure.reason}: {failure.message}); "
+                    f"attempt {attempt} failed ({failure.reason}: {message}); "
                     f"attempt {attempt + 1} starts at {at}",
                 ),
                 accepted,
@@ -391,10 +619,11 @@ def _failed(
             events=(
                 Event(
                     "AttemptFailed",
-                    f"attempt {attempt} failed, retrying: {failure.reason}: {failure.message}"[:1024],
+                    f"attempt {attempt} failed, retrying: {failure.reason}: {message}"[:MAX_MESSAGE],
                     "Warning",
                 ),
             ),
+            requeue_after=float(delay),
         )
     why = "not retryable" if not failure.retryable else f"{spec.retry.max_attempts} attempts used"
     if status.get("startTime"):
@@ -403,21 +632,6 @@ def _failed(
         )
     return Outcome(
         "Failed",
-        (
-            _ready("False", failure.reason, f"attempt {attempt} failed ({why}): {failure.message}"[:1024]),
-            accepted,
-        ),
+        (_ready("False", failure.reason, f"attempt {attempt} failed ({why}): {message}"), accepted),
         {"completionTime": finished, "failures": failures, "gpuSeconds": gpu_seconds},
     )
-
-
-def is_due(spec: TrainingRunSpec, ctx: ReconcileContext) -> bool:
-    """Timer ticks look again at unfinished runs, and at finished ones until their TTL is served."""
-    status = ctx.status
-    if status.get("observedGeneration") != ctx.generation:
-        return True
-    phase = status.get("phase")
-    if phase not in FINISHED:
-        return phase != "Suspended" or not spec.suspend
-    deleted = any(c.get("type") == CHILDREN_DELETED for c in status.get("conditions", []))
-    return spec.ttl_seconds_after_finished is not None and not deleted

@@ -6,6 +6,7 @@ it already says changes nothing, so the caller can skip the status write entirel
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,19 @@ from typing import Any, Literal
 from ..timeutil import to_rfc3339
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+# metav1.Condition's reason: CamelCase, at most 1024 characters (we keep them far shorter).
+REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+MAX_REASON = 128
+
+
+def condition_reason(text: str) -> str:
+    """`text` as a valid condition reason: a trainer's free-form reason becomes CamelCase words."""
+    if REASON.match(text) and len(text) <= MAX_REASON:
+        return text
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    reason = "".join(w[:1].upper() + w[1:] for w in words).lstrip("0123456789")[:MAX_REASON]
+    return reason or "Unknown"
 
 
 def now_rfc3339() -> str:

@@ -7,10 +7,13 @@ anything that looks like a credential is masked before it leaves the operator.
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-import kopf
+from ..timeutil import to_rfc3339
 
 _SECRETISH = re.compile(
     r"(?i)((?:aws_secret_access_key|secret|password|token|api[_-]?key|authorization)[\"']?\s*[:=]\s*[\"']?)"
@@ -37,12 +40,33 @@ def redact(text: str) -> str:
     return _AWS_KEY_ID.sub("***", text)
 
 
-def post_event(
-    body: kopf.Body,
-    reason: str,
-    message: str,
-    *,
-    type_: EventType = "Normal",
-) -> None:
-    """Post an event on `body` (kopf queues and batches the API call)."""
-    kopf.event(body, type=type_, reason=reason, message=redact(message)[:1024])
+REPORTING_COMPONENT = "mlops-operator"
+_INSTANCE = socket.gethostname()[:128]
+
+
+def event_manifest(obj: Mapping[str, Any], event: Event, *, now: datetime | None = None) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (pure: the engine posts it from its worker threads)."""
+    meta = obj["metadata"]
+    stamp = to_rfc3339(now or datetime.now(UTC))
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "reason": event.reason[:128],
+        "message": redact(event.message)[:1024],
+        "type": event.type,
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": _INSTANCE,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

@@ -1,23 +1,35 @@
 """What a training attempt's Job and pods say: running, done with a result, or failed and why.
 
 Pure: the handler hands in the objects it observed (from the watch cache), this turns them into one
-`Observation`, tested as plain data.
+`Observation`, tested as plain data. Which exit codes are retryable, and the result summary in the
+termination message, come from the workloads' contract (`mlops_contract`), as the trainer's do.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mlops_contract import result as trainer_result
+from mlops_contract.exitcodes import is_retryable
+
 from ..builders.training import CONTAINER
 
-# Exit codes of mlops-trainer (trainer-image/mlops_trainer/errors.py): 1 unexpected error and 75
-# preempted/temporarily unavailable are retryable; 2, 65, 70, 78 are permanent. 143 is a SIGTERM the
-# process did not handle (a drained node): retryable too.
-RETRYABLE_EXIT_CODES = frozenset({1, 75, 143})
-TRAINER_SUMMARY_SCHEMA = "mlops.dev/trainer-result/v1"
+# Why a container has not started, as the kubelet says it. The ones a new attempt with the same spec
+# cannot fix fail the attempt as not retryable once the start deadline passes.
+STUCK_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+PERMANENT_START_FAILURES = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 
 State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
 
@@ -38,6 +50,7 @@ class Observation:
     failure: Failure | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    stuck: tuple[str, str] | None = None  # (kubelet reason, message) of a container that cannot start
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -52,17 +65,6 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if status.get("name") == CONTAINER and "terminated" in (status.get("state") or {}):
             return status["state"]["terminated"]  # type: ignore[no-any-return]
     return None
-
-
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """The trainer's JSON summary from a termination message, or None when it is not one."""
-    if not message:
-        return None
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
@@ -81,18 +83,18 @@ def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
     if terminated is None:
         return Failure(True, "PodFailed", status.get("message") or "the pod failed before its container ran")
     code = int(terminated.get("exitCode", -1))
-    summary = parse_summary(terminated.get("message"))
+    summary = trainer_result.parse_summary(terminated.get("message"))
     if terminated.get("reason") == "OOMKilled":
         return Failure(False, "OOMKilled", "the trainer ran out of memory; raise resources.memory", code)
-    if summary is not None and summary.get("schema") == TRAINER_SUMMARY_SCHEMA:
+    if summary is not None and trainer_result.is_summary(summary):
         return Failure(
-            bool(summary.get("retryable")),
-            str(summary.get("reason") or "TrainerFailed"),
-            str(summary.get("message") or "")[:1024],
+            bool(summary.get(trainer_result.RETRYABLE)),
+            str(summary.get(trainer_result.REASON) or "TrainerFailed"),
+            str(summary.get(trainer_result.MESSAGE) or "")[:1024],
             code,
         )
     message = (terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
-    return Failure(code in RETRYABLE_EXIT_CODES, f"ExitCode{code}", message, code)
+    return Failure(is_retryable(code), f"ExitCode{code}", message, code)
 
 
 def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> Observation:
@@ -111,7 +113,7 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
             )
         )
         terminated = _terminated(done[0]) if done else None
-        result = parse_summary(terminated.get("message")) if terminated else None
+        result = trainer_result.parse_summary(terminated.get("message")) if terminated else None
         return Observation(
             "Succeeded",
             result=result or {},
@@ -131,6 +133,11 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         finished = job_failed.get("lastTransitionTime") if job_failed else None
         return Observation("Failed", failure=failure, started_at=started, finished_at=finished)
     for pod in pods:
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                message = str(waiting.get("message") or waiting["reason"])
+                return Observation("Pending", started_at=started, stuck=(str(waiting["reason"]), message))
         for cond in pod.get("status", {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
                 return Observation(
