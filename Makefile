@@ -8,26 +8,28 @@ STAMP := $(VENV)/.installed
 TRAINER_VENV ?= .venv-trainer
 TRAINER_STAMP := $(TRAINER_VENV)/.installed
 PYTEST_ARGS ?=
-LINTED := operator tests trainer-image bench
+# What the operator and the workloads agree on (stdlib only): installed, editable, into both venvs.
+CONTRACT := contract
+LINTED := operator tests trainer-image bench $(CONTRACT)
 
 .PHONY: install trainer tools crds lint format typecheck unit test dev clean
 
 ## install: create .venv and install the operator with its dev/test extras
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONTRACT)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e ./$(CONTRACT) -e '.[dev]'
 	touch $(STAMP)
 
 ## trainer: the trainer's own venv (torch from PyPI, onnx, onnxruntime, wandb, moto)
 trainer: $(TRAINER_STAMP)
 
-$(TRAINER_STAMP): trainer-image/pyproject.toml
+$(TRAINER_STAMP): trainer-image/pyproject.toml $(CONTRACT)/pyproject.toml
 	test -x $(TRAINER_VENV)/bin/python || $(PYTHON) -m venv $(TRAINER_VENV)
 	$(TRAINER_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRAINER_VENV)/bin/python -m pip install -q -e './trainer-image[dev]'
+	$(TRAINER_VENV)/bin/python -m pip install -q -e ./$(CONTRACT) -e './trainer-image[dev]'
 	touch $(TRAINER_STAMP)
 
 ## tools: build (once, then cached) the Go control plane: kube-apiserver, etcd, kwok, helm ...
@@ -47,8 +49,9 @@ format: install
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-## typecheck: mypy --strict on the operator and on the trainer package
+## typecheck: mypy --strict on the operator, the trainer package and the contract they share
 typecheck: install trainer
+	$(BIN)/mypy --strict $(CONTRACT)/src
 	$(BIN)/mypy --strict operator
 	cd trainer-image && $(abspath $(TRAINER_VENV))/bin/mypy --strict mlops_trainer
 

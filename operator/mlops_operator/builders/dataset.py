@@ -1,17 +1,21 @@
-"""Pure functions of a Dataset: its manifest, fingerprint and data-contract violations."""
+"""Pure functions of a Dataset: its manifest, fingerprint and data-contract violations.
+
+The fingerprint formula, what a listing counts as data, the manifest format and where the operator
+records its manifest are shared with the workloads: `mlops_contract.dataset`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from mlops_contract import dataset as shared
 
 from ..api.v1alpha1.dataset import DataContract
 from ..integrations.s3 import ObjectInfo
 
 # The operator's own files live under this folder of the data prefix and are not part of the data.
-OPERATOR_FOLDER = ".mlops/"
+OPERATOR_FOLDER = shared.OPERATOR_FOLDER
 MAX_VIOLATIONS = 5
 
 
@@ -36,25 +40,22 @@ class Manifest:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over "key\tsize\tchecksum\n" lines sorted by key: the same data always gives the
-        same fingerprint, and the trainer's `validate-data` computes it the same way."""
-        lines = "".join(f"{e.key}\t{e.size}\t{e.checksum}\n" for e in self.entries)
-        return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+        """The contract's fingerprint: the trainer computes the same value from the same data.
+        Called through the module, so a test can prove this is the contract's formula, not a copy."""
+        return shared.fingerprint((e.key, e.size, e.checksum) for e in self.entries)
 
     def to_jsonl(self) -> str:
-        return "".join(
-            json.dumps({"key": e.key, "size": e.size, "checksum": e.checksum}, sort_keys=True) + "\n"
-            for e in self.entries
-        )
+        """The listing as the operator records it: ETags are named `checksum`, not `sha256`."""
+        rows = (shared.ManifestEntry(e.key, e.size, e.checksum) for e in self.entries)
+        return shared.encode_manifest(rows, checksum_field=shared.CHECKSUM_FIELD)
+
+
+def _manifest(rows: Iterable[shared.ManifestEntry]) -> Manifest:
+    return Manifest(tuple(ManifestEntry(r.key, r.size, r.checksum) for r in rows))
 
 
 def manifest_from_listing(objects: Iterable[ObjectInfo], prefix: str) -> Manifest:
-    entries = [
-        ManifestEntry(o.key.removeprefix(prefix), o.size, o.etag)
-        for o in objects
-        if not o.key.removeprefix(prefix).startswith(OPERATOR_FOLDER) and not o.key.endswith("/")
-    ]
-    return Manifest(tuple(sorted(entries, key=lambda e: e.key)))
+    return _manifest(shared.listing_entries(objects, prefix))
 
 
 class ManifestFormatError(ValueError):
@@ -63,20 +64,10 @@ class ManifestFormatError(ValueError):
 
 def manifest_from_jsonl(text: str) -> Manifest:
     """A user-supplied manifest: JSON lines with key, size and sha256 (or checksum)."""
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            entries.append(
-                ManifestEntry(str(row["key"]), int(row["size"]), str(row.get("sha256") or row["checksum"]))
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise ManifestFormatError(
-                f"manifest line {number} is not {{key, size, sha256}}: {error}"
-            ) from None
-    return Manifest(tuple(sorted(entries, key=lambda e: e.key)))
+    try:
+        return _manifest(shared.parse_manifest(text))
+    except shared.ManifestError as error:
+        raise ManifestFormatError(str(error)) from None
 
 
 def missing_from_listing(manifest: Manifest, listed: Manifest) -> list[str]:
@@ -119,4 +110,4 @@ def contract_violations(contract: DataContract, manifest: Manifest) -> list[str]
 
 def manifest_key(prefix: str, fingerprint: str) -> str:
     """Content-addressed, so writing it again for the same data is a no-op in effect."""
-    return f"{prefix}{OPERATOR_FOLDER}manifest-{fingerprint.removeprefix('sha256:')[:16]}.jsonl"
+    return shared.operator_manifest_key(prefix, fingerprint)

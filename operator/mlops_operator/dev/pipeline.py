@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from kubernetes import config
+from mlops_contract import envvars
 
 from ..api.v1alpha1 import kind_by_name
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
@@ -68,10 +69,10 @@ def _wait_done(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], 
 def _write_demo_data(s3: LocalS3, workdir: Path) -> None:
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-        "MLOPS_TERMINATION_MESSAGE_PATH": str(workdir / "demo-data.json"),
+        envvars.AWS_ENDPOINT_URL_S3: s3.endpoint_url,
+        envvars.AWS_ACCESS_KEY_ID: DEV_ACCESS_KEY_ID,
+        envvars.AWS_SECRET_ACCESS_KEY: DEV_SECRET_ACCESS_KEY,
+        envvars.TERMINATION_MESSAGE_PATH: str(workdir / "demo-data.json"),
     }
     subprocess.run(
         [str(TRAINER), "write-demo-data", "--dataset-uri", SAMPLE_DATA_URI],

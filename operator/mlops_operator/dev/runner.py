@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlops_contract import envvars
+
 from .pods import EXIT_CODE_ANNOTATION, finish_pod
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,8 @@ class LocalPodRunner:
         env.update(self.extra_env)
         # The container's /tmp and termination-message path, mapped into this pod's work directory.
         env["TMPDIR"] = str(workdir)
-        env["MLOPS_WORK_DIR"] = str(workdir / "trainer")
-        env["MLOPS_TERMINATION_MESSAGE_PATH"] = str(termination_log)
+        env[envvars.WORK_DIR] = str(workdir / "trainer")
+        env[envvars.TERMINATION_MESSAGE_PATH] = str(termination_log)
         return env
 
     def _resolve(self, pod: Any, var: Any) -> str | None:
