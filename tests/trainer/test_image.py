@@ -46,20 +46,30 @@ def test_image_installs_this_package_from_a_pinned_base() -> None:
     base = next(arg for kind, arg in instructions if kind == "ARG" and arg.startswith("BASE_IMAGE="))
     image = base.split("=", 1)[1]
     assert re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d{2}\.\d{2}-py3(@sha256:[0-9a-f]{64})?", image)
-    copies = [arg for kind, arg in instructions if kind == "COPY"]
-    assert any("pyproject.toml" in c for c in copies)
-    assert any(c.startswith("mlops_trainer ") for c in copies)
+    # The build context is the repository root: the package and the contract it shares with the operator.
+    copies = [arg.split() for kind, arg in instructions if kind == "COPY"]
+    sources = {source for *given, _ in copies for source in given}
+    assert {"contract", "trainer-image/pyproject.toml", "trainer-image/mlops_trainer"} <= sources
+    for source in sources:
+        assert (IMAGE_DIR.parent / source).exists(), f"COPY {source}: not in the repository"
     runs = " ".join(arg for kind, arg in instructions if kind == "RUN")
-    assert "pip install --no-deps ." in runs
+    assert "pip install --no-deps ./contract ." in runs
     assert "mlops-trainer --version" in runs
+    # The context sent to the builder is the two packages, never the virtual environments beside them.
+    text = (IMAGE_DIR / "Dockerfile.dockerignore").read_text()
+    rules = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    assert all(rule.startswith(("!contract/", "!trainer-image/", "**/")) for rule in rules[1:])
     project = tomllib.loads((IMAGE_DIR / "pyproject.toml").read_text())["project"]
-    # Every runtime dependency of the package (other than torch, which the base provides) is installed.
+    # Every runtime dependency of the package (other than torch, which the base provides, and the
+    # contract, installed from its folder) is installed.
     wanted = [
         re.split(r"[<>=\[ ]", d)[0]
         for d in project["dependencies"] + project["optional-dependencies"]["train"]
     ]
+    assert "mlops-contract" in wanted
     for name in wanted:
-        if name != "torch":
+        if name not in {"torch", "mlops-contract"}:
             assert re.search(rf'"{re.escape(name)}(-gpu)?[<>=]', runs), (
                 f"{name} is not installed in the image"
             )

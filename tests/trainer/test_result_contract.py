@@ -57,10 +57,17 @@ def test_oversized_summary_is_trimmed_to_valid_json_keeping_the_outcome() -> Non
     assert json.loads(encode_summary(small)) == small
 
 
-def test_message_with_many_escaped_characters_still_fits() -> None:
-    data = encode_summary(summary("train", ExitCode.INTERNAL, reason="InternalError", message='"\\\n' * 5000))
+@pytest.mark.parametrize("text", ['"\\\n', "é", "日本"])
+def test_message_with_many_escaped_characters_still_fits_and_keeps_what_fits(text: str) -> None:
+    message = text * 5000
+    data = encode_summary(summary("train", ExitCode.INTERNAL, reason="InternalError", message=message))
     assert len(data) <= TERMINATION_MESSAGE_LIMIT
-    assert json.loads(data)["retryable"] is True
+    kept = json.loads(data)
+    assert kept["retryable"] is True
+    # As much of the message as fits (each character is 2 to 6 bytes of JSON here), not a stub of it.
+    assert kept["message"].endswith("…")
+    assert message.startswith(kept["message"][:-1])
+    assert len(kept["message"]) > 600
 
 
 @pytest.mark.parametrize(

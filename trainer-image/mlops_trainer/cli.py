@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlops_contract import envvars
+
 from . import __version__
 from .errors import ExitCode, TrainerError
 from .result import summary, termination_message_path, write_termination_message
@@ -87,7 +89,7 @@ def _validate_data(args: argparse.Namespace) -> dict[str, Any]:
     from .storage import open_store  # noqa: PLC0415
 
     if not args.dataset_uri:
-        raise ConfigError("no data set: set MLOPS_DATASET_URI or --dataset-uri")
+        raise ConfigError(f"no data set: set {envvars.DATASET_URI} or --dataset-uri")
     report = validate_dataset(open_store(args.dataset_uri), DataContract.from_json(args.contract))
     result = report.to_json()
     for violation in report.violations:
@@ -106,7 +108,7 @@ def _write_demo_data(args: argparse.Namespace) -> dict[str, Any]:
     from .storage import open_store  # noqa: PLC0415
 
     if not args.dataset_uri:
-        raise ConfigError("no target: set MLOPS_DATASET_URI or --dataset-uri")
+        raise ConfigError(f"no target: set {envvars.DATASET_URI} or --dataset-uri")
     written = write_digits_to_store(open_store(args.dataset_uri))
     return {
         "dataset": {
@@ -159,81 +161,81 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
-        _flag(sub, "--termination-message-path", "MLOPS_TERMINATION_MESSAGE_PATH",
+        _flag(sub, "--termination-message-path", envvars.TERMINATION_MESSAGE_PATH,
               "where the JSON result goes (default /dev/termination-log)")  # fmt: skip
         return sub
 
     train = command("train", _train, "train a model from the registry on a data set")
-    _flag(train, "--model", "MLOPS_MODEL", "architecture name, e.g. digits-cnn")
-    _flag(train, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix (s3://bucket/prefix/)")
-    _flag(train, "--output-uri", "MLOPS_OUTPUT_URI", "prefix for model.pt, model.onnx, metadata.json")
+    _flag(train, "--model", envvars.MODEL, "architecture name, e.g. digits-cnn")
+    _flag(train, "--dataset-uri", envvars.DATASET_URI, "data-set prefix (s3://bucket/prefix/)")
+    _flag(train, "--output-uri", envvars.OUTPUT_URI, "prefix for model.pt, model.onnx, metadata.json")
     _flag(
-        train, "--checkpoint-uri", "MLOPS_CHECKPOINT_URI", "checkpoint prefix; resumes from it when present"
+        train, "--checkpoint-uri", envvars.CHECKPOINT_URI, "checkpoint prefix; resumes from it when present"
     )
     _flag(
         train,
         "--checkpoint-interval-steps",
-        "MLOPS_CHECKPOINT_INTERVAL_STEPS",
+        envvars.CHECKPOINT_INTERVAL_STEPS,
         "checkpoint every N steps (500)",
     )
-    _flag(train, "--keep-checkpoints", "MLOPS_KEEP_CHECKPOINTS", "checkpoints kept (3)")
-    _flag(train, "--hyperparameters", "MLOPS_HYPERPARAMETERS", "JSON object of hyperparameters")
-    _flag(train, "--hyperparameters-file", "MLOPS_HYPERPARAMETERS_FILE", "file holding that JSON object")
-    _flag(train, "--run-name", "MLOPS_RUN_NAME", "run name (W&B run and artifact names)")
-    _flag(train, "--device", "MLOPS_DEVICE", "auto, cpu or cuda (auto)")
-    _flag(train, "--onnx-tolerance", "MLOPS_ONNX_TOLERANCE", "max abs ONNX-vs-PyTorch difference (1e-4)")
+    _flag(train, "--keep-checkpoints", envvars.KEEP_CHECKPOINTS, "checkpoints kept (3)")
+    _flag(train, "--hyperparameters", envvars.HYPERPARAMETERS, "JSON object of hyperparameters")
+    _flag(train, "--hyperparameters-file", envvars.HYPERPARAMETERS_FILE, "file holding that JSON object")
+    _flag(train, "--run-name", envvars.RUN_NAME, "run name (W&B run and artifact names)")
+    _flag(train, "--device", envvars.DEVICE, "auto, cpu or cuda (auto)")
+    _flag(train, "--onnx-tolerance", envvars.ONNX_TOLERANCE, "max abs ONNX-vs-PyTorch difference (1e-4)")
     _flag(
-        train, "--dataset-fingerprint", "MLOPS_DATASET_FINGERPRINT", "fail if the data's fingerprint differs"
+        train, "--dataset-fingerprint", envvars.DATASET_FINGERPRINT, "fail if the data's fingerprint differs"
     )
-    _flag(train, "--work-dir", "MLOPS_WORK_DIR", "local scratch (W&B files) (/tmp/mlops-trainer)")
+    _flag(train, "--work-dir", envvars.WORK_DIR, "local scratch (W&B files) (/tmp/mlops-trainer)")
 
     validate = command(
         "validate-data", _validate_data, "check a data set against its manifest, schema and contract"
     )
-    _flag(validate, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix")
-    _flag(validate, "--contract", "MLOPS_DATA_CONTRACT", "JSON data contract (Dataset.spec.contract)")
+    _flag(validate, "--dataset-uri", envvars.DATASET_URI, "data-set prefix")
+    _flag(validate, "--contract", envvars.DATA_CONTRACT, "JSON data contract (Dataset.spec.contract)")
 
     demo = command("write-demo-data", _write_demo_data, "write the digits demo data set to a prefix")
-    _flag(demo, "--dataset-uri", "MLOPS_DATASET_URI", "target prefix")
+    _flag(demo, "--dataset-uri", envvars.DATASET_URI, "target prefix")
 
     compile_ = command(
         "compile", _compile, "build a TensorRT engine (or validated ONNX model) from a trained model"
     )
-    _flag(compile_, "--model-uri", "MLOPS_MODEL_URI", "training output prefix (model.onnx + metadata.json)")
-    _flag(compile_, "--output-uri", "MLOPS_OUTPUT_URI", "prefix for the engine and its metadata.json")
+    _flag(compile_, "--model-uri", envvars.MODEL_URI, "training output prefix (model.onnx + metadata.json)")
+    _flag(compile_, "--output-uri", envvars.OUTPUT_URI, "prefix for the engine and its metadata.json")
     _flag(
         compile_,
         "--target",
-        "MLOPS_COMPILE_TARGET",
+        envvars.COMPILE_TARGET,
         "tensorrt or onnx (tensorrt)",
         choices=["tensorrt", "onnx"],
     )
     _flag(
         compile_,
         "--precision",
-        "MLOPS_PRECISION",
+        envvars.PRECISION,
         "fp32, fp16 or int8 (fp16)",
         choices=["fp32", "fp16", "int8"],
     )
-    _flag(compile_, "--max-batch-size", "MLOPS_MAX_BATCH_SIZE", "largest batch (8)")
-    _flag(compile_, "--dynamic-shapes", "MLOPS_DYNAMIC_SHAPES", "JSON list of {input, min, opt, max}")
-    _flag(compile_, "--workspace-mib", "MLOPS_WORKSPACE_MIB", "TensorRT workspace limit in MiB (1024)")
+    _flag(compile_, "--max-batch-size", envvars.MAX_BATCH_SIZE, "largest batch (8)")
+    _flag(compile_, "--dynamic-shapes", envvars.DYNAMIC_SHAPES, "JSON list of {input, min, opt, max}")
+    _flag(compile_, "--workspace-mib", envvars.WORKSPACE_MIB, "TensorRT workspace limit in MiB (1024)")
     _flag(
         compile_,
         "--calibration-dataset-uri",
-        "MLOPS_CALIBRATION_DATASET_URI",
+        envvars.CALIBRATION_DATASET_URI,
         "data set for int8 calibration",
     )
-    _flag(compile_, "--calibration-max-samples", "MLOPS_CALIBRATION_MAX_SAMPLES", "calibration samples (512)")
-    _flag(compile_, "--calibration-batch-size", "MLOPS_CALIBRATION_BATCH_SIZE", "calibration batch (32)")
+    _flag(compile_, "--calibration-max-samples", envvars.CALIBRATION_MAX_SAMPLES, "calibration samples (512)")
+    _flag(compile_, "--calibration-batch-size", envvars.CALIBRATION_BATCH_SIZE, "calibration batch (32)")
 
     evaluate = command("evaluate", _evaluate, "measure accuracy, latency and size of a compiled artifact")
-    _flag(evaluate, "--engine-uri", "MLOPS_ENGINE_URI", "compile output prefix")
-    _flag(evaluate, "--dataset-uri", "MLOPS_DATASET_URI", "data-set prefix")
-    _flag(evaluate, "--split", "MLOPS_EVAL_SPLIT", "split to score (test)")
-    _flag(evaluate, "--batch-size", "MLOPS_EVAL_BATCH_SIZE", "batch size (the engine's max)")
-    _flag(evaluate, "--warmup-batches", "MLOPS_EVAL_WARMUP_BATCHES", "untimed warm-up batches (10)")
-    _flag(evaluate, "--latency-batches", "MLOPS_EVAL_LATENCY_BATCHES", "timed batches (100)")
+    _flag(evaluate, "--engine-uri", envvars.ENGINE_URI, "compile output prefix")
+    _flag(evaluate, "--dataset-uri", envvars.DATASET_URI, "data-set prefix")
+    _flag(evaluate, "--split", envvars.EVAL_SPLIT, "split to score (test)")
+    _flag(evaluate, "--batch-size", envvars.EVAL_BATCH_SIZE, "batch size (the engine's max)")
+    _flag(evaluate, "--warmup-batches", envvars.EVAL_WARMUP_BATCHES, "untimed warm-up batches (10)")
+    _flag(evaluate, "--latency-batches", envvars.EVAL_LATENCY_BATCHES, "timed batches (100)")
     return parser
 
 
@@ -244,7 +246,7 @@ def _writes_termination_message() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
-        level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
+        level=os.environ.get(envvars.LOG_LEVEL, "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

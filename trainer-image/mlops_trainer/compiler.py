@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from mlops_contract import envvars
 
 from . import __version__
 from .dataset import load_split
@@ -48,7 +49,7 @@ class CompileSettings:
     def check(self) -> None:
         if not self.model_uri or not self.output_uri:
             raise ConfigError(
-                "compile needs MLOPS_MODEL_URI and MLOPS_OUTPUT_URI (or --model-uri/--output-uri)"
+                f"compile needs {envvars.MODEL_URI} and {envvars.OUTPUT_URI} (or --model-uri/--output-uri)"
             )
         if self.target not in ARTIFACT_KEYS:
             raise ConfigError(f"target must be tensorrt or onnx, got {self.target!r}")
@@ -57,7 +58,7 @@ class CompileSettings:
         if self.max_batch_size < 1 or self.workspace_mib < 1:
             raise ConfigError("max batch size and workspace must be at least 1")
         if self.target == "tensorrt" and self.precision == "int8" and not self.calibration_dataset_uri:
-            raise ConfigError("precision int8 needs calibration data: set MLOPS_CALIBRATION_DATASET_URI")
+            raise ConfigError(f"precision int8 needs calibration data: set {envvars.CALIBRATION_DATASET_URI}")
         if self.calibration_max_samples < 1 or self.calibration_batch_size < 1:
             raise ConfigError("calibration sample and batch counts must be at least 1")
 

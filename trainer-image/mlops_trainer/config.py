@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from mlops_contract import envvars
+
 from .errors import ConfigError
 
 OptimizerName = Literal["adamw", "sgd"]
@@ -182,16 +184,18 @@ class TrackingSettings:
 
     @classmethod
     def from_env(cls) -> TrackingSettings:
-        mode = env_str("WANDB_MODE", "online") or "online"
+        mode = env_str(envvars.WANDB_MODE, "online") or "online"
         if mode not in {"online", "offline", "disabled"}:
-            raise ConfigError(f"WANDB_MODE must be online, offline or disabled, got {mode!r}")
-        if mode == "online" and env_str("WANDB_PROJECT") and not env_str("WANDB_API_KEY"):
-            raise ConfigError("WANDB_MODE is online but WANDB_API_KEY is not set (mount the Secret)")
+            raise ConfigError(f"{envvars.WANDB_MODE} must be online, offline or disabled, got {mode!r}")
+        if mode == "online" and env_str(envvars.WANDB_PROJECT) and not env_str(envvars.WANDB_API_KEY):
+            raise ConfigError(
+                f"{envvars.WANDB_MODE} is online but {envvars.WANDB_API_KEY} is not set (mount the Secret)"
+            )
         return cls(
-            project=env_str("WANDB_PROJECT"),
-            entity=env_str("WANDB_ENTITY"),
+            project=env_str(envvars.WANDB_PROJECT),
+            entity=env_str(envvars.WANDB_ENTITY),
             mode=mode,
-            run_id=env_str("WANDB_RUN_ID"),
+            run_id=env_str(envvars.WANDB_RUN_ID),
         )
 
 
@@ -213,11 +217,11 @@ class TrainSettings:
 
     def check(self) -> None:
         if not self.model:
-            raise ConfigError("no model: set MLOPS_MODEL or --model")
+            raise ConfigError(f"no model: set {envvars.MODEL} or --model")
         if not self.dataset_uri:
-            raise ConfigError("no data set: set MLOPS_DATASET_URI or --dataset-uri")
+            raise ConfigError(f"no data set: set {envvars.DATASET_URI} or --dataset-uri")
         if not self.output_uri:
-            raise ConfigError("no output: set MLOPS_OUTPUT_URI or --output-uri")
+            raise ConfigError(f"no output: set {envvars.OUTPUT_URI} or --output-uri")
         if self.checkpoint_interval_steps < 1 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint interval and kept checkpoints must be at least 1")
         if self.device not in {"auto", "cpu", "cuda"}:

@@ -6,9 +6,9 @@ Layout under a data-set prefix (all keys relative to it):
     manifest.jsonl              one JSON object per line: {"key", "size", "sha256", "records"?}
     <split>/shard-NNNNN.npz     numpy archives with the arrays named in schema.json
 
-The manifest lists exactly the objects of the data set (all but itself). The fingerprint is
-`sha256:` + sha256 over the manifest entries sorted by key, each as `key<TAB>size<TAB>sha256<LF>`;
-the operator computes the same value for Dataset.status.fingerprint.
+The manifest lists exactly the objects of the data set (all but itself). Its format, the fingerprint
+formula and what a listing counts as data are the operator's contract (`mlops_contract.dataset`): the
+operator computes the same fingerprint for Dataset.status.fingerprint.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from mlops_contract import dataset as shared
 
 from .errors import DataError
 from .storage import ObjectInfo, ObjectMissingError, ObjectStore, sha256_hex
 
 SCHEMA_KEY = "schema.json"
 # The operator keeps its own files under this folder of a data prefix; they are not data.
-OPERATOR_FOLDER = ".mlops/"
-MANIFEST_KEY = "manifest.jsonl"
+OPERATOR_FOLDER = shared.OPERATOR_FOLDER
+MANIFEST_KEY = shared.MANIFEST_FILE
 FORMAT_NAME = "npz-shards"
 # Violations beyond this are counted, not listed: the report must fit a termination message.
 MAX_LISTED_VIOLATIONS = 20
@@ -50,19 +51,14 @@ class ManifestEntry:
 
 
 def fingerprint(entries: Iterable[ManifestEntry]) -> str:
-    lines = "".join(f"{e.key}\t{e.size}\t{e.sha256}\n" for e in sorted(entries, key=lambda e: e.key))
-    return "sha256:" + sha256_hex(lines.encode())
+    # Called through the module, so a test can prove this is the contract's formula, not a copy.
+    return shared.fingerprint((e.key, e.size, e.sha256) for e in entries)
 
 
 def listing_fingerprint(objects: Iterable[ObjectInfo]) -> str:
     """The fingerprint the operator reports for a Dataset without `manifestUri`: every object under the
     prefix (but the operator's folder) with its ETag as the checksum."""
-    entries = [
-        ManifestEntry(o.key, o.size, o.etag)
-        for o in objects
-        if not o.key.startswith(OPERATOR_FOLDER) and not o.key.endswith("/")
-    ]
-    return fingerprint(entries)
+    return shared.listing_fingerprint(objects)
 
 
 def check_fingerprint(store: ObjectStore, expected: str, manifest_fingerprint: str) -> None:
@@ -82,29 +78,17 @@ def check_fingerprint(store: ObjectStore, expected: str, manifest_fingerprint: s
 
 
 def encode_manifest(entries: Iterable[ManifestEntry]) -> bytes:
-    ordered = sorted(entries, key=lambda e: e.key)
-    return "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in ordered).encode()
+    rows = (shared.ManifestEntry(e.key, e.size, e.sha256, e.records) for e in entries)
+    return shared.encode_manifest(rows, checksum_field=shared.SHA256_FIELD).encode()
 
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:
-    entries: list[ManifestEntry] = []
-    for number, line in enumerate(data.decode().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-            records = raw.get("records")
-            entries.append(
-                ManifestEntry(
-                    key=str(raw["key"]),
-                    size=int(raw["size"]),
-                    sha256=str(raw["sha256"]),
-                    records=None if records is None else int(records),
-                )
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"{MANIFEST_KEY} line {number}: not a manifest entry ({exc})") from exc
-    return entries
+    """The entries of a data set's manifest; each must name its sha256, which loading verifies."""
+    try:
+        rows = shared.parse_manifest(data, checksum_fields=(shared.SHA256_FIELD,))
+    except shared.ManifestError as exc:
+        raise DataError(f"{MANIFEST_KEY}: {exc}") from exc
+    return [ManifestEntry(row.key, row.size, row.checksum, row.records) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from mlops_contract import envvars
 
 from .errors import ConfigError
 
@@ -67,7 +68,7 @@ def init_distributed(requested_device: str) -> DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend,
-            timeout=timedelta(seconds=_env_int("MLOPS_DIST_TIMEOUT_SECONDS", 600)),
+            timeout=timedelta(seconds=_env_int(envvars.DIST_TIMEOUT_SECONDS, 600)),
             device_id=device if device.type == "cuda" else None,
         )
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)

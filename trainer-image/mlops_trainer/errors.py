@@ -1,35 +1,26 @@
-"""Failure classes and the exit codes the operator reads from the pod.
+"""Failure classes, each with the exit code the operator reads from the pod.
 
-Exit codes follow sysexits(3) so a Kubernetes Job `podFailurePolicy` can act on them directly:
-permanent failures fail the Job at once, retryable ones are retried (from the last checkpoint).
+The exit codes and which of them are retryable are the operator's contract (`mlops_contract.exitcodes`,
+re-exported here): permanent failures fail the run at once, retryable ones are retried from the last
+checkpoint.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
+from mlops_contract.exitcodes import ExitCode, is_retryable
 
-class ExitCode(IntEnum):
-    """Process exit codes of every `mlops-trainer` command."""
-
-    SUCCESS = 0
-    # An unexpected error (a bug, a crashed collective): retried, bounded by the run's maxAttempts.
-    INTERNAL = 1
-    # argparse's own code for a malformed command line: permanent.
-    USAGE = 2
-    # Permanent: the data set violates its contract or cannot be decoded (EX_DATAERR).
-    DATA = 65
-    # Permanent: the model failed a check that retrying cannot fix, e.g. ONNX parity (EX_SOFTWARE).
-    MODEL_CHECK = 70
-    # Retryable: preempted / SIGTERM after a checkpoint, or storage temporarily unreachable (EX_TEMPFAIL).
-    RETRYABLE = 75
-    # Permanent: bad configuration, unknown model, missing credentials, TensorRT absent (EX_CONFIG).
-    CONFIG = 78
-
-
-RETRYABLE_EXIT_CODES = frozenset({ExitCode.INTERNAL, ExitCode.RETRYABLE})
-PERMANENT_EXIT_CODES = frozenset({ExitCode.USAGE, ExitCode.DATA, ExitCode.MODEL_CHECK, ExitCode.CONFIG})
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExitCode",
+    "ModelCheckError",
+    "PreemptedError",
+    "StorageUnavailableError",
+    "TensorRTUnavailableError",
+    "TrainerError",
+]
 
 
 class TrainerError(Exception):
@@ -45,7 +36,7 @@ class TrainerError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.exit_code in RETRYABLE_EXIT_CODES
+        return is_retryable(self.exit_code)
 
 
 class ConfigError(TrainerError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from mlops_contract import envvars
 
 from .dataset import load_split
 from .errors import ConfigError, ModelCheckError
@@ -34,7 +35,8 @@ class EvaluateSettings:
     def check(self) -> None:
         if not self.engine_uri or not self.dataset_uri:
             raise ConfigError(
-                "evaluate needs MLOPS_ENGINE_URI and MLOPS_DATASET_URI (or --engine-uri/--dataset-uri)"
+                f"evaluate needs {envvars.ENGINE_URI} and {envvars.DATASET_URI}"
+                " (or --engine-uri/--dataset-uri)"
             )
         if self.warmup_batches < 0 or self.latency_batches < 1:
             raise ConfigError("warm-up batches must be >= 0 and latency batches >= 1")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
+from mlops_contract import envvars
+
 from .errors import ConfigError, DataError, StorageUnavailableError
 
 if TYPE_CHECKING:
@@ -93,8 +95,8 @@ def s3_client_from_env() -> S3Client:
     import boto3  # noqa: PLC0415 - only S3 users pay for the import
     from botocore.config import Config  # noqa: PLC0415
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = os.environ.get(envvars.AWS_ENDPOINT_URL_S3) or os.environ.get(envvars.AWS_ENDPOINT_URL) or None
+    region = os.environ.get(envvars.AWS_REGION) or os.environ.get(envvars.AWS_DEFAULT_REGION) or "us-east-1"
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
