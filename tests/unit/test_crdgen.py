@@ -9,7 +9,8 @@ import pytest
 
 from mlops_operator import crdgen
 from mlops_operator.api.v1alpha1 import KINDS, KindInfo
-from mlops_operator.api.v1alpha1.common import ApiModel
+from mlops_operator.api.v1alpha1 import kubevalues as kv
+from mlops_operator.api.v1alpha1.common import ApiModel, CelRule
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -126,9 +127,22 @@ def _types_in(annotation: Any):
         yield from _types_in(arg)
 
 
+def _field_rules(model: type[ApiModel]) -> list[CelRule]:
+    """CelRules guarding single fields (Annotated metadata, also inside Optional[...])."""
+    rules: list[CelRule] = []
+    for field in model.model_fields.values():
+        rules += [m for m in field.metadata if isinstance(m, CelRule)]
+        for arg in _types_in(field.annotation):
+            rules += [m for m in getattr(arg, "__metadata__", ()) if isinstance(m, CelRule)]
+    return rules
+
+
 def test_every_cel_rule_of_the_models_is_in_the_crds():
-    rules = [r for model in _all_models() for r in model.cel_rules]
+    rules = [r for model in _all_models() for r in (*model.cel_rules, *_field_rules(model))]
     assert len(rules) >= 10
+    assert {"isQuantity", "format.qualifiedName"} <= {
+        word for r in rules for word in ("isQuantity", "format.qualifiedName") if word in r.rule
+    }
     in_crds = [
         (v["rule"], v["message"])
         for _, crd in _crds()
@@ -153,6 +167,85 @@ def test_lists_are_bounded_for_cel_cost():
         for path, node in _walk(_schema(crd)["properties"]["spec"], info.kind):
             if node.get("type") == "array":
                 assert "maxItems" in node, f"{path} has no maxItems"
+            if node.get("type") == "string" and node.get("x-kubernetes-validations"):
+                assert "maxLength" in node, f"{path} has CEL rules but no maxLength"
+            if isinstance(node.get("additionalProperties"), dict) and node.get("x-kubernetes-validations"):
+                assert "maxProperties" in node, f"{path} has CEL rules but no maxProperties"
+
+
+def _spec_node(kind: str, path: str) -> dict[str, Any]:
+    node = _schema(crdgen.crd_for(next(i for i in KINDS if i.kind == kind)))["properties"]["spec"]
+    for part in path.split("."):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("TrainingRun", "resources.cpu"),
+        ("TrainingRun", "resources.memory"),
+        ("InferenceDeployment", "resources.cpu"),
+        ("InferenceDeployment", "resources.memory"),
+    ],
+)
+def test_every_quantity_is_checked_by_the_apiserver_quantity_parser(kind, path):
+    rules = [v["rule"] for v in _spec_node(kind, path)["x-kubernetes-validations"]]
+    assert any("isQuantity(self)" in r and "quantity(self).isLessThan(quantity('0'))" in r for r in rules)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "what"),
+    [
+        ("TrainingRun", "resources.gpuProduct", "label value"),
+        ("ModelVersion", "compile.gpuProduct", "label value"),
+        ("InferenceDeployment", "resources.gpuProduct", "label value"),
+        ("TrainingRun", "image", "image"),
+        ("ModelVersion", "compile.image", "image"),
+        ("InferenceDeployment", "triton.image", "image"),
+        ("Dataset", "source.endpointURL", "url"),
+        ("ModelVersion", "registry.trackingURI", "url"),
+        ("InferenceDeployment", "rollout.analysis.prometheusAddress", "url"),
+        ("Dataset", "source.credentialsSecretRef.name", "name"),
+        ("Dataset", "source.credentialsSecretRef.accessKeyIDKey", "secret key"),
+        ("Dataset", "source.credentialsSecretRef.secretAccessKeyKey", "secret key"),
+        ("Dataset", "source.credentialsSecretRef.sessionTokenKey", "secret key"),
+        ("TrainingRun", "tracking.wandb.apiKeySecretRef.key", "secret key"),
+        ("ModelVersion", "registry.credentialsSecretRef.key", "secret key"),
+        ("TrainingRun", "serviceAccountName", "name"),
+        ("ModelVersion", "serviceAccountName", "name"),
+        ("InferenceDeployment", "serviceAccountName", "name"),
+        ("TrainingRun", "scheduling.priorityClassName", "name"),
+        ("ModelVersion", "scheduling.priorityClassName", "name"),
+        ("InferenceDeployment", "scheduling.priorityClassName", "name"),
+        ("TrainingRun", "scheduling.tolerations.[].value", "label value"),
+    ],
+)
+def test_embedded_kubernetes_values_carry_kubernetes_patterns(kind, path, what):
+    expected = {
+        "label value": kv.LABEL_VALUE,
+        "image": kv.IMAGE,
+        "url": kv.HTTP_URL,
+        "name": kv.DNS_SUBDOMAIN,
+        "secret key": kv.CONFIG_MAP_KEY,
+    }[what]
+    node = _spec_node(kind, path)
+    assert node["pattern"] == expected
+    assert "maxLength" in node
+
+
+@pytest.mark.parametrize("kind", ["TrainingRun", "ModelVersion", "InferenceDeployment"])
+def test_node_selectors_and_tolerations_follow_kubernetes_rules(kind):
+    selector = _spec_node(kind, "scheduling.nodeSelector")
+    assert selector["additionalProperties"]["pattern"] == kv.LABEL_VALUE
+    assert "format.qualifiedName()" in selector["x-kubernetes-validations"][0]["rule"]
+    toleration = _spec_node(kind, "scheduling.tolerations.[]")
+    messages = {v["message"] for v in toleration["x-kubernetes-validations"]}
+    assert messages == {
+        "value must be empty when operator is Exists",
+        "operator must be Exists when key is empty (which matches all keys and values)",
+        "effect must be NoExecute when tolerationSeconds is set",
+    }
 
 
 def test_conditions_are_a_list_map_keyed_by_type():

@@ -4,6 +4,10 @@ Every rule the apiserver enforces through CEL (`x-kubernetes-validations`) is de
 `CelRule`, next to the model it guards. The CRD generator emits its CEL expression; the model's own
 validator runs its Python twin, so a manifest that `kubectl apply` would refuse is refused by
 `mlopsctl validate` and the unit tests with the same message.
+
+Values the operator copies into Pods, Jobs and labels (quantities, label keys and values, Secret
+keys, images, URLs) have types of their own below, built from Kubernetes' own rules (kubevalues.py):
+a pattern where a regex says it all, else a field-level `CelRule` (used as `Annotated` metadata).
 """
 
 from __future__ import annotations
@@ -11,24 +15,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, core_schema
+
+from . import kubevalues as kv
+from .kubevalues import DNS_LABEL, DNS_SUBDOMAIN
 
 GROUP = "mlops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# RFC 1123 label, the shape of a Kubernetes object name that may be referenced from another object.
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# RFC 1123 subdomain, the shape of most Kubernetes object names (Secrets, ServiceAccounts ...).
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
-# A Kubernetes resource quantity such as "500m", "4", "16Gi".
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 SHA256_FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
 
@@ -43,8 +51,10 @@ def k8s_camel(name: str) -> str:
 
 @dataclass(frozen=True)
 class CelRule:
-    """One cross-field rule: the CEL the apiserver runs, and the same rule in Python.
+    """One rule: the CEL the apiserver runs, and the same rule in Python.
 
+    In a model's `cel_rules` it is a cross-field rule and `check` gets the model. As `Annotated`
+    metadata of a field's type it guards that one value (a string, a map) and `check` gets the value.
     `check` is None only for transition rules (they need the old object, which only the apiserver has).
     """
 
@@ -52,6 +62,23 @@ class CelRule:
     message: str
     check: Callable[[Any], bool] | None = None
     field_path: str | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        check, message = self.check, self.message
+
+        def validate(value: Any) -> Any:
+            if check is not None and not check(value):
+                raise ValueError(message)
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        out.setdefault("x-kubernetes-validations", []).append(_cel_to_schema(self))
+        return out
 
 
 class ApiModel(BaseModel):
@@ -114,6 +141,55 @@ def nested(model: type[ApiModel], description: str) -> Any:
     )
 
 
+# --- Kubernetes values copied into children (see kubevalues.py) ---------------------------------
+
+# The name of a Secret, ServiceAccount or PriorityClass (a DNS-1123 subdomain).
+ObjectName = Annotated[str, Field(min_length=1, max_length=kv.DNS_SUBDOMAIN_MAX, pattern=DNS_SUBDOMAIN)]
+
+# A key in a Secret (the ConfigMap/Secret key rule), as a Pod's secretKeyRef.key needs it.
+SecretKey = Annotated[str, Field(min_length=1, max_length=kv.CONFIG_MAP_KEY_MAX, pattern=kv.CONFIG_MAP_KEY)]
+
+# A resource quantity for a Pod's requests/limits: "500m", "4", "1e3", "16Gi"; never negative.
+Quantity = Annotated[
+    str,
+    Field(min_length=1, max_length=kv.QUANTITY_MAX),
+    CelRule(
+        rule=kv.QUANTITY_CEL,
+        message="must be a non-negative Kubernetes quantity such as 500m, 4, 1e3 or 16Gi",
+        check=kv.is_nonnegative_quantity,
+    ),
+]
+
+# A label value, e.g. the nvidia.com/gpu.product a pod is pinned to.
+LabelValue = Annotated[str, Field(max_length=kv.LABEL_VALUE_MAX, pattern=kv.LABEL_VALUE)]
+
+_LABEL_KEY_MESSAGE = (
+    "must be a valid label key: an optional DNS subdomain prefix and '/', then a name of at most "
+    "63 alphanumeric characters, '-', '_' or '.' that starts and ends alphanumeric "
+    "(e.g. example.com/MyName)"
+)
+
+# A label key (Kubernetes' "qualified name"), e.g. a toleration's taint key; empty allowed, it means
+# "every key" where Kubernetes allows that.
+OptionalLabelKey = Annotated[
+    str,
+    Field(max_length=kv.LABEL_KEY_MAX),
+    CelRule(
+        rule=f"size(self) == 0 || {kv.LABEL_KEY_CEL}",
+        message=_LABEL_KEY_MESSAGE,
+        check=lambda v: not v or kv.is_label_key(v),
+    ),
+]
+
+# A container image reference: printable ASCII, no whitespace anywhere.
+Image = Annotated[str, Field(min_length=1, max_length=kv.IMAGE_MAX, pattern=kv.IMAGE)]
+
+# An http(s) URL with a host, as the workloads' and the operator's clients need it.
+HttpURL = Annotated[str, Field(max_length=kv.HTTP_URL_MAX, pattern=kv.HTTP_URL)]
+
+NODE_SELECTOR_MAX = 32
+
+
 class LocalObjectReference(ApiModel):
     """A reference to another object in the same namespace."""
 
@@ -128,37 +204,65 @@ class LocalObjectReference(ApiModel):
 class SecretKeyReference(ApiModel):
     """A key in a Secret in the same namespace. The value is mounted into workloads, never copied."""
 
-    name: str = Field(
-        description="Name of the Secret, in the same namespace.",
-        min_length=1,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
+    name: ObjectName = Field(description="Name of the Secret, in the same namespace.")
+    key: SecretKey = Field(
+        description="Key within the Secret: letters, digits, '-', '_' or '.' (not '.', not '..' first)."
     )
-    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration, copied onto the workload's pods."""
+    """A Kubernetes toleration, copied onto the workload's pods; Kubernetes' own rules apply."""
 
-    key: str | None = Field(default=None, description="Taint key the toleration applies to.", max_length=317)
+    cel_rules = (
+        CelRule(
+            rule="self.operator != 'Exists' || !has(self.value) || size(self.value) == 0",
+            message="value must be empty when operator is Exists",
+            check=lambda t: t.operator != "Exists" or not t.value,
+        ),
+        CelRule(
+            rule="(has(self.key) && size(self.key) > 0) || self.operator == 'Exists'",
+            message="operator must be Exists when key is empty (which matches all keys and values)",
+            check=lambda t: bool(t.key) or t.operator == "Exists",
+        ),
+        CelRule(
+            rule="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="effect must be NoExecute when tolerationSeconds is set",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+
+    key: OptionalLabelKey | None = Field(
+        default=None,
+        description="Taint key the toleration applies to (a label key); unset, with Exists, matches all.",
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
+    value: LabelValue | None = Field(
+        default=None, description="Taint value to match when operator is Equal (a label value)."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+        default=None,
+        description="Only with effect NoExecute: how long the pod stays bound after the taint appears.",
     )
 
 
 class Scheduling(ApiModel):
     """Where and with what priority the workload's pods are scheduled."""
 
-    priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the pods.", max_length=253, pattern=DNS_SUBDOMAIN
-    )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels the pods must match."
+    priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the pods.")
+    node_selector: Annotated[
+        dict[str, LabelValue],
+        CelRule(
+            rule=f"self.all(k, {kv.LABEL_KEY_CEL.replace('(self)', '(k)')})",
+            message=f"every key {_LABEL_KEY_MESSAGE}",
+            check=lambda selector: all(kv.is_label_key(k) for k in selector),
+        ),
+    ] = Field(
+        default_factory=dict,
+        description="Extra node labels the pods must match: label keys to label values.",
+        max_length=NODE_SELECTOR_MAX,
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations added to the pods.", max_length=32
@@ -197,7 +301,8 @@ def conditions_field() -> Any:
 class StatusBase(ApiModel):
     """Fields every kind's status carries."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Numbers in status are finite: a NaN from a workload is refused here, not by the apiserver.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled by the operator."

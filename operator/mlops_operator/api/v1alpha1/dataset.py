@@ -12,26 +12,28 @@ from .common import (
     SHA256_FINGERPRINT,
     ApiModel,
     CelRule,
+    HttpURL,
     LocalObjectReference,
+    ObjectName,
+    SecretKey,
     StatusBase,
     nested,
 )
+from .kubevalues import AWS_REGION, AWS_REGION_MAX
 
 
 class S3Credentials(ApiModel):
     """Secret holding S3 credentials. Mounted into workloads as env vars; never copied."""
 
-    name: str = Field(description="Secret in the Dataset's namespace.", min_length=1, max_length=253)
-    access_key_id_key: str = Field(
-        default="AWS_ACCESS_KEY_ID", description="Key of the access key id in the Secret.", max_length=253
+    name: ObjectName = Field(description="Secret in the Dataset's namespace.")
+    access_key_id_key: SecretKey = Field(
+        default="AWS_ACCESS_KEY_ID", description="Key of the access key id in the Secret."
     )
-    secret_access_key_key: str = Field(
-        default="AWS_SECRET_ACCESS_KEY",
-        description="Key of the secret access key in the Secret.",
-        max_length=253,
+    secret_access_key_key: SecretKey = Field(
+        default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key in the Secret."
     )
-    session_token_key: str | None = Field(
-        default=None, description="Key of an optional session token in the Secret.", max_length=253
+    session_token_key: SecretKey | None = Field(
+        default=None, description="Key of an optional session token in the Secret."
     )
 
 
@@ -52,13 +54,19 @@ class DatasetSource(ApiModel):
         pattern=S3_URI,
         max_length=1024,
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: HttpURL | None = Field(
         default=None,
-        description="S3 endpoint override (MinIO, a VPC endpoint, a test server). Empty means AWS.",
-        pattern=r"^https?://",
-        max_length=1024,
+        description=(
+            "S3 endpoint override (MinIO, a VPC endpoint, a test server): an http(s) URL with a host. "
+            "Unset means AWS."
+        ),
     )
-    region: str | None = Field(default=None, description="S3 region.", max_length=64)
+    region: str | None = Field(
+        default=None,
+        description="S3 region, e.g. us-east-1 (letters, digits and '-', as the AWS SDK accepts).",
+        pattern=AWS_REGION,
+        max_length=AWS_REGION_MAX,
+    )
     credentials_secret_ref: S3Credentials | None = Field(
         default=None,
         description="Secret with S3 credentials; when absent the pods' own identity (IRSA) is used.",

@@ -7,11 +7,14 @@ from typing import Literal
 from pydantic import Field
 
 from .common import (
-    DNS_SUBDOMAIN,
-    QUANTITY,
     ApiModel,
     CelRule,
+    HttpURL,
+    Image,
+    LabelValue,
     LocalObjectReference,
+    ObjectName,
+    Quantity,
     Scheduling,
     StatusBase,
     nested,
@@ -44,10 +47,9 @@ class Triton(ApiModel):
         ),
     )
 
-    image: str = Field(
+    image: Image = Field(
         default="nvcr.io/nvidia/tritonserver:25.01-py3",
-        description="Triton server image; its TensorRT must match the engine's.",
-        max_length=512,
+        description="Triton server image (no whitespace); its TensorRT must match the engine's.",
     )
     max_batch_size: int = Field(default=8, ge=0, le=4096, description="config.pbtxt max_batch_size.")
     dynamic_batching: DynamicBatching = nested(DynamicBatching, "Dynamic batching.")
@@ -58,13 +60,15 @@ class ServingResources(ApiModel):
     """Resources of one serving pod."""
 
     gpus: int = Field(default=1, ge=0, le=8, description="nvidia.com/gpu per pod; 0 serves on CPU.")
-    gpu_product: str | None = Field(
+    gpu_product: LabelValue | None = Field(
         default=None,
-        description="GPU model to serve on; must match the one the engine was built for.",
-        max_length=128,
+        description=(
+            "GPU model to serve on (node label nvidia.com/gpu.product, a label value); must match the one "
+            "the engine was built for."
+        ),
     )
-    cpu: str | None = Field(default=None, description="CPU request and limit.", pattern=QUANTITY)
-    memory: str | None = Field(default=None, description="Memory request and limit.", pattern=QUANTITY)
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 4 or 500m.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 16Gi.")
 
 
 class PauseStep(ApiModel):
@@ -112,11 +116,9 @@ class Analysis(ApiModel):
     latency_p95_max_ms: float | None = Field(
         default=None, ge=0, description="Highest acceptable p95 request latency in milliseconds."
     )
-    prometheus_address: str | None = Field(
+    prometheus_address: HttpURL | None = Field(
         default=None,
-        description="Prometheus to query; empty uses the operator's configured address.",
-        pattern=r"^https?://",
-        max_length=1024,
+        description="Prometheus to query (http(s) URL with a host); unset uses the operator's own setting.",
     )
     interval_seconds: int = Field(default=60, ge=10, le=3600, description="How often to measure.")
     failure_limit: int = Field(default=1, ge=0, le=100, description="Failed measurements tolerated.")
@@ -186,8 +188,8 @@ class InferenceDeploymentSpec(ApiModel):
     rollout: Rollout = nested(Rollout, "Progressive rollout.")
     autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; empty keeps replicas.")
     scheduling: Scheduling = nested(Scheduling, "Scheduling of the serving pods.")
-    service_account_name: str | None = Field(
-        default=None, description="ServiceAccount of the serving pods.", max_length=253, pattern=DNS_SUBDOMAIN
+    service_account_name: ObjectName | None = Field(
+        default=None, description="ServiceAccount of the serving pods."
     )
 
 

@@ -7,15 +7,19 @@ from typing import Literal
 from pydantic import Field
 
 from .common import (
-    DNS_LABEL,
     ApiModel,
     CelRule,
+    HttpURL,
+    Image,
+    LabelValue,
     LocalObjectReference,
+    ObjectName,
     Scheduling,
     SecretKeyReference,
     StatusBase,
     nested,
 )
+from .kubevalues import DNS_LABEL
 
 
 class ModelSource(ApiModel):
@@ -91,13 +95,17 @@ class Compile(ApiModel):
         le=262144,
         description="TensorRT builder workspace limit in MiB.",
     )
-    gpu_product: str | None = Field(
+    gpu_product: LabelValue | None = Field(
         default=None,
-        description="GPU model to compile on (label nvidia.com/gpu.product); engines are GPU-specific.",
-        max_length=128,
+        description=(
+            "GPU model to compile on (node label nvidia.com/gpu.product, a label value); engines are "
+            "GPU-specific."
+        ),
     )
     calibration: Calibration | None = Field(default=None, description="INT8 calibration data.")
-    image: str | None = Field(default=None, description="Compiler image; empty uses the operator's default.")
+    image: Image | None = Field(
+        default=None, description="Compiler image (no whitespace); unset uses the operator's default."
+    )
 
 
 class MetricGate(ApiModel):
@@ -139,7 +147,9 @@ class Registry(ApiModel):
         description="Registry collection (W&B) or registered model name (MLflow); defaults to modelName.",
         max_length=128,
     )
-    tracking_uri: str | None = Field(default=None, description="MLflow tracking server URL.", max_length=1024)
+    tracking_uri: HttpURL | None = Field(
+        default=None, description="MLflow tracking server URL (http(s) with a host)."
+    )
     credentials_secret_ref: SecretKeyReference | None = Field(
         default=None, description="Secret key with the registry's API key or token."
     )
@@ -164,8 +174,8 @@ class ModelVersionSpec(ApiModel):
         default="Staging", description="Lifecycle stage recorded in the registry."
     )
     scheduling: Scheduling = nested(Scheduling, "Scheduling of the compile and evaluate Jobs.")
-    service_account_name: str | None = Field(
-        default=None, description="ServiceAccount of the compile and evaluate Jobs.", max_length=253
+    service_account_name: ObjectName | None = Field(
+        default=None, description="ServiceAccount of the compile and evaluate Jobs."
     )
 
 

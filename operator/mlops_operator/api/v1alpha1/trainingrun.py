@@ -7,12 +7,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .common import (
-    DNS_SUBDOMAIN,
-    QUANTITY,
     S3_URI,
     ApiModel,
     CelRule,
+    Image,
+    LabelValue,
     LocalObjectReference,
+    ObjectName,
+    Quantity,
     Scheduling,
     SecretKeyReference,
     StatusBase,
@@ -28,16 +30,16 @@ class WorkerResources(ApiModel):
     gpus_per_worker: int = Field(
         default=1, ge=0, le=16, description="nvidia.com/gpu requested by each worker pod; 0 trains on CPU."
     )
-    gpu_product: str | None = Field(
+    gpu_product: LabelValue | None = Field(
         default=None,
-        description="GPU model to run on (node label nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3).",
-        max_length=128,
+        description=(
+            "GPU model to run on: the value of node label nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3 "
+            "(a label value: no spaces)."
+        ),
     )
-    cpu: str | None = Field(
-        default=None, description="CPU request and limit per worker, e.g. 8.", pattern=QUANTITY
-    )
-    memory: str | None = Field(
-        default=None, description="Memory request and limit per worker, e.g. 64Gi.", pattern=QUANTITY
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit per worker, e.g. 8, 500m.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit per worker, e.g. 64Gi."
     )
 
 
@@ -142,10 +144,9 @@ class TrainingRunSpec(ApiModel):
             "x-kubernetes-validations": [{"rule": IMMUTABLE, "message": "model is immutable"}]
         },
     )
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        description="Trainer image; empty uses the operator's configured trainer image.",
-        max_length=512,
+        description="Trainer image (no whitespace); unset uses the operator's configured trainer image.",
     )
     command: list[str] | None = Field(
         default=None, description="Override the image's entrypoint.", max_length=64
@@ -176,11 +177,8 @@ class TrainingRunSpec(ApiModel):
         description="Delete the run's children this long after it finishes; the TrainingRun and status stay.",
     )
     scheduling: Scheduling = nested(Scheduling, "Scheduling constraints of the worker pods.")
-    service_account_name: str | None = Field(
-        default=None,
-        description="ServiceAccount the pods run as; empty uses the namespace's default.",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN,
+    service_account_name: ObjectName | None = Field(
+        default=None, description="ServiceAccount the pods run as; empty uses the namespace's default."
     )
 
 
@@ -195,11 +193,30 @@ class AttemptFailure(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     attempt: int = Field(description="The attempt, starting at 1.")
-    reason: str = Field(description="Evicted, Preempted, NodeLost, OOMKilled, the trainer's reason ...")
-    message: str = Field(default="", description="The pod's or the trainer's message.")
+    reason: str = Field(
+        description="Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, the trainer's reason ...",
+        max_length=128,
+    )
+    message: str = Field(default="", description="The pod's or the trainer's message.", max_length=1024)
     retryable: bool = Field(description="Whether another attempt could help.")
     exit_code: int | None = Field(default=None, description="The trainer's exit code, when it exited.")
     time: str | None = Field(default=None, description="When the failure was seen.")
+
+
+class PinnedAttemptInputs(ApiModel):
+    """The inputs of every attempt of a run, fixed when it started."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    spec: dict[str, Any] = Field(
+        description="The TrainingRun's spec as it started.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    dataset_spec: dict[str, Any] = Field(
+        description="The Dataset's spec when the run started (its source and credentials reference).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    image: str = Field(description="The trainer image every attempt runs.", max_length=512)
 
 
 class TrainingRunStatus(StatusBase):
@@ -233,5 +250,13 @@ class TrainingRunStatus(StatusBase):
     )
     spec_hash: str | None = Field(
         default=None, description="Hash of the spec the run started with; later changes are refused."
+    )
+    pinned: PinnedAttemptInputs | None = Field(
+        default=None,
+        description=(
+            "What every attempt is built from, pinned when the run started: its spec (without suspend "
+            "and ttlSecondsAfterFinished), its Dataset's spec and the resolved image. Retries and "
+            "resumes use it whatever the spec says now."
+        ),
     )
     gpu_seconds: float | None = Field(default=None, description="GPU time consumed by all attempts so far.")
