@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from . import crdgen
-from .api.validation import ManifestError, validate_manifest
+from .api.validation import ManifestError, load_manifests, validate_manifest
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -20,12 +20,23 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """The apiserver's verdict on each document, read as kubectl reads YAML."""
     failed = 0
     for name in args.files:
-        for index, doc in enumerate(yaml.safe_load_all(Path(name).read_text())):
-            if not doc:
+        try:
+            docs = load_manifests(Path(name).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            failed += 1
+            print(f"INVALID {name}: cannot read it as YAML: {exc}", file=sys.stderr)
+            continue
+        for index, doc in enumerate(docs):
+            if not isinstance(doc, dict):
+                failed += 1
+                print(f"INVALID {name}#{index}: not an object but {type(doc).__name__}", file=sys.stderr)
                 continue
-            label = f"{name}#{index} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            metadata = doc.get("metadata")
+            object_name = metadata.get("name") if isinstance(metadata, dict) else None
+            label = f"{name}#{index} {doc.get('kind')}/{object_name}"
             try:
                 validate_manifest(doc)
             except ManifestError as exc:

@@ -8,8 +8,10 @@ from kubernetes.client.rest import ApiException
 
 from mlops_operator.api.v1alpha1 import GROUP, VERSION, kind_by_name
 from mlops_operator.api.v1alpha1.common import prune_empty
+from mlops_operator.api.validation import dump_manifest
 from mlops_operator.dev.controlplane import ControlPlane
 from tests.samples import InvalidSample, invalid_samples, load, valid_samples
+from tests.unit.test_api_models import EDGES, YAML_EDGES, edge_doc, yaml_edge_manifest
 
 
 def _create(custom: client.CustomObjectsApi, namespace: str, doc: dict, **kwargs: object) -> dict:
@@ -54,6 +56,29 @@ def test_every_invalid_sample_is_rejected_with_the_rule_message(
     body = info.value.body
     assert sample.field in body, body
     assert sample.message.search(body), body
+
+
+def test_edge_values_get_the_verdict_mlopsctl_validate_gives(control_plane: ControlPlane, namespace: str):
+    """The unit tests' tables of embedded Kubernetes values (quantities, tolerations, label keys and
+    values, Secret keys, images, URLs, JSON types, YAML scalars), applied as a user would (kubectl,
+    strict field validation): the apiserver agrees with `mlopsctl validate` on each."""
+    manifests = [
+        (str(patch), dump_manifest(edge_doc(kind, patch, i)), ok) for i, (kind, patch, ok) in enumerate(EDGES)
+    ]
+    manifests += [(snippet, yaml_edge_manifest(snippet, i), ok) for i, (snippet, ok) in enumerate(YAML_EDGES)]
+    disagreements = []
+    for what, manifest, ok in manifests:
+        result = control_plane.kubectl(
+            "create", "-n", namespace, "--dry-run=server", "--validate=strict", "-o=name", "-f=-",
+            check=False, input_text=manifest,
+        )  # fmt: skip
+        if ok and result.returncode != 0:
+            disagreements.append(f"{what}: refused: {result.stderr.strip()}")
+        elif not ok and result.returncode == 0:
+            disagreements.append(f"{what}: accepted")
+        elif not ok:
+            assert "is invalid" in result.stderr or "unknown field" in result.stderr, result.stderr
+    assert not disagreements, "\n".join(disagreements)
 
 
 def test_printer_columns_and_category(
