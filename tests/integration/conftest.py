@@ -12,11 +12,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
 
-from mlops_operator.dev.controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
+from mlops_operator.dev.controlplane import (
+    KWOK_TOLERATION,
+    OPERATOR_USER,
+    ControlPlane,
+    GpuNodePool,
+    free_port,
+)
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
 from tests.waiting import wait_for
 
@@ -31,7 +38,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
-    plane = ControlPlane(node_pools=(GpuNodePool(count=2, gpus_per_node=8),))
+    # The operator's reads are audited too: tests count what a restart or an idle minute costs.
+    plane = ControlPlane(
+        node_pools=(GpuNodePool(count=2, gpus_per_node=8),), audit_read_users=(OPERATOR_USER,)
+    )
     plane.start()
     try:
         plane.install_crds(ROOT / "crds")
@@ -155,3 +165,31 @@ def operator(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Ite
         running.stop()
         if running.process.returncode not in (0, -15):
             print(running.log.read_text()[-5000:])  # shown by pytest when the test failed
+
+
+@pytest.fixture
+def dataset(s3: LocalS3, core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str) -> str:
+    """A Ready Dataset named `digits` over a few objects in moto S3."""
+    bucket = f"ml-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=bucket)
+    for i in range(2):
+        s3.client().put_object(Bucket=bucket, Key=f"digits/part-{i}.npz", Body=b"x" * 64)
+    create_s3_secret(core, namespace)
+    body = _dataset_body(s3, bucket)
+    custom.create_namespaced_custom_object("mlops.dev", "v1alpha1", namespace, "datasets", body)
+    return bucket
+
+
+def _dataset_body(s3: LocalS3, bucket: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "source": {
+                "uri": f"s3://{bucket}/digits/",
+                "endpointURL": s3.endpoint_url,
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            }
+        },
+    }

@@ -12,45 +12,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from mlops_operator.dev.controlplane import OPERATOR_USER, ControlPlane
 from mlops_operator.dev.pods import evict_pod, finish_pod
 from mlops_operator.dev.s3 import LocalS3
-from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
+from tests.integration.conftest import OperatorProcess, _dataset_body, create_s3_secret, start_operator
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
 SCHEMA = "mlops.dev/trainer-result/v1"
-
-
-@pytest.fixture
-def dataset(s3: LocalS3, core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str) -> str:
-    """A Ready Dataset named `digits` over a few objects in moto S3."""
-    bucket = f"ml-{uuid.uuid4().hex[:10]}"
-    s3.client().create_bucket(Bucket=bucket)
-    for i in range(2):
-        s3.client().put_object(Bucket=bucket, Key=f"digits/part-{i}.npz", Body=b"x" * 64)
-    create_s3_secret(core, namespace)
-    body = _dataset_body(s3, bucket)
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
-    return bucket
-
-
-def _dataset_body(s3: LocalS3, bucket: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {
-            "source": {
-                "uri": f"s3://{bucket}/digits/",
-                "endpointURL": s3.endpoint_url,
-                "credentialsSecretRef": {"name": "s3-credentials"},
-            }
-        },
-    }
 
 
 def _run(name: str, bucket: str = "ml-bucket", **spec: Any) -> dict[str, Any]:
@@ -225,6 +196,11 @@ def test_retryable_failure_starts_attempt_two_resuming_from_the_checkpoint(
     namespace: str,
 ):
     pod = _start(custom, core, namespace, _run("retry", dataset))
+    batch = client.BatchV1Api(core.api_client)
+    first = {
+        e.name: e.value
+        for e in batch.read_namespaced_job("retry-a1", namespace).spec.template.spec.containers[0].env
+    }
     evict_pod(core, namespace, pod, "The node was low on resource: memory.")
 
     def second_attempt_running() -> dict[str, Any] | None:
@@ -237,15 +213,12 @@ def test_retryable_failure_starts_attempt_two_resuming_from_the_checkpoint(
     assert status["jobName"] == "retry-a2"
     (failure,) = status["failures"]
     assert (failure["attempt"], failure["reason"], failure["retryable"]) == (1, "Evicted", True)
-    batch = client.BatchV1Api(core.api_client)
     env = {
         e.name: e.value
         for e in batch.read_namespaced_job("retry-a2", namespace).spec.template.spec.containers[0].env
     }
-    first = {
-        e.name: e.value
-        for e in batch.read_namespaced_job("retry-a1", namespace).spec.template.spec.containers[0].env
-    }
+    # Attempt 1's Job (and its pods) went before attempt 2 started.
+    assert [j.metadata.name for j in batch.list_namespaced_job(namespace).items] == ["retry-a2"]
     # Attempt 2 resumes from the same checkpoint prefix attempt 1 wrote to.
     assert env["MLOPS_CHECKPOINT_URI"] == first["MLOPS_CHECKPOINT_URI"] == f"s3://{dataset}/ckpt/retry/"
     assert env["MLOPS_ATTEMPT"] == "2"

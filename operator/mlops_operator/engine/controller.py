@@ -62,7 +62,7 @@ def error_condition(error: Exception) -> ConditionUpdate:
                 READY, "False", "ChildRejected", f"the apiserver refused a child: {message}"
             )
         if error.status == 403:
-            return ConditionUpdate(READY, "False", "Forbidden", f"the operator lacks permission: {message}")
+            return ConditionUpdate(READY, "False", "Forbidden", f"the apiserver refused a request: {message}")
         return ConditionUpdate(READY, "False", "ApiError", f"Kubernetes API error: {message}")
     return ConditionUpdate(
         READY, "False", "ReconcileError", f"{type(error).__name__}: {error}".replace("\n", " ")

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from .cache import Cache, Obj
 
 log = logging.getLogger(__name__)
@@ -83,15 +85,19 @@ class Informer:
         self._stopped.set()
 
     def _request(self, params: list[tuple[str, str]], *, stream: bool) -> Any:
-        return self._api.call_api(
-            self._resource.path(self._namespace),
+        """A GET whose body is read as raw JSON (or streamed), never into client model classes."""
+        method, url, headers, _, _ = self._api.param_serialize(
             "GET",
+            self._resource.path(self._namespace),
             query_params=params,
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=(10, self._watch_timeout + 30) if stream else 60,
-        )[0]
+        )
+        timeout = (10, self._watch_timeout + 30) if stream else 60
+        response = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=response.read())
+        return response.response  # the urllib3 response: read() or stream()
 
     def _list(self) -> str:
         objects: list[dict[str, Any]] = []

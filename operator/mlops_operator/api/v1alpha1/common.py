@@ -301,7 +301,8 @@ def conditions_field() -> Any:
 class StatusBase(ApiModel):
     """Fields every kind's status carries."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Numbers in status are finite: a NaN from a workload is refused here, not by the apiserver.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     observed_generation: int | None = Field(
         default=None, description="metadata.generation last reconciled by the operator."

@@ -193,11 +193,30 @@ class AttemptFailure(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     attempt: int = Field(description="The attempt, starting at 1.")
-    reason: str = Field(description="Evicted, Preempted, NodeLost, OOMKilled, the trainer's reason ...")
-    message: str = Field(default="", description="The pod's or the trainer's message.")
+    reason: str = Field(
+        description="Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, the trainer's reason ...",
+        max_length=128,
+    )
+    message: str = Field(default="", description="The pod's or the trainer's message.", max_length=1024)
     retryable: bool = Field(description="Whether another attempt could help.")
     exit_code: int | None = Field(default=None, description="The trainer's exit code, when it exited.")
     time: str | None = Field(default=None, description="When the failure was seen.")
+
+
+class PinnedAttemptInputs(ApiModel):
+    """The inputs of every attempt of a run, fixed when it started."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    spec: dict[str, Any] = Field(
+        description="The TrainingRun's spec as it started.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    dataset_spec: dict[str, Any] = Field(
+        description="The Dataset's spec when the run started (its source and credentials reference).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    image: str = Field(description="The trainer image every attempt runs.", max_length=512)
 
 
 class TrainingRunStatus(StatusBase):
@@ -231,5 +250,13 @@ class TrainingRunStatus(StatusBase):
     )
     spec_hash: str | None = Field(
         default=None, description="Hash of the spec the run started with; later changes are refused."
+    )
+    pinned: PinnedAttemptInputs | None = Field(
+        default=None,
+        description=(
+            "What every attempt is built from, pinned when the run started: its spec (without suspend "
+            "and ttlSecondsAfterFinished), its Dataset's spec and the resolved image. Retries and "
+            "resumes use it whatever the spec says now."
+        ),
     )
     gpu_seconds: float | None = Field(default=None, description="GPU time consumed by all attempts so far.")
