@@ -194,7 +194,7 @@ class AttemptFailure(ApiModel):
 
     attempt: int = Field(description="The attempt, starting at 1.")
     reason: str = Field(
-        description="Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, the trainer's reason ...",
+        description="Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, the trainer's reason.",
         max_length=128,
     )
     message: str = Field(default="", description="The pod's or the trainer's message.", max_length=1024)
