@@ -395,8 +395,8 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
 
 
 def _start_deadline(spec: TrainingRunSpec, ctx: ReconcileContext) -> int:
-    override = getattr(spec.scheduling, "start_deadline_seconds", None)
-    return int(override if override is not None else ctx.config.start_deadline_seconds)
+    override = spec.scheduling.start_deadline_seconds
+    return override if override is not None else ctx.config.start_deadline_seconds
 
 
 def _failed_create(ctx: ReconcileContext, job: Mapping[str, Any]) -> str | None:

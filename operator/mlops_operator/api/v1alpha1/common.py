@@ -273,6 +273,18 @@ class Scheduling(ApiModel):
         max_length=63,
         pattern=DNS_LABEL,
     )
+    start_deadline_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=604800,
+        description=(
+            "How long an attempt's pods may take to start running (scheduling, image pull, container "
+            "creation) before the attempt fails with StartDeadlineExceeded; empty uses the operator's "
+            "default (MLOPS_START_DEADLINE_SECONDS, 600). The failure is retryable, except for an image "
+            "name Kubernetes cannot parse. Queue the workload with Kueue (queueName) rather than raise "
+            "this to wait for capacity."
+        ),
+    )
 
 
 class Condition(ApiModel):
