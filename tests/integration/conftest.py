@@ -134,7 +134,6 @@ def start_operator(
         "MLOPS_HEALTH_PORT": str(health),
         "MLOPS_LOG_FORMAT": "json",
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
-        "MLOPS_TIMER_SECONDS": "1",
         **(extra_env or {}),
     }
     with log.open("ab") as out:

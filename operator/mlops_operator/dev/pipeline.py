@@ -90,7 +90,6 @@ def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subproces
         "MLOPS_NAMESPACES": json.dumps([namespace]),
         "MLOPS_METRICS_PORT": str(free_port()),
         "MLOPS_HEALTH_PORT": str(free_port()),
-        "MLOPS_TIMER_SECONDS": "2",
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
     }
     with log.open("wb") as out:
