@@ -83,6 +83,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         for namespace in scopes
     ]
     wait_all(RUNTIME.informers, timeout=120)
+    if config.peering_name:
+        _follow_peering(engine, config.peering_name, cluster_wide=not config.namespaces)
     engine.queue.start()
     RUNTIME.engine = engine
     if config.metrics_port:
@@ -92,6 +94,38 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.namespaces or "cluster-wide",
         config.workers,
     )
+
+
+def _follow_peering(engine: Engine, name: str, *, cluster_wide: bool) -> None:
+    """Work only while kopf lets this replica work.
+
+    A standby replica's watch-streams are paused by kopf, but the engine's own informers and due-time
+    wake-ups are not. kopf stops every daemon while the operator is paused and starts them again when
+    it resumes, so a daemon on our own peering object tells the engine's queue exactly when to hand
+    out work. The queue starts paused: nothing is reconciled before kopf says this replica leads.
+    """
+    engine.queue.pause(True)
+    running: set[object] = set()
+
+    async def leading(stopped: kopf.DaemonStopped, uid: str | None, **_: Any) -> None:
+        running.add(uid)
+        engine.queue.pause(False)
+        try:
+            await stopped.wait()
+        finally:
+            running.discard(uid)
+            if not running:
+                engine.queue.pause(True)
+
+    plural = "clusterkopfpeerings" if cluster_wide else "kopfpeerings"
+    kopf.daemon(
+        "kopf.dev",
+        "v1",
+        plural,
+        id="leading",
+        when=lambda body, **_: body.get("metadata", {}).get("name") == name,
+        cancellation_timeout=1,
+    )(leading)
 
 
 @kopf.on.cleanup()

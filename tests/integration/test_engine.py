@@ -288,6 +288,8 @@ def test_pods_that_cannot_be_created_surface_and_fail_the_attempt_at_the_start_d
         assert failure["reason"] == "StartDeadlineExceeded"
         assert failure["retryable"] is True  # a ServiceAccount can be created without a new spec
         assert "FailedCreate" in failure["message"]
+        # A Job whose pods never ran is removed with the failed run; nothing is left stuck behind.
+        wait_for(lambda: not _jobs(client.CoreV1Api(custom.api_client), namespace), "the stuck Job gone", 30)
     finally:
         running.stop()
 

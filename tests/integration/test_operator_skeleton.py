@@ -50,9 +50,13 @@ def test_operator_acknowledges_kinds_without_a_controller_then_stays_quiet(
         assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
         assert obj["status"]["phase"] == "Pending"
         assert ready["observedGeneration"] == obj["metadata"]["generation"]
-        # kopf's bookkeeping lives in our annotations, never in spec or status.
+        # The engine keeps no per-object bookkeeping on the object: nothing in status, no annotations,
+        # no finalizers (kopf only watches; it never patches our objects).
         assert "kopf" not in obj["status"]
-        assert any(k.startswith("mlops.dev/") for k in obj["metadata"].get("annotations", {}))
+        assert not any(
+            k.startswith("mlops.dev/") or "kopf" in k for k in obj["metadata"].get("annotations", {})
+        )
+        assert not obj["metadata"].get("finalizers")
 
     events = wait_for(
         lambda: [e for e in core.list_namespaced_event(namespace).items if e.reason == "NotImplemented"],

@@ -43,6 +43,7 @@ from .context import ReconcileContext
 FINISHED = ("Succeeded", "Failed")
 SPEC_ACCEPTED = "SpecAccepted"
 CHILDREN_DELETED = "ChildrenDeleted"
+START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
 # A Job that has made no pod for this long is asked why (its FailedCreate events), then every PROBE.
 NO_PODS_GRACE = timedelta(seconds=10)
 PROBE_INTERVAL = 30.0
@@ -121,7 +122,22 @@ def _pin(spec: TrainingRunSpec, dataset: Mapping[str, Any], image: str) -> dict[
     return {"spec": frozen, "datasetSpec": dict(dataset["spec"]), "image": image}
 
 
-def _inputs_from_pin(ctx: ReconcileContext, spec: TrainingRunSpec, attempt: int) -> TrainingInputs:
+def _pinned_spec(ctx: ReconcileContext, spec: TrainingRunSpec) -> TrainingRunSpec:
+    """The spec the run started with, with today's suspend and TTL (the two fields that may change).
+    A run started before pinning existed goes on with its current spec."""
+    pinned = ctx.status.get("pinned")
+    if not pinned:
+        return spec
+    return TrainingRunSpec.model_validate(
+        {
+            **pinned["spec"],
+            "suspend": spec.suspend,
+            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+        }
+    )
+
+
+def _inputs_from_pin(ctx: ReconcileContext, started: TrainingRunSpec, attempt: int) -> TrainingInputs:
     status = ctx.status
     pinned = status.get("pinned")
     if not pinned:
@@ -129,7 +145,6 @@ def _inputs_from_pin(ctx: ReconcileContext, spec: TrainingRunSpec, attempt: int)
             "this run started under an operator version that did not pin its spec; "
             "create a new TrainingRun to train again"
         )
-    started = TrainingRunSpec.model_validate({**pinned["spec"], "suspend": spec.suspend})
     return _inputs(
         ctx,
         spec=started,
@@ -261,11 +276,12 @@ def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     ttl = spec.ttl_seconds_after_finished
     requeue: float | None = None
     deleted = find_condition(status.get("conditions", []), CHILDREN_DELETED)
-    if status["phase"] == "Failed":
-        # An attempt that failed before its pods ran (a start deadline) leaves them stuck: remove them.
+    last_failure = (status.get("failures") or [{}])[-1]
+    if status["phase"] == "Failed" and last_failure.get("reason") == START_DEADLINE_EXCEEDED:
+        # Its pods never ran and never will (a bad image, a missing ServiceAccount): remove them. A run
+        # that failed otherwise keeps its Job, pods and logs for whoever debugs it.
         for job in _jobs(ctx):
-            if not any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []):
-                _delete_job(ctx, job)
+            _delete_job(ctx, job)
     if ttl is not None and completion and not deleted:
         expires = from_rfc3339(completion) + timedelta(seconds=ttl)
         if ctx.now() >= expires:
@@ -303,6 +319,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     if attempt == 0:
         return _first_attempt(spec, ctx, now)
     accepted = _spec_accepted(spec, status)
+    spec = _pinned_spec(ctx, spec)  # from here on: the spec the run started with
     name = status.get("jobName") or job_name(ctx.name, attempt)
     jobs = _jobs(ctx)
     job = next((j for j in jobs if j["metadata"]["name"] == name), None)
@@ -450,7 +467,7 @@ def _starting(
     if ctx.now() >= deadline:
         failure = Failure(
             not permanent,
-            "StartDeadlineExceeded",
+            START_DEADLINE_EXCEEDED,
             f"the attempt's pods did not start within {deadline_seconds}s ({reason}: {message})",
         )
         return _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
