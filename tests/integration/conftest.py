@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mlops_operator.dev.controlplane import (
     free_port,
 )
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
+from mlops_operator.timeutil import from_rfc3339
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,3 +194,20 @@ def _dataset_body(s3: LocalS3, bucket: str) -> dict[str, Any]:
             }
         },
     }
+
+
+def operator_requests(
+    control_plane: ControlPlane, namespace: str, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The audit entries of every request the operator made in `namespace` (since `since`): its
+    writes always, its reads because the session's control plane audits them too."""
+    found = []
+    for line in control_plane.audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_USER:
+            continue
+        if (entry.get("objectRef") or {}).get("namespace") != namespace:
+            continue
+        if since is None or from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
+            found.append(entry)
+    return found

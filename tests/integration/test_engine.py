@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
 
-from mlops_operator.dev.controlplane import KWOK_TOLERATION, OPERATOR_USER, ControlPlane
+from mlops_operator.dev.controlplane import KWOK_TOLERATION, ControlPlane
 from mlops_operator.dev.pods import evict_pod, finish_pod
-from tests.integration.conftest import OperatorProcess, start_operator
+from tests.integration.conftest import OperatorProcess, operator_requests, start_operator
 from tests.integration.test_trainingrun import (
     SUCCESS,
     G,
@@ -32,22 +32,6 @@ from tests.integration.test_trainingrun import (
 from tests.waiting import wait_for
 
 TERMINATE_FOR = "sim.mlops.dev/terminate-for"  # kwok removes a deleted pod only after this long
-
-
-def _requests(control_plane: ControlPlane, namespace: str, since: datetime) -> list[tuple[str, str, str]]:
-    """(verb, resource, subresource) of every request the operator made in `namespace` since then."""
-    found = []
-    for line in control_plane.audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_USER:
-            continue
-        ref = entry.get("objectRef") or {}
-        if ref.get("namespace") != namespace:
-            continue
-        if datetime.fromisoformat(entry["requestReceivedTimestamp"].replace("Z", "+00:00")) < since:
-            continue
-        found.append((entry["verb"], ref.get("resource", ""), ref.get("subresource", "")))
-    return found
 
 
 def _slow_to_terminate(core: client.CoreV1Api, namespace: str, pod: str, seconds: int) -> None:
@@ -82,7 +66,10 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
         time.sleep(15)
     finally:
         second.stop()
-    requests = _requests(control_plane, namespace, since)
+    requests = [
+        (r["verb"], r["objectRef"].get("resource"))
+        for r in operator_requests(control_plane, namespace, since)
+    ]
     writes = [r for r in requests if r[0] not in ("get", "list", "watch")]
     assert writes == []
     assert [r for r in requests if r[0] == "get"] == []
@@ -131,13 +118,11 @@ def test_children_are_watched_by_label_on_the_server_and_matched_by_owner_uid(
     finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
     assert _wait_phase(custom, namespace, "mine", "Succeeded")["status"]["attempt"] == 1
     # The watches the operator holds on pods and Jobs carry the label selector: the apiserver filters.
-    watches = []
-    for line in control_plane.audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        ref = entry.get("objectRef") or {}
-        ours = entry["user"]["username"] == OPERATOR_USER and ref.get("namespace") == namespace
-        if ours and entry.get("verb") in ("list", "watch") and ref.get("resource") in ("pods", "jobs"):
-            watches.append(entry["requestURI"])
+    watches = [
+        r["requestURI"]
+        for r in operator_requests(control_plane, namespace)
+        if r["verb"] in ("list", "watch") and r["objectRef"].get("resource") in ("pods", "jobs")
+    ]
     assert watches
     selectors = {parse_qs(urlsplit(uri).query).get("labelSelector", [""])[0] for uri in watches}
     assert selectors == {"app.kubernetes.io/managed-by=mlops-operator"}, watches

@@ -17,8 +17,13 @@ from kubernetes import client
 from mlops_operator.dev.controlplane import OPERATOR_USER, ControlPlane
 from mlops_operator.dev.pods import evict_pod, finish_pod
 from mlops_operator.dev.s3 import LocalS3
-from mlops_operator.timeutil import from_rfc3339
-from tests.integration.conftest import OperatorProcess, _dataset_body, create_s3_secret, start_operator
+from tests.integration.conftest import (
+    OperatorProcess,
+    _dataset_body,
+    create_s3_secret,
+    operator_requests,
+    start_operator,
+)
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -396,13 +401,10 @@ def test_idle_operator_makes_no_requests(
         "the audit log sees the operator"
     )
     time.sleep(30)
-    requests = []
-    for line in control_plane.audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_USER:
-            continue
-        if entry.get("objectRef", {}).get("namespace") != namespace or entry.get("verb") == "watch":
-            continue  # a watch that ends is re-opened: that is listening, not polling
-        if from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
-            requests.append((entry["verb"], entry["objectRef"]))
+    # A watch that ends is re-opened: that is listening, not polling.
+    requests = [
+        (r["verb"], r["objectRef"])
+        for r in operator_requests(control_plane, namespace, since)
+        if r["verb"] != "watch"
+    ]
     assert requests == []
