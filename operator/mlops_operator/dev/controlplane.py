@@ -25,7 +25,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import yaml
 
@@ -46,6 +46,17 @@ AUDIT_POLICY = {
         {"level": "None"},
     ],
 }
+READ_VERBS = ("get", "list", "watch")
+
+
+def audit_policy_document(read_users: Sequence[str] = ()) -> dict[str, Any]:
+    """AUDIT_POLICY, plus the reads (get/list/watch, Metadata level) of `read_users` when any are named:
+    what `bench/scale.py` counts of the operator's requests."""
+    if not read_users:
+        return AUDIT_POLICY
+    rules = cast("list[dict[str, Any]]", AUDIT_POLICY["rules"])
+    read_rule = {"level": "Metadata", "users": list(read_users), "verbs": list(READ_VERBS)}
+    return {**AUDIT_POLICY, "rules": [*rules[:-1], read_rule, rules[-1]]}
 
 
 class ControlPlaneError(RuntimeError):
@@ -126,6 +137,7 @@ class GpuNodePool:
     cpu: str = "96"
     memory: str = "1Ti"
     name_prefix: str = "gpu-node"
+    pods: int = 110  # the kubelet's default; raise it to pack many simulated pods on few nodes
 
 
 def gpu_node_manifest(pool: GpuNodePool, index: int) -> dict[str, object]:
@@ -133,7 +145,7 @@ def gpu_node_manifest(pool: GpuNodePool, index: int) -> dict[str, object]:
     capacity = {
         "cpu": pool.cpu,
         "memory": pool.memory,
-        "pods": "110",
+        "pods": str(pool.pods),
         "nvidia.com/gpu": str(pool.gpus_per_node),
     }
     return {
@@ -169,6 +181,13 @@ class ControlPlane:
     bin_dir: Path | None = None
     node_pools: Sequence[GpuNodePool] = (GpuNodePool(),)
     startup_timeout: float = 90
+    # Users whose reads (get/list/watch) the audit log records too; by default it records writes only.
+    audit_read_users: Sequence[str] = ()
+    # Client rate limit (QPS, burst = 2x) of the controller-manager and the scheduler; None keeps
+    # their defaults (20 and 50 QPS), which pace Job pods at thousands of objects.
+    controller_qps: float | None = None
+    # Extra kube-apiserver flags (e.g. --max-requests-inflight for a benchmark).
+    apiserver_args: Sequence[str] = ()
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlops-cp-")))
     components: list[Component] = field(default_factory=list)
 
@@ -232,7 +251,7 @@ class ControlPlane:
         self.operator_kubeconfig = self._write_kubeconfig(self.workdir / "operator.kubeconfig", operator)
         self.audit_log = self.workdir / "audit.log"
         audit_policy = self.workdir / "audit-policy.yaml"
-        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        audit_policy.write_text(yaml.safe_dump(audit_policy_document(self.audit_read_users)))
 
         etcd_client, etcd_peer = free_port(), free_port()
         b = {k: str(v) for k, v in self.binaries.items()}
@@ -280,10 +299,14 @@ class ControlPlane:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 "--v=0",
+                *self.apiserver_args,
             ],
         )
         self._wait_http(f"{self.url}/readyz", "kube-apiserver", self._ssl_context(admin))
         common_flags = ["--leader-elect=false", "--v=0"]
+        if self.controller_qps is not None:
+            qps = self.controller_qps
+            common_flags += [f"--kube-api-qps={qps:g}", f"--kube-api-burst={int(2 * qps)}"]
         self._launch(
             "kube-controller-manager",
             [
@@ -455,6 +478,8 @@ class ControlPlane:
         for line in self.audit_log.read_text().splitlines():
             entry = json.loads(line)
             if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != username:
+                continue
+            if entry.get("verb") in READ_VERBS:  # logged only for audit_read_users
                 continue
             if since is None or from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
                 entries.append(entry)
