@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from ..api.v1alpha1 import GROUP, VERSION, KindInfo, kind_by_name
+from ..api.v1alpha1 import KindInfo, kind_by_name
 from ..handlers import HANDLERS
 from ..handlers.base import (
     ENGINE_REASONS,
@@ -197,9 +197,7 @@ class Engine:
             changes = checked_status(info.status_model, status, changes)
             patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": changes}
             try:
-                written = self.clients.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, meta["namespace"], info.plural, meta["name"], patch
-                )
+                written = self.clients.raw.patch_status(info.plural, meta["namespace"], meta["name"], patch)
             except ApiException as error:
                 if error.status == 409:
                     raise _ConflictError() from None
@@ -226,9 +224,7 @@ class Engine:
 
     def post_event(self, body: Obj, event: Event) -> None:
         try:
-            self.clients.core.create_namespaced_event(
-                body["metadata"]["namespace"], event_manifest(body, event)
-            )
+            self.clients.raw.create("Event", body["metadata"]["namespace"], event_manifest(body, event))
         except ApiException as error:  # an event is worth a log line, never a failed reconcile
             log.warning("posting event %s failed: %s", event.reason, api_message(error))
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..engine.cache import Cache
 from ..integrations.s3 import Boto3ObjectStore, ObjectStore, S3Config
+from ..k8s.rawapi import RawApi
 from ..settings import OperatorConfig
 
 
@@ -35,6 +36,11 @@ class Clients:
         from kubernetes import client  # noqa: PLC0415
 
         return client.BatchV1Api(self.api)
+
+    @property
+    def raw(self) -> RawApi:
+        """Plain-JSON requests: what the engine writes with (no client model classes)."""
+        return RawApi(self.api)
 
     @property
     def custom(self) -> Any:

@@ -31,7 +31,6 @@ from ..builders.training import (
     spec_hash,
 )
 from ..engine.cache import Cache, ObjectKey
-from ..k8s.apply import server_side_apply
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
@@ -207,13 +206,11 @@ def _read_through_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | N
 
 
 def _start_attempt(ctx: ReconcileContext, inputs: TrainingInputs) -> None:
-    api, manager = ctx.require_clients().api, ctx.config.field_manager
+    raw, manager = ctx.require_clients().raw, ctx.config.field_manager
     if inputs.distributed:
-        server_side_apply(api, build_rendezvous_service(inputs), manager)
-    created = server_side_apply(api, build_job(inputs), manager)
-    written: dict[str, Any] = ctx.require_clients().api.sanitize_for_serialization(created)
-    written.setdefault("kind", "Job")
-    ctx.cache.upsert("Job", written)  # the next reconcile sees it before its watch event arrives
+        raw.apply(build_rendezvous_service(inputs), manager)
+    created = raw.apply(build_job(inputs), manager)
+    ctx.cache.upsert("Job", created)  # the next reconcile sees it before its watch event arrives
     TRAINING_ATTEMPTS.labels(namespace=ctx.namespace).inc()
 
 
@@ -223,13 +220,7 @@ def _delete_job(ctx: ReconcileContext, job: Mapping[str, Any]) -> None:
     period: the trainer writes a checkpoint before it exits."""
     if job["metadata"].get("deletionTimestamp"):
         return
-    try:
-        ctx.require_clients().batch.delete_namespaced_job(
-            job["metadata"]["name"], ctx.namespace, propagation_policy="Foreground"
-        )
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    ctx.require_clients().raw.delete("Job", ctx.namespace, job["metadata"]["name"], propagation="Foreground")
 
 
 def _gpu_seconds(spec: TrainingRunSpec, start: str | None, end: str | None) -> float:
@@ -287,11 +278,7 @@ def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         if ctx.now() >= expires:
             for job in _jobs(ctx):
                 _delete_job(ctx, job)
-            try:
-                ctx.require_clients().core.delete_namespaced_service(service_name(ctx.name), ctx.namespace)
-            except ApiException as error:
-                if error.status != 404:
-                    raise
+            ctx.require_clients().raw.delete("Service", ctx.namespace, service_name(ctx.name))
             conditions.append(
                 ConditionUpdate(
                     CHILDREN_DELETED, "True", "TTLExpired", f"children deleted {ttl}s after the run finished"

@@ -1,0 +1,99 @@
+"""The few requests the engine makes, as plain JSON in and out.
+
+The generated client turns every response into model classes and back; at thousands of objects that
+costs more CPU than the request itself. These calls send and return plain dicts (the shape the watch
+cache holds), and raise the client's own `ApiException` on an error status, so callers handle errors
+as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes.client.exceptions import ApiException
+
+from ..api.v1alpha1 import GROUP, VERSION
+
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the apiserver takes a JSON body
+MERGE_PATCH = "application/merge-patch+json"
+
+_PATHS = {
+    "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "Service": "/api/v1/namespaces/{namespace}/services",
+    "Event": "/api/v1/namespaces/{namespace}/events",
+}
+
+
+def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
+    if kind not in _PATHS:
+        raise ValueError(f"no path for kind {kind}")
+    base = _PATHS[kind].format(namespace=quote(namespace))
+    return f"{base}/{quote(name)}" if name else base
+
+
+def custom_path(plural: str, namespace: str, name: str, subresource: str = "") -> str:
+    """The path of one of our objects (group mlops.dev, the served version)."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{plural}/{quote(name)}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class RawApi:
+    """JSON requests through a kubernetes `ApiClient` (its auth, TLS and connection pool)."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, _, _ = self._api.param_serialize(
+            method, path, query_params=list(query), header_params=headers, auth_settings=["BearerToken"]
+        )
+        # The client serializes a dict body as JSON for JSON and structured-YAML content types.
+        payload = dict(body) if body is not None else None
+        response = self._api.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=timeout
+        )
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=data)
+        result: dict[str, Any] = json.loads(data) if data else {}
+        return result
+
+    def apply(self, manifest: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+        """Server-side apply; `force` takes over fields another manager last set (we own these)."""
+        meta = manifest["metadata"]
+        path = resource_path(str(manifest["kind"]), meta["namespace"], meta["name"])
+        query = [("fieldManager", field_manager), ("force", "true")]
+        return self.request("PATCH", path, body=manifest, query=query, content_type=APPLY_PATCH)
+
+    def patch_status(
+        self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        path = custom_path(plural, namespace, name, "status")
+        return self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", resource_path(kind, namespace), body=manifest)
+
+    def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
+        """Delete; a 404 (already gone) is success."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        try:
+            self.request("DELETE", resource_path(kind, namespace, name), body=body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
