@@ -38,7 +38,7 @@ tools:
 
 ## crds: regenerate crds/ from the API models
 crds: install
-	$(BIN)/mlopsctl crds --out crds
+	$(BIN)/mlopsctl crds --out crds && $(BIN)/mlopsctl crds --out charts/mlops-operator/crds
 
 ## lint: ruff lint and format check
 lint: install
