@@ -62,7 +62,7 @@ from mlops_operator.dev.controlplane import (
     free_port,
 )
 from mlops_operator.dev.pods import terminated_status
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
+from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -561,6 +561,7 @@ def start_operator(
             "MLOPS_HEALTH_PORT": str(health),
             "MLOPS_LOG_FORMAT": "json",
             "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+            "MLOPS_S3_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
             **extra_env,
         }
     )

@@ -67,6 +67,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # kopf logs "Handler 'cache' succeeded" for every watch event it hands to the engine: at
         # 10,000 objects that is noise, and CPU. Its warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Never print Secret data or signed request headers, verbose or not: botocore's DEBUG lines
+    # carry the signed Authorization header; every line is redacted on its way out.
+    from .redaction import secure_logging  # noqa: PLC0415
+
+    secure_logging()
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     asyncio.run(
         kopf.operator(

@@ -84,6 +84,36 @@ class OperatorConfig(BaseSettings):
             "taint here so simulated GPU nodes accept pods. Empty in production."
         ),
     )
+    # -- tenant safety (README "Tenant safety") --
+    s3_endpoint_allowlist: list[str] = Field(
+        default_factory=list,
+        description=(
+            "S3 endpoints (JSON list of `host` or `host:port`; `*.` prefix for subdomains, `[v6]` "
+            "literals) a Dataset's endpointURL may name; the operator sends no request elsewhere. "
+            "AWS's own S3 endpoints are always allowed; empty allows only those."
+        ),
+    )
+    manifest_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest Dataset manifest (manifestURI) the operator reads; a larger one is refused "
+            "(Ready=False, ManifestTooLarge) before it is downloaded."
+        ),
+    )
+    scratch_size_limit: str = Field(
+        default="20Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
+        description="sizeLimit of a workload pod's scratch emptyDir (/tmp), evicted over it.",
+    )
+    shm_size_limit: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
+        description=(
+            "sizeLimit of a workload pod's /dev/shm (memory-backed; counts against the pod's memory). "
+            "Unset: half the worker's resources.memory, or 1Gi when the spec sets no memory."
+        ),
+    )
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:

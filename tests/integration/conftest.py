@@ -25,7 +25,7 @@ from mlops_operator.dev.controlplane import (
     GpuNodePool,
     free_port,
 )
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
+from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.timeutil import from_rfc3339
 from tests.waiting import wait_for
 
@@ -136,6 +136,7 @@ def start_operator(
         "MLOPS_HEALTH_PORT": str(health),
         "MLOPS_LOG_FORMAT": "json",
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+        "MLOPS_S3_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
         **(extra_env or {}),
     }
     with log.open("ab") as out:

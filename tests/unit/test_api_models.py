@@ -206,7 +206,7 @@ def test_endpoint_urls_are_http_with_a_host(url, ok):
 # runs against the real apiserver (tests/integration/test_crds_on_apiserver.py): one verdict.
 BASE_SPECS: dict[str, dict[str, Any]] = {
     "TrainingRun": {"datasetRef": {"name": "digits"}, "model": "m", "output": {"uri": "s3://bucket/out/"}},
-    "Dataset": {"source": {"uri": "s3://bucket/data/"}},
+    "Dataset": {"source": {"uri": "s3://bucket/data/", "credentialsSecretRef": {"name": "s3"}}},
     "ModelVersion": {"modelName": "m", "source": {"trainingRunRef": {"name": "r1"}}},
     "InferenceDeployment": {"modelVersionRef": {"name": "v1"}},
 }
@@ -280,6 +280,8 @@ EDGES: list[tuple[str, dict[str, Any], bool]] = [
     ("Dataset", {"source": {"uri": "s3://bucket/data/", "endpointURL": "ftp://host"}}, False),
     ("Dataset", {"source": {"uri": "s3://bucket/data/", "region": "us-east-1"}}, True),
     ("Dataset", {"source": {"uri": "s3://bucket/data/", "region": "123"}}, False),
+    # No confused deputy: the operator reads a Dataset only with the tenant's own credentials.
+    ("Dataset", {"source": {"credentialsSecretRef": None}}, False),
     (
         "Dataset",
         {

@@ -25,13 +25,18 @@ from mlops_operator.builders.dataset import (
 from mlops_operator.handlers import dataset
 from mlops_operator.handlers.base import Outcome, Unchanged
 from mlops_operator.handlers.context import Clients, ReconcileContext
+from mlops_operator.integrations.endpoints import endpoint_allowed
 from mlops_operator.integrations.s3 import (
+    Boto3ObjectStore,
     ObjectInfo,
+    ObjectTooLargeError,
     S3Config,
+    S3Credentials,
     S3Location,
     S3UnavailableError,
     split_object_uri,
 )
+from mlops_operator.settings import OperatorConfig
 from mlops_operator.timeutil import to_rfc3339
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -49,8 +54,11 @@ class InMemoryStore:
             if key.startswith(f"{location.bucket}/{location.prefix}"):
                 yield ObjectInfo(key.removeprefix(f"{location.bucket}/"), len(data), f"etag-{len(data)}")
 
-    def get_bytes(self, bucket: str, key: str) -> bytes:
-        return self.objects[f"{bucket}/{key}"]
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        data = self.objects[f"{bucket}/{key}"]
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"s3://{bucket}/{key}", len(data), max_bytes)
+        return data
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.objects[f"{bucket}/{key}"] = data
@@ -59,13 +67,39 @@ class InMemoryStore:
         return f"{bucket}/{key}" in self.objects
 
 
-def _ctx(store: InMemoryStore, status: dict | None = None, generation: int = 1) -> ReconcileContext:
+CREDENTIALS = S3Credentials("AKIAIOSFODNN7EXAMPLE", "tenant-secret")
+SEEN_CONFIGS: list[S3Config] = []
+
+
+@pytest.fixture(autouse=True)
+def _tenant_secret(monkeypatch):
+    """The Dataset's Secret, as the handler would read it from the apiserver."""
+    monkeypatch.setattr(dataset, "read_credentials", lambda _ctx, _ref: CREDENTIALS)
+    SEEN_CONFIGS.clear()
+
+
+def _ctx(
+    store: InMemoryStore,
+    status: dict | None = None,
+    generation: int = 1,
+    config: OperatorConfig | None = None,
+) -> ReconcileContext:
     body = {"metadata": {"name": "d", "namespace": "ns", "generation": generation}, "status": status or {}}
-    return ReconcileContext(body, Clients(api=None, object_store=lambda _config: store), now=lambda: NOW)
+
+    def object_store(s3_config: S3Config) -> InMemoryStore:
+        SEEN_CONFIGS.append(s3_config)
+        return store
+
+    return ReconcileContext(
+        body, Clients(api=None, object_store=object_store), config or OperatorConfig(), now=lambda: NOW
+    )
 
 
 SPEC = DatasetSpec.model_validate(
-    {"source": {"uri": "s3://data/digits/"}, "contract": {"minObjects": 2, "requiredFiles": ["schema.json"]}}
+    {
+        "source": {"uri": "s3://data/digits/", "credentialsSecretRef": {"name": "s3"}},
+        "contract": {"minObjects": 2, "requiredFiles": ["schema.json"]},
+    }
 )
 DATA = {"data/digits/schema.json": b"{}", "data/digits/part-0.npz": b"x" * 100, "data/other/x": b"no"}
 
@@ -248,3 +282,95 @@ def test_s3_location_parsing():
         S3Location.parse("gs://bucket/x")
     assert split_object_uri("s3://bucket/a/manifest.jsonl") == ("bucket", "a/manifest.jsonl")
     assert "secret" not in repr(S3Config(credentials=None))
+
+
+# -- tenant safety ------------------------------------------------------------------------------------
+
+
+def test_the_store_gets_the_tenants_credentials():
+    dataset.reconcile(SPEC, _ctx(InMemoryStore(dict(DATA))))
+    assert [c.credentials for c in SEEN_CONFIGS] == [CREDENTIALS]
+
+
+def test_a_dataset_without_credentials_is_refused_by_the_api():
+    with pytest.raises(ValueError, match="credentialsSecretRef is required"):
+        DatasetSpec.model_validate({"source": {"uri": "s3://data/digits/"}})
+
+
+def test_a_stored_dataset_without_credentials_is_never_read_with_the_operators_identity():
+    # An object stored before the schema required the Secret: the handler refuses it too.
+    spec = SPEC.model_copy(update={"source": SPEC.source.model_copy(update={"credentials_secret_ref": None})})
+    outcome = dataset.reconcile(spec, _ctx(InMemoryStore(dict(DATA))))
+    assert isinstance(outcome, Outcome)
+    assert (outcome.phase, outcome.conditions[0].reason) == ("Failed", "CredentialsRequired")
+    assert SEEN_CONFIGS == []  # no client was even built
+
+
+def test_the_boto3_store_refuses_to_run_without_explicit_credentials():
+    with pytest.raises(S3UnavailableError, match="never uses its own identity"):
+        Boto3ObjectStore(S3Config("http://127.0.0.1:1", None, None))
+    with pytest.raises(S3UnavailableError):
+        Boto3ObjectStore(S3Config(None, None, S3Credentials("", "")))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowlist", "allowed"),
+    [
+        (None, [], True),
+        ("https://s3.amazonaws.com", [], True),
+        ("https://s3.eu-west-1.amazonaws.com", [], True),
+        ("https://s3-us-west-2.amazonaws.com", [], True),
+        ("https://s3.dualstack.us-east-1.amazonaws.com", [], True),
+        ("https://bucket.s3.us-east-1.amazonaws.com", [], True),
+        ("https://bucket.vpce-0a1b.s3.us-east-1.vpce.amazonaws.com", [], True),
+        ("https://s3.cn-north-1.amazonaws.com.cn", [], True),
+        ("https://s3.amazonaws.com.evil.example", [], False),
+        ("http://169.254.169.254/latest/meta-data/", [], False),
+        ("http://127.0.0.1:5000", [], False),
+        ("http://kubernetes.default.svc:443", [], False),
+        ("http://127.0.0.1:5000", ["127.0.0.1"], True),
+        ("http://127.0.0.1:5000", ["127.0.0.1:5000"], True),
+        ("http://127.0.0.1:5001", ["127.0.0.1:5000"], False),
+        ("http://localhost:9000", ["LOCALHOST"], True),
+        ("http://[::1]:9000", ["[::1]"], True),
+        ("http://[::1]:9000", ["[::1]:9001"], False),
+        ("https://minio.data.example.com", ["*.data.example.com"], True),
+        ("https://minio.data.example.com:443", ["*.data.example.com:443"], True),
+        ("https://data.example.com", ["*.data.example.com"], False),
+        ("https://evildata.example.com", ["*.data.example.com"], False),
+        ("https://minio.example.com", ["minio.example.com:9000"], False),
+    ],
+)
+def test_endpoint_allowlist(endpoint, allowlist, allowed):
+    assert endpoint_allowed(endpoint, allowlist) is allowed
+
+
+def test_an_endpoint_off_the_allowlist_is_refused_before_any_request():
+    spec = SPEC.model_copy(
+        update={"source": SPEC.source.model_copy(update={"endpoint_url": "http://169.254.169.254"})}
+    )
+    outcome = dataset.reconcile(spec, _ctx(InMemoryStore(dict(DATA))))
+    assert isinstance(outcome, Outcome)
+    (ready,) = outcome.conditions
+    assert (outcome.phase, ready.reason) == ("Failed", "EndpointNotAllowed")
+    assert "169.254.169.254:80 is not on the operator's allow-list" in ready.message
+    assert "MLOPS_S3_ENDPOINT_ALLOWLIST" in ready.message
+    assert SEEN_CONFIGS == []
+    assert outcome.requeue_after is not None  # looked at again: the allow-list may change
+    allowed = OperatorConfig(s3_endpoint_allowlist=["169.254.169.254"])
+    assert dataset.reconcile(spec, _ctx(InMemoryStore(dict(DATA)), config=allowed)).phase == "Ready"
+
+
+def test_a_manifest_over_the_size_cap_is_refused_unread():
+    manifest = b"".join(b'{"key": "part-0.npz", "size": 100, "sha256": "x"}\n' for _ in range(100))
+    store = InMemoryStore({**DATA, "data/digits/manifest.jsonl": manifest})
+    spec = SPEC.model_copy(
+        update={"source": SPEC.source.model_copy(update={"manifest_uri": "s3://data/digits/manifest.jsonl"})}
+    )
+    outcome = dataset.reconcile(spec, _ctx(store, config=OperatorConfig(manifest_max_bytes=1024)))
+    assert isinstance(outcome, Outcome)
+    (ready,) = outcome.conditions
+    assert (outcome.phase, ready.reason) == ("Failed", "ManifestTooLarge")
+    assert f"is {len(manifest)} bytes, over the operator's limit of 1024 bytes" in ready.message
+    roomy = OperatorConfig(manifest_max_bytes=len(manifest))
+    assert dataset.reconcile(spec, _ctx(store, config=roomy)).conditions[0].reason != "ManifestTooLarge"

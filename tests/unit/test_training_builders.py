@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -66,7 +67,7 @@ def test_single_node_job():
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert KWOK_TOLERATION in pod["tolerations"]
-    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "4096Mi"}} in pod["volumes"]
 
 
 def test_environment_is_the_trainer_contract_and_secrets_are_references():
@@ -325,3 +326,42 @@ def test_backoff_doubles_up_to_the_cap():
 
 def test_a_succeeded_pod_of_an_incomplete_job_still_counts_as_running():
     assert observe(_job(), [_pod("Succeeded", **_terminated(0, "{}", "Completed"))]).state == "Running"
+
+
+def _volumes(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v["emptyDir"] for v in job["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_every_emptydir_has_a_size_limit():
+    volumes = _volumes(build_job(_inputs()))  # the sample asks for 8Gi of memory
+    assert volumes == {
+        "scratch": {"sizeLimit": "20Gi"},
+        "shm": {"medium": "Memory", "sizeLimit": "4096Mi"},  # half the memory
+    }
+    assert all("sizeLimit" in v for v in volumes.values())
+
+
+@pytest.mark.parametrize(
+    ("memory", "shm"),
+    [
+        (None, "1Gi"),
+        ("16Gi", "8192Mi"),
+        ("1G", "476Mi"),
+        ("1.5Gi", "768Mi"),
+        ("3e9", "1430Mi"),
+        ("100", "50"),
+    ],
+)
+def test_shm_defaults_from_memory(memory, shm):
+    resources = {**RUN["spec"]["resources"], "memory": memory}
+    if memory is None:
+        resources.pop("memory")
+    assert _volumes(build_job(_inputs(resources=resources)))["shm"]["sizeLimit"] == shm
+
+
+def test_emptydir_sizes_are_settings():
+    inputs = dataclasses.replace(_inputs(), scratch_size_limit="100Gi", shm_size_limit="2Gi")
+    assert _volumes(build_job(inputs)) == {
+        "scratch": {"sizeLimit": "100Gi"},
+        "shm": {"medium": "Memory", "sizeLimit": "2Gi"},
+    }

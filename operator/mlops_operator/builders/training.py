@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mlops_contract import envvars
@@ -67,6 +69,8 @@ class TrainingInputs:
     attempt: int
     default_image: str
     extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    scratch_size_limit: str = "20Gi"  # MLOPS_SCRATCH_SIZE_LIMIT
+    shm_size_limit: str | None = None  # MLOPS_SHM_SIZE_LIMIT; None: from resources.memory
 
     @property
     def distributed(self) -> bool:
@@ -196,6 +200,47 @@ def _resources(inputs: TrainingInputs) -> dict[str, Any]:
     return out
 
 
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_MULTIPLIERS = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+}
+DEFAULT_SHM = "1Gi"  # /dev/shm when the spec sets no memory and the operator no MLOPS_SHM_SIZE_LIMIT
+
+
+def quantity_bytes(quantity: str) -> int | None:
+    """A memory quantity in bytes (rounded down), or None where it is not one we can read."""
+    match = _QUANTITY.match(quantity.strip())
+    if not match:
+        return None
+    number, suffix = match.groups()
+    try:
+        value = Decimal(number)
+        if suffix and suffix[0] in "eE":
+            value *= Decimal(10) ** int(suffix[1:])
+        elif suffix:
+            value *= _MULTIPLIERS[suffix]
+    except (InvalidOperation, ValueError):
+        return None
+    return int(value)
+
+
+def shm_size_limit(inputs: TrainingInputs) -> str:
+    """The shm volume's sizeLimit: the operator's setting, else half the worker's memory (the rest is for
+    the trainer itself: a memory-backed emptyDir counts against the pod's memory), else 1Gi."""
+    if inputs.shm_size_limit:
+        return inputs.shm_size_limit
+    memory = quantity_bytes(inputs.spec.resources.memory or "")
+    if not memory:
+        return DEFAULT_SHM
+    half = memory // 2
+    mib = 1024 * 1024
+    return f"{half // mib}Mi" if half >= mib else str(max(half, 1))
+
+
 def _tolerations(inputs: TrainingInputs) -> list[dict[str, Any]]:
     tolerations = [t.wire() for t in inputs.spec.scheduling.tolerations]
     if inputs.spec.resources.gpus_per_worker:
@@ -247,10 +292,12 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
                 ],
             }
         ],
+        # Every emptyDir has a sizeLimit: a workload filling the node's disk or memory is evicted,
+        # not its neighbours.
         "volumes": [
-            {"name": "scratch", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": inputs.scratch_size_limit}},
             # DataLoader workers pass batches through shared memory; the default 64 MiB is too small.
-            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size_limit(inputs)}},
         ],
     }
     if node_selector:

@@ -24,7 +24,7 @@ from mlops_contract import envvars
 from ..api.v1alpha1 import kind_by_name
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
 from .runner import LocalPodRunner
-from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LocalS3
+from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 
 SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000 ...
 SAMPLE_DATA_URI = "s3://mlops-demo/datasets/digits/v1"  # ... and this prefix
@@ -91,6 +91,7 @@ def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subproces
         "MLOPS_METRICS_PORT": str(free_port()),
         "MLOPS_HEALTH_PORT": str(free_port()),
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+        "MLOPS_S3_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
     }
     with log.open("wb") as out:
         return subprocess.Popen(

@@ -12,6 +12,9 @@ from typing import Any, Self
 DEV_ACCESS_KEY_ID = "mlops-dev"
 DEV_SECRET_ACCESS_KEY = "mlops-dev-secret"  # noqa: S105 - a throwaway credential for a local fake
 DEV_REGION = "us-east-1"
+# MLOPS_S3_ENDPOINT_ALLOWLIST of the operator in tests and `mlopsctl dev`: the local S3 on loopback.
+# Production allow-lists name their S3 endpoints; loopback would let a tenant reach the operator's pod.
+LOOPBACK_ENDPOINTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass

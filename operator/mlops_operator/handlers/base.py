@@ -18,12 +18,16 @@ from pydantic import BaseModel, ValidationError
 
 from ..k8s.conditions import ConditionUpdate, condition_reason, find_condition, set_conditions
 from ..k8s.events import Event
+from ..redaction import redact
 
 READY = "Ready"
 # Ready reasons that only the engine sets, on an unexpected error; a handler restating its own Ready
 # replaces them once the error is gone.
 ENGINE_REASONS = frozenset({"ChildRejected", "Forbidden", "ApiError", "ReconcileError", "InvalidStatus"})
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
+# Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
+# Secret references, never values) that retries are built from; masking it would change a retry.
+UNREDACTED_FIELDS = frozenset({"pinned"})
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -76,6 +80,17 @@ def parse_spec(model: type[SpecT], spec: Mapping[str, Any]) -> SpecT | Outcome:
         )
 
 
+def redacted(value: Any) -> Any:
+    """`value` with every string in it (not the keys) passed through `redact`."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
+
+
 def status_patch(
     status: Mapping[str, Any] | None,
     outcome: Outcome,
@@ -83,18 +98,24 @@ def status_patch(
     *,
     now: str | None = None,
 ) -> tuple[dict[str, Any], list[Transition]]:
-    """The status fields to patch (empty when nothing changed) and the condition transitions."""
+    """The status fields to patch (empty when nothing changed) and the condition transitions.
+
+    The one path every status write takes, so the one place secrets are masked: condition messages
+    and string fields (a trainer's message, a log tail) are redacted before they are compared with
+    what the status already says, and before they become events.
+    """
     status = status or {}
     old_conditions = list(status.get("conditions") or [])
     updates = [
-        ConditionUpdate(u.type, u.status, condition_reason(u.reason), u.message[:MAX_MESSAGE])
+        ConditionUpdate(u.type, u.status, condition_reason(u.reason), redact(u.message)[:MAX_MESSAGE])
         for u in outcome.conditions
     ]
     conditions, conditions_changed = set_conditions(old_conditions, updates, generation=generation, now=now)
     patch: dict[str, Any] = {}
     if conditions_changed:
         patch["conditions"] = conditions
-    desired = {"phase": outcome.phase, "observedGeneration": generation, **outcome.fields}
+    fields = {k: v if k in UNREDACTED_FIELDS else redacted(v) for k, v in outcome.fields.items()}
+    desired = {"phase": outcome.phase, "observedGeneration": generation, **fields}
     for key, value in desired.items():
         if status.get(key) != value:
             patch[key] = value

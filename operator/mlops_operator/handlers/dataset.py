@@ -18,8 +18,10 @@ from ..builders.dataset import (
     manifest_key,
     missing_from_listing,
 )
+from ..integrations.endpoints import EndpointNotAllowedError, require_allowed
 from ..integrations.s3 import (
     ObjectStore,
+    ObjectTooLargeError,
     S3Config,
     S3Credentials,
     S3Location,
@@ -36,6 +38,10 @@ from .context import ReconcileContext
 # quick after a blip, gentle on a long outage, with no retry counter to keep in status.
 RETRY_MIN = timedelta(seconds=15)
 RETRY_MAX = timedelta(minutes=5)
+# Ready reasons looked at again with that backoff: an outage, and an endpoint the operator's
+# allow-list refuses (no request is sent, so a retry is free and an administrator's change to the
+# allow-list takes effect within RETRY_MAX).
+RETRIED_REASONS = frozenset({"SourceUnavailable", "EndpointNotAllowed"})
 
 
 class CredentialsUnavailableError(Exception):
@@ -59,7 +65,10 @@ def read_credentials(ctx: ReconcileContext, ref: CredentialsRef) -> S3Credential
     def value(key: str) -> str:
         if key not in data:
             raise CredentialsUnavailableError(f"Secret {ref.name} has no key {key}")
-        return base64.b64decode(data[key]).decode()
+        decoded = base64.b64decode(data[key]).decode().strip()
+        if not decoded:  # an empty key must not become "no credentials" (the SDK's own identity)
+            raise CredentialsUnavailableError(f"Secret {ref.name} has an empty {key}")
+        return decoded
 
     token = value(ref.session_token_key) if ref.session_token_key else None
     return S3Credentials(value(ref.access_key_id_key), value(ref.secret_access_key_key), token)
@@ -73,7 +82,7 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
         return 0.0
     elapsed = ctx.now() - from_rfc3339(checked)
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
-    if ready.get("reason") == "SourceUnavailable":
+    if ready.get("reason") in RETRIED_REASONS:
         return max(0.0, (_retry_delay(ctx, ready, checked) - elapsed).total_seconds())
     if spec.refresh_interval is None:
         return None
@@ -85,24 +94,47 @@ def _retry_delay(ctx: ReconcileContext, ready: Mapping[str, Any], checked: str) 
     return min(max(failing_for / 2, RETRY_MIN), RETRY_MAX)
 
 
-def _unavailable(ctx: ReconcileContext, message: str, checked: str) -> Outcome:
+def _unavailable(
+    ctx: ReconcileContext,
+    message: str,
+    checked: str,
+    *,
+    reason: str = "SourceUnavailable",
+    phase: str = "Pending",
+) -> Outcome:
     ready: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), READY) or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == "SourceUnavailable" else None
+    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else None
     return Outcome(
-        phase="Pending",
-        conditions=(ConditionUpdate(READY, "False", "SourceUnavailable", message),),
+        phase=phase,
+        conditions=(ConditionUpdate(READY, "False", reason, message),),
         fields={"lastCheckedTime": checked},
         requeue_after=_retry_delay(ctx, {"lastTransitionTime": since}, checked).total_seconds(),
     )
 
 
-def _read_manifest(store: ObjectStore, spec: DatasetSpec, listed: Manifest) -> tuple[Manifest, list[str]]:
-    """The data's manifest: the user's (checked against the listing) or the listing itself."""
+def _refused(
+    ctx: ReconcileContext, reason: str, message: str, checked: str, *, requeue_after: float | None = None
+) -> Outcome:
+    """The operator will not read this Dataset as specified: only a change to it (or, for a manifest
+    that may shrink, the refresh interval) is worth another look."""
+    return Outcome(
+        phase="Failed",
+        conditions=(ConditionUpdate(READY, "False", reason, message),),
+        fields={"lastCheckedTime": checked},
+        requeue_after=requeue_after,
+    )
+
+
+def _read_manifest(
+    store: ObjectStore, spec: DatasetSpec, listed: Manifest, max_bytes: int
+) -> tuple[Manifest, list[str]]:
+    """The data's manifest: the user's (checked against the listing) or the listing itself.
+    Raises `ObjectTooLargeError` for a manifest over `max_bytes`, before downloading it."""
     if not spec.source.manifest_uri:
         return listed, []
     bucket, key = split_object_uri(spec.source.manifest_uri)
     try:
-        manifest = manifest_from_jsonl(store.get_bytes(bucket, key).decode())
+        manifest = manifest_from_jsonl(store.get_bytes(bucket, key, max_bytes=max_bytes).decode())
     except UnicodeDecodeError as error:
         return listed, [
             f"manifest {spec.source.manifest_uri} is not UTF-8 text ({error.reason} at byte {error.start})"
@@ -118,12 +150,26 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
         return Unchanged(wait)  # a restart or our own status write: nothing to list
     checked = to_rfc3339(ctx.now())
     source = S3Location.parse(spec.source.uri)
+    refresh = parse_duration(spec.refresh_interval).total_seconds() if spec.refresh_interval else None
+    # No SSRF: the endpoint is checked before anything is read or sent.
     try:
-        creds = (
-            read_credentials(ctx, spec.source.credentials_secret_ref)
-            if spec.source.credentials_secret_ref
-            else None
+        require_allowed(
+            spec.source.endpoint_url, ctx.config.s3_endpoint_allowlist, setting="MLOPS_S3_ENDPOINT_ALLOWLIST"
         )
+    except EndpointNotAllowedError as error:
+        return _unavailable(ctx, str(error), checked, reason="EndpointNotAllowed", phase="Failed")
+    # No confused deputy: the tenant's own credentials, or nothing (never the operator's identity).
+    ref = spec.source.credentials_secret_ref
+    if ref is None:  # the schema requires it; an object stored before it did
+        return _refused(
+            ctx,
+            "CredentialsRequired",
+            "spec.source.credentialsSecretRef is required: the operator reads a Dataset only with "
+            "credentials from a Secret in its namespace, never with its own identity",
+            checked,
+        )
+    try:
+        creds = read_credentials(ctx, ref)
     except CredentialsUnavailableError as error:
         return _unavailable(ctx, str(error), checked)
     try:
@@ -134,9 +180,19 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
         return _unavailable(ctx, f"InvalidEndpoint: {error}", checked)
     try:
         listed = manifest_from_listing(store.list_objects(source), source.prefix)
-        manifest, manifest_problems = _read_manifest(store, spec, listed)
+        manifest, manifest_problems = _read_manifest(store, spec, listed, ctx.config.manifest_max_bytes)
     except S3UnavailableError as error:
         return _unavailable(ctx, f"{error.reason}: {error.message}", checked)
+    except ObjectTooLargeError as error:
+        return _refused(
+            ctx,
+            "ManifestTooLarge",
+            f"the manifest {error.uri} is {error.size} bytes, over the operator's limit of {error.limit} "
+            "bytes (MLOPS_MANIFEST_MAX_BYTES); it was not read. Split the data set or drop manifestURI "
+            "to let the operator list the prefix",
+            checked,
+            requeue_after=refresh,
+        )
 
     violations = manifest_problems + contract_violations(spec.contract, manifest)
     fields: dict[str, object] = {
@@ -163,7 +219,6 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
             fields["manifestURI"] = source.uri(key)
         except S3UnavailableError as error:
             manifest_note = f"; the manifest could not be written ({error.reason})"
-    refresh = parse_duration(spec.refresh_interval).total_seconds() if spec.refresh_interval else None
     if violations:
         shown = "; ".join(violations[:3]) + (f" (+{len(violations) - 3} more)" if len(violations) > 3 else "")
         return Outcome(

@@ -173,6 +173,8 @@ def _inputs(
         attempt=attempt,
         default_image=image,
         extra_tolerations=ctx.config.workload_tolerations,
+        scratch_size_limit=ctx.config.scratch_size_limit,
+        shm_size_limit=ctx.config.shm_size_limit,
     )
 
 

@@ -74,10 +74,20 @@ class S3UnavailableError(Exception):
         self.message = message
 
 
+class ObjectTooLargeError(Exception):
+    """An object is larger than the caller will read; nothing past its size was downloaded."""
+
+    def __init__(self, uri: str, size: int, limit: int) -> None:
+        super().__init__(f"{uri} is {size} bytes, over the limit of {limit} bytes")
+        self.uri, self.size, self.limit = uri, size, limit
+
+
 class ObjectStore(Protocol):
     def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]: ...
 
-    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; `ObjectTooLargeError` when it is larger than `max_bytes`."""
+        ...
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
 
@@ -103,17 +113,27 @@ def _unavailable(error: Exception, what: str) -> S3UnavailableError:
 
 
 class Boto3ObjectStore:
-    """`ObjectStore` over a boto3 client."""
+    """`ObjectStore` over a boto3 client, with the caller's explicit credentials only.
+
+    Never the default credential chain: the operator's own identity (env vars, its IRSA token, the
+    instance profile) would let a tenant read any bucket the operator can reach (a confused
+    deputy). Without credentials there is no client.
+    """
 
     def __init__(self, config: S3Config) -> None:
         creds = config.credentials
+        if creds is None or not creds.access_key_id or not creds.secret_access_key:
+            raise S3UnavailableError(
+                "CredentialsRequired",
+                "no S3 credentials given; the operator never uses its own identity to read a bucket",
+            )
         self._client: Any = boto3.client(
             "s3",
             endpoint_url=config.endpoint_url,
             region_name=config.region or "us-east-1",
-            aws_access_key_id=creds.access_key_id if creds else None,
-            aws_secret_access_key=creds.secret_access_key if creds else None,
-            aws_session_token=creds.session_token if creds else None,
+            aws_access_key_id=creds.access_key_id,
+            aws_secret_access_key=creds.secret_access_key,
+            aws_session_token=creds.session_token or None,
             config=Config(
                 connect_timeout=5, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"}
             ),
@@ -130,11 +150,30 @@ class Boto3ObjectStore:
         except (ClientError, BotoCoreError) as error:
             raise _unavailable(error, f"cannot list {location.uri(location.prefix)}") from None
 
-    def get_bytes(self, bucket: str, key: str) -> bytes:
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+        uri = f"s3://{bucket}/{key}"
         try:
-            return bytes(self._client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        except (ClientError, BotoCoreError) as error:
-            raise _unavailable(error, f"cannot read s3://{bucket}/{key}") from None
+            if max_bytes is None:
+                return bytes(self._client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            # Its size first (HEAD), then at most one byte more than the limit: an object that grew
+            # in between is still refused, and never read whole.
+            size = int(self._client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            if size > max_bytes:
+                raise ObjectTooLargeError(uri, size, max_bytes)
+            body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                data = bytes(body.read(max_bytes + 1))
+            finally:
+                body.close()
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in {"404", "NotFound"}:  # a HEAD's 404
+                raise S3UnavailableError("ObjectNotFound", f"cannot read {uri}: NoSuchKey") from None
+            raise _unavailable(error, f"cannot read {uri}") from None
+        except BotoCoreError as error:
+            raise _unavailable(error, f"cannot read {uri}") from None
+        if len(data) > max_bytes:
+            raise ObjectTooLargeError(uri, len(data), max_bytes)
+        return data
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         try:

@@ -1,26 +1,20 @@
 """Kubernetes events about our objects.
 
 Messages pass through `redact` first: events are readable by anyone who can `kubectl describe`, so
-anything that looks like a credential is masked before it leaves the operator.
+anything that looks like a credential is masked before it leaves the operator (`redaction.redact`,
+re-exported here).
 """
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ..redaction import redact
 from ..timeutil import to_rfc3339
-
-_SECRETISH = re.compile(
-    r"(?i)((?:aws_secret_access_key|secret|password|token|api[_-]?key|authorization)[\"']?\s*[:=]\s*[\"']?)"
-    r"([^\s\"',;]+)"
-)
-_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-
 
 EventType = Literal["Normal", "Warning"]
 
@@ -32,12 +26,6 @@ class Event:
     reason: str
     message: str
     type: EventType = "Normal"
-
-
-def redact(text: str) -> str:
-    """Mask values that follow credential-like keys, and AWS access key ids."""
-    text = _SECRETISH.sub(lambda m: m.group(1) + "***", text)
-    return _AWS_KEY_ID.sub("***", text)
 
 
 REPORTING_COMPONENT = "mlops-operator"
@@ -70,3 +58,6 @@ def event_manifest(obj: Mapping[str, Any], event: Event, *, now: datetime | None
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+__all__ = ["Event", "EventType", "event_manifest", "redact"]

@@ -15,6 +15,7 @@ from mlops_contract import result as trainer_result
 from mlops_contract.exitcodes import is_retryable
 
 from ..builders.training import CONTAINER
+from ..redaction import redact
 
 # Why a container has not started, as the kubelet says it. The ones a new attempt with the same spec
 # cannot fix fail the attempt as not retryable once the start deadline passes.
@@ -90,10 +91,14 @@ def classify_pod_failure(pod: Mapping[str, Any]) -> Failure:
         return Failure(
             bool(summary.get(trainer_result.RETRYABLE)),
             str(summary.get(trainer_result.REASON) or "TrainerFailed"),
-            str(summary.get(trainer_result.MESSAGE) or "")[:1024],
+            redact(str(summary.get(trainer_result.MESSAGE) or ""))[:1024],
             code,
         )
-    message = (terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
+    # The log tail stands in for a trainer that crashed before writing its summary: redact it whole,
+    # before cutting it, so a cut never leaves the end of a secret without the key that names it.
+    message = (
+        redact(terminated.get("message") or "").strip()[-1024:] or f"the trainer exited with code {code}"
+    )
     return Failure(is_retryable(code), f"ExitCode{code}", message, code)
 
 

@@ -40,6 +40,19 @@ class S3Credentials(ApiModel):
 class DatasetSource(ApiModel):
     """Where the data lives."""
 
+    cel_rules = (
+        # No confused deputy: without a Secret the operator would read (and write the manifest into)
+        # the bucket with its own cloud identity, i.e. any bucket the operator can reach.
+        CelRule(
+            rule="has(self.credentialsSecretRef)",
+            message=(
+                "credentialsSecretRef is required: the operator reads a Dataset only with credentials "
+                "from a Secret in its namespace, never with its own identity"
+            ),
+            check=lambda s: s.credentials_secret_ref is not None,
+        ),
+    )
+
     uri: str = Field(
         description="S3 prefix holding the data, e.g. s3://bucket/datasets/digits/v3/.",
         pattern=S3_URI,
@@ -69,7 +82,11 @@ class DatasetSource(ApiModel):
     )
     credentials_secret_ref: S3Credentials | None = Field(
         default=None,
-        description="Secret with S3 credentials; when absent the pods' own identity (IRSA) is used.",
+        description=(
+            "Secret with S3 credentials (required): the operator lists and fingerprints the data with "
+            "them, and the training pods get them as AWS_* env vars. The operator never falls back "
+            "to its own cloud identity."
+        ),
     )
 
 
