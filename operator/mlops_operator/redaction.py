@@ -38,10 +38,21 @@ _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _HEX40 = re.compile(r"(?<![0-9A-Za-z/._+=-])[0-9a-fA-F]{40}(?![0-9A-Za-z/._+=-])")
 
 
+# A key that names a reference to a Secret (secretKeyRef, credentialsSecretRef.name), not a value:
+# its value is a name a person needs to read (refresh_token is still a value).
+_REFERENCE = re.compile(r"(?i)ref(?![a-z])")
+
+
+def _mask_keyed(match: re.Match[str]) -> str:
+    if _REFERENCE.search(match.group(1)):
+        return match.group(0)
+    return match.group(1) + MASK
+
+
 def redact(text: str) -> str:
     """`text` with anything that looks like a credential replaced by `***`."""
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
-    text = _KEYED_VALUE.sub(lambda m: m.group(1) + MASK, text)
+    text = _KEYED_VALUE.sub(_mask_keyed, text)
     text = _URL_USERINFO.sub(lambda m: m.group(1) + MASK + m.group(3), text)
     text = _WANDB_LOGIN.sub(lambda m: m.group(1) + MASK, text)
     text = _AWS_KEY_ID.sub(MASK, text)

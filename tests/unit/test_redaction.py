@@ -44,6 +44,7 @@ BEARER = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZW5hbnQifQ.c2lnbmF0dXJl"
         ("password=hunter2, retrying", "hunter2"),
         ("DB_PASSWORD='hunter2'", "hunter2"),
         ("GITHUB_TOKEN=ghp_abcdefghijklmnop", "ghp_abcdefghijklmnop"),
+        ("refresh_token=r3fr3sh-v4lue", "r3fr3sh-v4lue"),
         ("https://user:hunter2@example.com/x", "hunter2"),
         ("GET /b/k?X-Amz-Signature=deadbeefcafe&X-Amz-Security-Token=FQoGZXIvYXdz", "FQoGZXIvYXdz"),
         ("GET /b/k?X-Amz-Signature=deadbeefcafe&X-Amz-Security-Token=FQoGZXIvYXdz", "deadbeefcafe"),
@@ -65,6 +66,8 @@ def test_redact_masks_credentials(text, leak):
         "fingerprint sha256:" + "ab" * 32,
         "s3://bucket/models/" + "0a" * 20 + "/model.onnx",  # a 40-hex path segment is not a key
         "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        'spec.template.spec.containers[0].env[3].valueFrom.secretKeyRef.name: Invalid value: "S3"',
+        "spec.source.credentialsSecretRef.name: should match",
     ],
 )
 def test_redact_keeps_ordinary_messages(text):
