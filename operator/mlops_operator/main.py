@@ -85,7 +85,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     wait_all(RUNTIME.informers, timeout=120)
     if config.peering_name:
         _follow_peering(engine, config.peering_name, cluster_wide=not config.namespaces)
-    engine.queue.start()
+    engine.start()
     RUNTIME.engine = engine
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
@@ -133,7 +133,7 @@ def cleanup(**_: Any) -> None:
     for informer in RUNTIME.informers:
         informer.stop()
     if RUNTIME.engine is not None:
-        RUNTIME.engine.queue.stop()
+        RUNTIME.engine.stop()
 
 
 @kopf.on.probe(id="watching")

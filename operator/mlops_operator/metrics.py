@@ -26,6 +26,10 @@ RECONCILE_ERRORS = Counter(
     "Reconciles that ended in an unexpected error (turned into Ready=False), by kind and error type.",
     ["kind", "reason"],
 )
+EVENTS_DROPPED = Counter(
+    "mlops_events_dropped_total",
+    "Kubernetes events not posted because the operator's event queue was full.",
+)
 STATUS_WRITES = Counter(
     "mlops_status_writes_total",
     "Status patches sent, by kind; a reconcile that changes nothing sends none.",

@@ -56,7 +56,7 @@ class OperatorConfig(BaseSettings):
         default=60, ge=10, description="How long a silent peer counts as alive: the standby's takeover time."
     )
     workers: int = Field(
-        default=8,
+        default=16,
         ge=1,
         le=128,
         description=(

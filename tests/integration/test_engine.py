@@ -305,8 +305,14 @@ def test_a_child_the_apiserver_refuses_is_a_condition_and_recovers(
 
     obj = wait_for(refused, "Ready=False/Forbidden", 30)
     assert "exceeded quota" in _ready(obj)["message"]
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=refused").items
-    assert any(e.reason == "Forbidden" and e.type == "Warning" for e in events)
+    wait_for(
+        lambda: any(
+            e.reason == "Forbidden" and e.type == "Warning"
+            for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=refused").items
+        ),
+        "a Warning event",
+        10,
+    )
     core.delete_namespaced_resource_quota("no-jobs", namespace)
     _wait_phase(custom, namespace, "refused", "Running", timeout=60)  # retried with backoff, by itself
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes import client
 
-from mlops_operator.dev.controlplane import OPERATOR_USER, ControlPlane
+from mlops_operator.dev.controlplane import OPERATOR_SA_USER, ControlPlane
 from mlops_operator.dev.pods import evict_pod, finish_pod
 from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import (
@@ -131,6 +131,7 @@ def test_run_waits_for_its_dataset_then_runs_and_succeeds(
     s3.client().put_object(Bucket=bucket, Key="digits/a.npz", Body=b"1234")
     create_s3_secret(core, namespace)
     custom.create_namespaced_custom_object(G, V, namespace, "datasets", _dataset_body(s3, bucket))
+    started = time.monotonic()
     running = _wait_phase(custom, namespace, "r1", "Running")
     dataset = custom.get_namespaced_custom_object(G, V, namespace, "datasets", "digits")
     status = running["status"]
@@ -155,12 +156,17 @@ def test_run_waits_for_its_dataset_then_runs_and_succeeds(
     assert done["checkpointURI"] == "s3://b/ckpt/r/step-00000040.pt"
     assert done["wandbRun"] == "team/digits/abc123"
     assert done["completionTime"]
-    assert done["gpuSeconds"] >= 0
+    # 2 GPUs for at most the time the test has waited since the Dataset appeared (timestamps are whole
+    # seconds, hence the slack).
+    assert done["gpuSeconds"] <= 2 * (time.monotonic() - started + 2)
     assert _ready({"status": done})["status"] == "True"
-    reasons = {
-        e.reason for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=r1").items
-    }
-    assert {"DatasetNotFound", "Started", "Running", "Succeeded"} <= reasons
+
+    def reasons() -> set[str] | None:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=r1").items
+        seen = {e.reason for e in events}
+        return seen if {"DatasetNotFound", "Starting", "Running", "Succeeded"} <= seen else None
+
+    wait_for(reasons, "an event per phase change", 10)
     metrics = operator.metrics()
     assert "mlops_training_attempts_total" in metrics
     assert 'mlops_objects{kind="TrainingRun",phase="Succeeded"} 1.0' in metrics
@@ -232,8 +238,14 @@ def test_retryable_failure_starts_attempt_two_resuming_from_the_checkpoint(
     finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
     done = _wait_phase(custom, namespace, "retry", "Succeeded")
     assert done["status"]["attempt"] == 2
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=retry").items
-    assert any(e.reason == "AttemptFailed" and e.type == "Warning" for e in events)
+    wait_for(
+        lambda: any(
+            e.reason == "AttemptFailed" and e.type == "Warning"
+            for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=retry").items
+        ),
+        "the AttemptFailed Warning event",
+        10,
+    )
 
 
 def test_permanent_failure_ends_failed_after_one_attempt(
@@ -394,7 +406,7 @@ def test_idle_operator_makes_no_requests(
     since = datetime.now(UTC)
     earlier = [
         w
-        for w in control_plane.writes_by(OPERATOR_USER)
+        for w in control_plane.writes_by(OPERATOR_SA_USER)
         if w.get("objectRef", {}).get("namespace") == namespace
     ]
     assert any(w["objectRef"].get("subresource") == "status" for w in earlier), (

@@ -35,6 +35,7 @@ from ..k8s.events import Event, event_manifest, redact
 from ..metrics import PHASES, RECONCILE_ERRORS, STATUS_WRITES, observe_reconcile
 from ..settings import OperatorConfig
 from .cache import Cache, Obj, ObjectKey, controller_uid
+from .events import EventPoster
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,20 @@ class Engine:
     clients: Clients
     cache: Cache = field(default_factory=Cache)
     queue: WorkQueue[ObjectKey] = field(init=False)
+    events: EventPoster = field(init=False)
     _failures: dict[ObjectKey, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.process, workers=self.config.workers)
+        self.events = EventPoster(self.clients.raw)
+
+    def start(self) -> None:
+        self.events.start()
+        self.queue.start()
+
+    def stop(self) -> None:
+        self.queue.stop()
+        self.events.stop()
 
     # -- triggers ---------------------------------------------------------------------------------
 
@@ -223,10 +234,7 @@ class Engine:
             self.post_event(body, event)
 
     def post_event(self, body: Obj, event: Event) -> None:
-        try:
-            self.clients.raw.create("Event", body["metadata"]["namespace"], event_manifest(body, event))
-        except ApiException as error:  # an event is worth a log line, never a failed reconcile
-            log.warning("posting event %s failed: %s", event.reason, api_message(error))
+        self.events.post(body["metadata"]["namespace"], event_manifest(body, event))
 
 
 class _ConflictError(Exception):

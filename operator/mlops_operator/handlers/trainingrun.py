@@ -485,7 +485,13 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
     return Outcome(
         "Starting",
         (
-            _ready("False", "Starting", f"attempt 1: Job {inputs.job_name} created"),
+            # Its transition event says it once: no separate "Started" event per run.
+            _ready(
+                "False",
+                "Starting",
+                f"attempt 1: Job {inputs.job_name} created; "
+                f"pinned Dataset {spec.dataset_ref.name} at {fingerprint}",
+            ),
             ConditionUpdate(SPEC_ACCEPTED, "True", "Accepted", ""),
         ),
         {
@@ -497,13 +503,6 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
             "startTime": now,
             "attemptStartTime": now,
         },
-        events=(
-            Event(
-                "Started",
-                f"pinned Dataset {spec.dataset_ref.name} at {fingerprint}; "
-                f"attempt 1 is Job {inputs.job_name}",
-            ),
-        ),
         requeue_after=float(_start_deadline(spec, ctx)),
     )
 
