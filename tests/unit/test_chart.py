@@ -102,7 +102,12 @@ def test_namespaced_install_has_a_peering_object_in_each_namespace() -> None:
 
 def test_every_env_var_is_an_operator_setting_and_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     """The chart's MLOPS_* variables are the ones settings.py reads, with values it accepts."""
-    values = {**NAMESPACED, "operator.workloadTolerations": [{"key": "gpu", "operator": "Exists"}]}
+    values = {
+        **NAMESPACED,
+        "operator.workloadTolerations": [{"key": "gpu", "operator": "Exists"}],
+        "operator.s3EndpointAllowlist": ["minio.data.svc:9000"],
+        "operator.shmSizeLimit": "2Gi",
+    }
     env = {k: v for k, v in _env(render(values)).items() if k.startswith("MLOPS_")}
     fields = {f"MLOPS_{name.upper()}" for name in OperatorConfig.model_fields}
     assert set(env) <= fields, f"env vars the operator does not read: {set(env) - fields}"
@@ -114,10 +119,13 @@ def test_every_env_var_is_an_operator_setting_and_parses(monkeypatch: pytest.Mon
     assert config.namespaces == ["team-a", "team-b"]
     assert config.peering_name == env["MLOPS_PEERING_NAME"]
     assert (config.health_port, config.metrics_port) == (8080, 8000)
-    assert config.workers == 8
+    assert config.workers == OperatorConfig.model_fields["workers"].default
     assert config.start_deadline_seconds == 600
     assert config.log_format == "json"
     assert config.workload_tolerations == [{"key": "gpu", "operator": "Exists"}]
+    assert config.s3_endpoint_allowlist == ["minio.data.svc:9000"]
+    assert config.manifest_max_bytes == OperatorConfig.model_fields["manifest_max_bytes"].default
+    assert (config.scratch_size_limit, config.shm_size_limit) == ("20Gi", "2Gi")
 
 
 def test_pod_meets_the_restricted_pod_security_standard() -> None:
