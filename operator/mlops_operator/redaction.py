@@ -10,7 +10,8 @@ Patterns, not a list of known values: the operator never reads most of the Secre
 use (a W&B key goes from the Secret straight into the pod), so what is masked is anything shaped
 like a credential: a value after a credential-like key (`password=`, `token:`, `WANDB_API_KEY=`,
 `"SecretAccessKey": "…"`), an `Authorization: Bearer …`/`Basic …` header, a URL's user info, AWS
-access key ids, `wandb login <key>`, and a bare 40-hex-character token (a W&B API key).
+access key ids, `wandb login <key>`, a bare 40-hex-character token (a W&B API key) and a bare
+40-character mixed-case base64 token (an AWS secret access key).
 `redact` is idempotent, so a status that is redacted again compares equal and causes no write.
 """
 
@@ -36,6 +37,15 @@ _WANDB_LOGIN = re.compile(r"(?i)(\bwandb\s+login\s+(?:--?[\w-]+\s+)*)([^\s\"'-][
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 # A W&B API key: 40 hex characters standing alone (not inside a path, a URI or a longer token).
 _HEX40 = re.compile(r"(?<![0-9A-Za-z/._+=-])[0-9a-fA-F]{40}(?![0-9A-Za-z/._+=-])")
+# An AWS secret access key quoted without its key name ("key wJalr…"): 40 base64 characters standing
+# alone, with upper and lower case letters and a digit (a name, a word or a path segment has not).
+_B64_40 = re.compile(r"(?<![0-9A-Za-z/+=._:-])[0-9A-Za-z][0-9A-Za-z/+]{39}(?![0-9A-Za-z/+=._-])")
+
+
+def _mask_b64(match: re.Match[str]) -> str:
+    token = match.group(0)
+    mixed = any(c.isupper() for c in token) and any(c.islower() for c in token)
+    return MASK if mixed and any(c.isdigit() for c in token) else token
 
 
 # A key that names a reference to a Secret (secretKeyRef, credentialsSecretRef.name), not a value:
@@ -56,6 +66,7 @@ def redact(text: str) -> str:
     text = _URL_USERINFO.sub(lambda m: m.group(1) + MASK + m.group(3), text)
     text = _WANDB_LOGIN.sub(lambda m: m.group(1) + MASK, text)
     text = _AWS_KEY_ID.sub(MASK, text)
+    text = _B64_40.sub(_mask_b64, text)
     return _HEX40.sub(MASK, text)
 
 

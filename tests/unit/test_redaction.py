@@ -15,7 +15,7 @@ from mlops_operator.k8s.events import Event, event_manifest
 from mlops_operator.observation.training import classify_pod_failure
 from mlops_operator.redaction import RedactingFilter, redact, secure_logging
 
-AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # 40 characters, base64-ish
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # 40 characters, base64-ish
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex characters
 BEARER = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZW5hbnQifQ.c2lnbmF0dXJl"
@@ -30,6 +30,7 @@ BEARER = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZW5hbnQifQ.c2lnbmF0dXJl"
         (f'{{"SecretAccessKey": "{AWS_SECRET}"}}', AWS_SECRET),
         (f"secretAccessKey: {AWS_SECRET}", AWS_SECRET),
         (f"key {AWS_KEY_ID} rejected", AWS_KEY_ID),
+        (f"S3 said key {AWS_SECRET} is wrong", AWS_SECRET),
         (f"AWS_ACCESS_KEY_ID={AWS_KEY_ID}", AWS_KEY_ID),
         (f"Authorization: Bearer {BEARER}", BEARER),
         (f"-H 'authorization: bearer {BEARER}'", BEARER),
@@ -66,6 +67,8 @@ def test_redact_masks_credentials(text, leak):
         "fingerprint sha256:" + "ab" * 32,
         "s3://bucket/models/" + "0a" * 20 + "/model.onnx",  # a 40-hex path segment is not a key
         "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        "s3://bucket/ModelsForTheDigitsCnnRun1/Step0000040Checkpoint",  # path segments stay
+        "a-very-long-kubernetes-object-name-of-forty-one",
         'spec.template.spec.containers[0].env[3].valueFrom.secretKeyRef.name: Invalid value: "S3"',
         "spec.source.credentialsSecretRef.name: should match",
     ],
