@@ -127,3 +127,15 @@ def test_a_relist_drops_what_is_gone():
     cache.replace_scope("Pod", "ns", [_obj("p2", 3, owner="job", kind="Pod")])
     assert [p["metadata"]["name"] for p in cache.owned("Pod", "job")] == ["p2"]
     assert cache.count("Pod") == 1
+
+
+def test_the_cache_keeps_no_managed_fields():
+    cache = Cache()
+    job = _obj("run-a1", 1, owner="run-uid")
+    job["metadata"]["managedFields"] = [{"manager": "mlops-operator", "fieldsV1": {"f:spec": {}}}]
+    cache.upsert("Job", job)
+    stored = cache.get("Job", "ns", "run-a1")
+    assert stored is not None
+    assert "managedFields" not in stored["metadata"]
+    assert stored["metadata"]["uid"] == "uid-run-a1"
+    assert "managedFields" in job["metadata"]  # the caller's object is left as it was

@@ -31,6 +31,14 @@ def _newer_or_equal(new: Obj, old: Obj) -> bool:
         return True  # opaque versions: the latest delivery wins
 
 
+def _slim(obj: Obj) -> Obj:
+    """The object without metadata.managedFields: often half its size, and never read here."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class Cache:
     """Thread-safe store of objects by (kind, namespace, name), with owner and UID indexes."""
 
@@ -42,6 +50,7 @@ class Cache:
 
     def upsert(self, kind: str, obj: Obj) -> bool:
         """Store `obj` unless a newer copy is already held; True when stored."""
+        obj = _slim(obj)
         meta = obj.get("metadata", {})
         key = (kind, str(meta.get("namespace")), str(meta.get("name")))
         with self._lock:
