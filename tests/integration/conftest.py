@@ -20,16 +20,23 @@ from kubernetes import client, config
 
 from mlops_operator.dev.controlplane import (
     KWOK_TOLERATION,
-    OPERATOR_USER,
+    OPERATOR_SA_USER,
     ControlPlane,
     GpuNodePool,
     free_port,
 )
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.timeutil import from_rfc3339
+from tests.integration.operator_rbac import OPERATOR_USERS, operator_identity
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "forbidden_expected: the test makes the operator's identity do what its RBAC refuses"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,9 +47,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
-    # The operator's reads are audited too: tests count what a restart or an idle minute costs.
+    # The operator's reads are audited too: tests count what a restart or an idle minute costs, and
+    # every request the chart's RBAC refused it fails the test that caused it (no_forbidden_requests).
+    # OwnerReferencesPermissionEnforcement (off by default, on in hardened clusters and OpenShift)
+    # holds the operator to the owner-reference rules it needs there too.
     plane = ControlPlane(
-        node_pools=(GpuNodePool(count=2, gpus_per_node=8),), audit_read_users=(OPERATOR_USER,)
+        node_pools=(GpuNodePool(count=2, gpus_per_node=8),),
+        audit_read_users=OPERATOR_USERS,
+        apiserver_args=("--enable-admission-plugins=OwnerReferencesPermissionEnforcement",),
     )
     plane.start()
     try:
@@ -50,6 +62,36 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_forbidden_requests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test in which the apiserver refused the operator anything (HTTP 403 in the audit log):
+    the chart's RBAC lacks a rule the code needs."""
+    if "control_plane" not in request.fixturenames or request.node.get_closest_marker("forbidden_expected"):
+        yield
+        return
+    plane: ControlPlane = request.getfixturevalue("control_plane")
+    offset = plane.audit_log.stat().st_size if plane.audit_log.exists() else 0
+    yield
+    denied = [
+        entry
+        for user in OPERATOR_USERS
+        for entry in plane.denied_requests(user, offset)
+        # Admission, not RBAC: an event posted into a namespace being deleted.
+        if "is being terminated" not in str((entry.get("responseStatus") or {}).get("message"))
+    ]
+    if denied:
+        lines = sorted(
+            {
+                f"{e['user']['username']}: {e['verb']} {e['requestURI'].split('?')[0]}: "
+                f"{(e.get('responseStatus') or {}).get('message') or e.get('annotations')}"
+                for e in denied
+            }
+        )
+        pytest.fail(
+            "the apiserver refused the operator (the chart's RBAC lacks a rule):\n" + "\n".join(lines)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -124,13 +166,20 @@ class OperatorProcess:
 
 
 def start_operator(
-    control_plane: ControlPlane, namespace: str, log: Path, extra_env: dict[str, str] | None = None
+    control_plane: ControlPlane,
+    namespace: str,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    kubeconfig: Path | None = None,
 ) -> OperatorProcess:
-    """`mlopsctl run` as its own process, under its own identity, watching one namespace."""
+    """`mlopsctl run` as its own process, watching one namespace, as the Helm chart runs it: with a
+    token of the chart's ServiceAccount and the chart's RBAC (tests/integration/operator_rbac.py)."""
+    kubeconfig = kubeconfig or operator_identity(control_plane).grant(namespace)
     metrics, health = free_port(), free_port()
     env = {
         **os.environ,
-        "KUBECONFIG": str(control_plane.operator_kubeconfig),
+        "KUBECONFIG": str(kubeconfig),
         "MLOPS_NAMESPACES": json.dumps([namespace]),
         "MLOPS_METRICS_PORT": str(metrics),
         "MLOPS_HEALTH_PORT": str(health),
@@ -205,7 +254,7 @@ def operator_requests(
     found = []
     for line in control_plane.audit_log.read_text().splitlines():
         entry = json.loads(line)
-        if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_USER:
+        if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_SA_USER:
             continue
         if (entry.get("objectRef") or {}).get("namespace") != namespace:
             continue

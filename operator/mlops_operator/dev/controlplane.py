@@ -35,7 +35,13 @@ from .pki import CertPair, LocalPKI
 BIN_DIR_ENV = "MLOPS_BIN_DIR"
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"
-OPERATOR_USER = "mlops-operator"
+OPERATOR_USER = "mlops-operator"  # the client certificate identity of `operator_kubeconfig` (system:masters)
+# The ServiceAccount the Helm chart runs the operator as (release `mlops-operator` in `mlops-system`);
+# the integration tests run the operator with its token and the chart's RBAC, and the apiserver names
+# its requests with this username.
+OPERATOR_NAMESPACE = "mlops-system"
+OPERATOR_SERVICE_ACCOUNT = "mlops-operator"
+OPERATOR_SA_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 # Record who wrote what (writes only), so tests can prove an idle operator writes nothing.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -484,6 +490,50 @@ class ControlPlane:
             if since is None or from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
                 entries.append(entry)
         return entries
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, duration: str = "24h", path: Path | None = None
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token from the
+        TokenRequest API: exactly the permissions its (Cluster)RoleBindings grant, as a pod would have."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        target = path or self.workdir / f"sa-{namespace}-{name}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "mlops-dev",
+                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_cert)},
+                }
+            ],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "mlops-dev", "context": {"cluster": "mlops-dev", "user": name}}],
+            "current-context": "mlops-dev",
+        }
+        target.write_text(yaml.safe_dump(config))
+        target.chmod(0o600)
+        return target
+
+    def denied_requests(self, username: str, offset: int = 0) -> list[dict[str, Any]]:
+        """Requests of `username` the apiserver refused with 403 (from the audit log, from byte
+        `offset` on): reads show up only for audit_read_users, writes always."""
+        with self.audit_log.open("rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        denied = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line being written right now
+            if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != username:
+                continue
+            if (entry.get("responseStatus") or {}).get("code") == 403:
+                denied.append(entry)
+        return denied
 
     def install_crds(self, crd_dir: Path) -> None:
         files = sorted(crd_dir.glob("*.yaml"))
