@@ -1,0 +1,120 @@
+"""The Argo CD health checks of charts/mlops-operator/argocd/, run as Argo CD runs them.
+
+Argo CD (gopher-lua, Lua 5.1) sets the global `obj` to the live object and reads the table the
+script returns, {status=..., message=...}. Here the same script runs on lupa's `lua51` engine, with
+only the libraries a health script may rely on (base, string, table, math). Shared by the unit tests
+(on objects captured from the integration tests, tests/data/argocd/) and the integration test that
+captures them (on the live objects).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lupa import lua51
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGOCD = ROOT / "charts" / "mlops-operator" / "argocd"
+CAPTURED = ROOT / "tests" / "data" / "argocd"
+KINDS = ("Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment")
+HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing"}
+# What Argo CD's sandbox does not give a health script.
+_UNSAFE = ("io", "os", "package", "require", "dofile", "loadfile", "load", "loadstring", "debug")
+
+# Each captured object (tests/data/argocd/<name>.json) and the health its kind's script must give
+# it: (status, a fragment of the message). The integration test test_argocd_health.py makes every
+# one of these objects on the real apiserver, asserts the same, and (MLOPS_CAPTURE_ARGOCD=1) saves it.
+EXPECTED: dict[str, tuple[str, str]] = {
+    "dataset-no-status": ("Progressing", "waiting for the operator to reconcile this Dataset"),
+    "dataset-ready": ("Healthy", "Validated: "),
+    "dataset-source-unavailable": ("Degraded", "SourceUnavailable: Secret missing not found"),
+    "dataset-contract-violated": ("Degraded", "ContractViolated: "),
+    "dataset-generation-behind": ("Progressing", "waiting for the operator to observe generation 2"),
+    "trainingrun-no-status": ("Progressing", "waiting for the operator to reconcile this TrainingRun"),
+    "trainingrun-dataset-not-found": ("Missing", "DatasetNotFound: Dataset nowhere does not exist"),
+    "trainingrun-dataset-not-ready": ("Progressing", "DatasetNotReady: "),
+    "trainingrun-starting-unschedulable": ("Progressing", "Unschedulable: "),
+    "trainingrun-running": ("Progressing", "Running: attempt 1 of 3 is running"),
+    "trainingrun-backoff": ("Progressing", "BackoffBeforeRetry: attempt "),
+    "trainingrun-suspended": ("Suspended", "Suspended: suspended before it started"),
+    "trainingrun-succeeded": ("Healthy", "Succeeded: attempt 1 succeeded"),
+    "trainingrun-failed": ("Degraded", "InvalidConfig: "),
+    "trainingrun-spec-changed": ("Degraded", "ImmutableAfterStart: the spec changed after the run started"),
+    "modelversion-no-status": ("Progressing", "waiting for the operator to reconcile this ModelVersion"),
+    "modelversion-not-implemented": ("Degraded", "NotImplemented: the ModelVersion controller"),
+    "inferencedeployment-no-status": (
+        "Progressing",
+        "waiting for the operator to reconcile this InferenceDeployment",
+    ),
+    "inferencedeployment-not-implemented": ("Degraded", "NotImplemented: the InferenceDeployment controller"),
+}
+
+
+def script(kind: str) -> str:
+    return (ARGOCD / f"{kind.lower()}.lua").read_text()
+
+
+def assess(obj: dict[str, Any], kind: str | None = None) -> dict[str, str]:
+    """The health Argo CD would show for `obj`: {"status": ..., "message": ...}."""
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=False)
+    env = runtime.globals()
+    assert str(runtime.eval("_VERSION")) == "Lua 5.1"
+    for name in _UNSAFE:
+        env[name] = None
+    # JSON as Argo CD hands it over: objects and arrays become tables (arrays 1-based), null is nil.
+    env.obj = runtime.table_from(json.loads(json.dumps(obj)), recursive=True)
+    result = runtime.execute(script(kind or obj["kind"]))
+    out = {str(k): str(v) for k, v in dict(result).items()}
+    assert set(out) <= {"status", "message"}, out
+    return out
+
+
+def captured() -> dict[str, dict[str, Any]]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(CAPTURED.glob("*.json"))}
+
+
+def for_capture(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as saved: what the apiserver returned, less the fields that only add noise."""
+    meta = {
+        k: v
+        for k, v in obj["metadata"].items()
+        if k not in {"managedFields", "uid", "resourceVersion", "creationTimestamp"}
+    }
+    return {**obj, "metadata": meta}
+
+
+_CUSTOMIZATIONS_HEADER = """\
+# Argo CD health checks for the four mlops.dev kinds, as argocd-cm entries (README.md here).
+# Server-side apply merges these keys into an existing argocd-cm and leaves its other keys alone:
+#   kubectl apply --server-side --field-manager=mlops-operator -n argocd -f resource-customizations.yaml
+# Generated from the *.lua files beside it by `python -m tests.argocd`; a unit test checks they agree.
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: argocd-cm
+  namespace: argocd
+  labels:
+    app.kubernetes.io/name: argocd-cm
+    app.kubernetes.io/part-of: argocd
+data:
+"""
+
+
+def customization_key(kind: str) -> str:
+    return f"resource.customizations.health.mlops.dev_{kind}"
+
+
+def render_customizations() -> str:
+    """resource-customizations.yaml: each kind's script as a literal block under its argocd-cm key."""
+    parts = [_CUSTOMIZATIONS_HEADER]
+    for kind in KINDS:
+        lines = script(kind).splitlines()
+        body = "".join(f"    {line}\n" if line.strip() else "\n" for line in lines)
+        parts.append(f"  {customization_key(kind)}: |\n{body}")
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    (ARGOCD / "resource-customizations.yaml").write_text(render_customizations())
