@@ -28,7 +28,10 @@ from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mlops-operator"
-RELEASE = "mlops-operator"
+RELEASE = "mlops-operator"  # the chart's documented release name, for rendering checks
+# The suite's own release: object names of its own, so the chart's install/dry-run tests (release
+# `mlops-operator`) never meet these; its ServiceAccount keeps the name OPERATOR_SA_USER gives.
+SUITE_RELEASE = "mlops-suite"
 # Rendered once with this namespace in watch.namespaces; its namespaced objects are re-targeted at
 # each test's namespace.
 PLACEHOLDER_NAMESPACE = "mlops-rbac-template"
@@ -110,7 +113,11 @@ _IDENTITIES: dict[tuple[int, str], OperatorIdentity] = {}
 
 def chart_values() -> dict[str, Any]:
     """The values the tests install the chart's RBAC with (namespaced scope)."""
-    return {"watch": {"namespaces": [PLACEHOLDER_NAMESPACE]}, "peering": {"name": TEST_PEERING_NAME}}
+    return {
+        "watch": {"namespaces": [PLACEHOLDER_NAMESPACE]},
+        "peering": {"name": TEST_PEERING_NAME},
+        "serviceAccount": {"name": OPERATOR_SERVICE_ACCOUNT},
+    }
 
 
 # A second release, cluster-wide (ClusterRole, ClusterKopfPeering), under its own ServiceAccount:
@@ -141,7 +148,7 @@ def operator_identity(control_plane: ControlPlane, *, cluster_wide: bool = False
             "templates/peering.yaml",
         )
     else:
-        release, account, user = RELEASE, OPERATOR_SERVICE_ACCOUNT, OPERATOR_SA_USER
+        release, account, user = SUITE_RELEASE, OPERATOR_SERVICE_ACCOUNT, OPERATOR_SA_USER
         values, templates = chart_values(), ("templates/serviceaccount.yaml", "templates/rbac.yaml")
     docs = render(values, templates, release=release)
     accounts = [d for d in docs if d["kind"] == "ServiceAccount"]
