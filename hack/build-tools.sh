@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (from Go modules) and cache the binaries the mlops-operator test/dev
 # harness needs: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm -- plus the Argo Rollouts CRDs and kwok stage YAMLs.
+# kubectl, etcd, kwok, helm, promtool, prometheus -- plus the Argo Rollouts CRDs and kwok stage YAMLs.
 #
 # Nothing is downloaded from GitHub releases: every tool is compiled from its Go
 # module (fetched through GOPROXY) inside a small generated wrapper module, one
@@ -25,13 +25,14 @@
 #   bin/etcd-<v>/etcd
 #   bin/kwok-<v>/{kwok,kwok-stages/{node,pod}/...}
 #   bin/helm-<v>/helm
+#   bin/prometheus-<v>/{promtool,prometheus}
 #   bin/argo-rollouts-<v>/argo-rollouts-crds/*.yaml
 #   bin/current/   symlinks to all of the above + versions.env
 #   bin/env.sh     exports MLOPS_BIN_DIR, MLOPS_KWOK_STAGES_DIR, ... and PATH
 #   build/<tool>-<v>/  generated wrapper modules (go.mod/go.sum), safe to delete
 #
 # Version overrides (environment): K8S_VERSION, ETCD_VERSION, KWOK_VERSION,
-# HELM_VERSION, ARGO_ROLLOUTS_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
+# HELM_VERSION, ARGO_ROLLOUTS_VERSION, PROMETHEUS_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
 # to the number of CPUs.
 set -euo pipefail
 
@@ -41,6 +42,9 @@ if [[ -n "${K8S_VERSION:-}" ]]; then K8S_VERSION_CANDIDATES=("${K8S_VERSION}"); 
 # ETCD_VERSION: default = go.etcd.io/etcd/client/v3 version in k8s.io/kubernetes' go.mod
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"      # v0.7.0 still has built-in default stages
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Prometheus publishes its Go module as v0.3MM.P for release v3.MM.P; no replace directives, so
+# `go install pkg@version` works as is (promtool: the alert rules' check and unit tests).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 # v1.10.2 / v1.9.3 declare `go 1.26.10`; v1.10.1 is the newest that a go1.26.8
 # toolchain (GOTOOLCHAIN=local) agrees to download.
 ARGO_ROLLOUTS_VERSION="${ARGO_ROLLOUTS_VERSION:-v1.10.1}"
@@ -64,7 +68,7 @@ done
 
 # Binaries expected in current/ (entries that must exist for the cache to count as complete).
 CURRENT_ENTRIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm
-                 kwok-stages argo-rollouts-crds versions.env)
+                 promtool prometheus kwok-stages argo-rollouts-crds versions.env)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -340,6 +344,34 @@ else
   note helm "${HELM_VERSION}" "built in $(elapsed "${t0}")"
 fi
 
+# -------------------------------------------------------------- prometheus ---
+# promtool and prometheus, with plain `go install module/cmd/x@version` (the module has no replace
+# directives), into a temp GOBIN, then moved into the cache like the others.
+PROM_DIR="${BIN_ROOT}/prometheus-${PROMETHEUS_VERSION}"
+PROM_RELEASE="${PROMETHEUS_VERSION#v0.}"                       # 316.0
+PROM_RELEASE="3.$(( ${PROM_RELEASE%%.*} - 300 )).${PROM_RELEASE#*.}"  # 3.16.0
+prom_ok() {
+  [[ -x "${PROM_DIR}/promtool" && -x "${PROM_DIR}/prometheus" ]] \
+    && version_ok "${PROM_RELEASE}" "${PROM_DIR}/promtool" --version \
+    && version_ok "${PROM_RELEASE}" "${PROM_DIR}/prometheus" --version
+}
+if [[ "${FORCE}" == 0 ]] && prom_ok; then
+  note prometheus "${PROMETHEUS_VERSION}" cached
+else
+  [[ "${MODE}" == check ]] && die "prometheus/promtool ${PROMETHEUS_VERSION} not built"
+  t0="$(now)"; log "building promtool and prometheus ${PROMETHEUS_VERSION} (go install) -- this takes a while"
+  tmp="$(tmpdir_for "prometheus-${PROMETHEUS_VERSION}")"
+  pv="github.com/prometheus/common/version"
+  (cd "${BUILD_ROOT}" && GOBIN="${tmp}" go install "${GO_BUILD_FLAGS[@]}" \
+    -ldflags "-s -w -X ${pv}.Version=${PROM_RELEASE} -X ${pv}.Revision=module-${PROMETHEUS_VERSION} -X ${pv}.Branch=HEAD" \
+    "github.com/prometheus/prometheus/cmd/promtool@${PROMETHEUS_VERSION}" \
+    "github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}") || die "prometheus build failed"
+  install_dir "${tmp}" "${PROM_DIR}"
+  prom_ok || die "promtool/prometheus ${PROMETHEUS_VERSION} fail their --version check"
+  log "built promtool and prometheus ${PROMETHEUS_VERSION} in $(elapsed "${t0}")"
+  note prometheus "${PROMETHEUS_VERSION}" "built in $(elapsed "${t0}")"
+fi
+
 # ----------------------------------------------------- argo rollouts CRDs ---
 ARGO_DIR="${BIN_ROOT}/argo-rollouts-${ARGO_ROLLOUTS_VERSION}"
 argo_ok() { [[ -f "${ARGO_DIR}/argo-rollouts-crds/rollout-crd.yaml" ]]; }
@@ -369,12 +401,15 @@ link "../etcd-${ETCD_VERSION}/etcd" etcd
 link "../kwok-${KWOK_VERSION}/kwok" kwok
 link "../kwok-${KWOK_VERSION}/kwok-stages" kwok-stages
 link "../helm-${HELM_VERSION}/helm" helm
+link "../prometheus-${PROMETHEUS_VERSION}/promtool" promtool
+link "../prometheus-${PROMETHEUS_VERSION}/prometheus" prometheus
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/argo-rollouts-crds" argo-rollouts-crds
 
 versions="K8S_VERSION=${K8S_VERSION}
 ETCD_VERSION=${ETCD_VERSION}
 KWOK_VERSION=${KWOK_VERSION}
 HELM_VERSION=${HELM_VERSION}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION}
 ARGO_ROLLOUTS_VERSION=${ARGO_ROLLOUTS_VERSION}"
 if [[ "$(cat "${CURRENT_DIR}/versions.env" 2>/dev/null)" != "${versions}" ]]; then
   printf '%s\n' "${versions}" >"${CURRENT_DIR}/versions.env.tmp"
