@@ -72,7 +72,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     scopes: list[str | None] = list(config.namespaces) or [None]
     RUNTIME.informers = [
         Informer(
-            engine.clients.api,
+            engine.clients.raw,
             resource,
             namespace,
             label_selector=MANAGED_BY_SELECTOR,

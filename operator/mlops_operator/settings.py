@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .api.v1alpha1 import GROUP
 
-# kopf keeps its per-object progress and the last-handled spec here. Chosen on day one: switching
-# storage later makes kopf re-handle every object as new. Annotations (not status) keep our status
-# schema clean and survive status being reset by a GitOps tool.
+# Where kopf would keep per-object progress and the last-handled spec. Our kinds have only raw event
+# handlers now, so kopf writes none of it to them; the choice stays fixed (annotations, never status)
+# so that a handler added later does not re-handle every object under a new storage.
 STORAGE_PREFIX = GROUP
 
 

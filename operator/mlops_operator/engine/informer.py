@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
+from ..k8s.rawapi import RawApi
 from .cache import Cache, Obj
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class Informer:
 
     def __init__(
         self,
-        api: Any,  # kubernetes.client.ApiClient
+        raw: RawApi,
         resource: WatchedResource,
         namespace: str | None,
         *,
@@ -62,7 +61,7 @@ class Informer:
         page_size: int = 500,
         watch_timeout: int = 300,
     ) -> None:
-        self._api = api
+        self._raw = raw
         self._resource = resource
         self._namespace = namespace
         self._selector = label_selector
@@ -85,19 +84,8 @@ class Informer:
         self._stopped.set()
 
     def _request(self, params: list[tuple[str, str]], *, stream: bool) -> Any:
-        """A GET whose body is read as raw JSON (or streamed), never into client model classes."""
-        method, url, headers, _, _ = self._api.param_serialize(
-            "GET",
-            self._resource.path(self._namespace),
-            query_params=params,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
         timeout = (10, self._watch_timeout + 30) if stream else 60
-        response = self._api.call_api(method, url, header_params=headers, _request_timeout=timeout)
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason, body=response.read())
-        return response.response  # the urllib3 response: read() or stream()
+        return self._raw.open("GET", self._resource.path(self._namespace), query=params, timeout=timeout)
 
     def _list(self) -> str:
         objects: list[dict[str, Any]] = []

@@ -30,9 +30,10 @@ from ..builders.training import (
     service_name,
     spec_hash,
 )
-from ..engine.cache import Cache, ObjectKey
+from ..engine.cache import Cache, ObjectKey, controller_uid
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
+from ..k8s.rawapi import resource_path
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
 from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, observe
 from ..timeutil import from_rfc3339, to_rfc3339
@@ -191,18 +192,14 @@ def _pods(ctx: ReconcileContext, job: Mapping[str, Any]) -> list[Mapping[str, An
 
 def _read_through_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
     """A Job the status says was made but the cache lacks (a watch event still on its way)."""
-    clients = ctx.require_clients()
     try:
-        job = clients.batch.read_namespaced_job(name, ctx.namespace)
+        obj = ctx.require_clients().raw.request("GET", resource_path("Job", ctx.namespace, name))
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    obj: dict[str, Any] = clients.api.sanitize_for_serialization(job)
-    refs = obj["metadata"].get("ownerReferences") or []
-    if not any(r.get("uid") == ctx.uid and r.get("controller") for r in refs):
+    if controller_uid(obj) != ctx.uid:
         return None  # same name, not ours
-    obj.setdefault("kind", "Job")
     ctx.cache.upsert("Job", obj)
     return obj
 

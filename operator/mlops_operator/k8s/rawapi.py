@@ -46,7 +46,7 @@ class RawApi:
     def __init__(self, api: Any) -> None:
         self._api = api
 
-    def request(
+    def open(
         self,
         method: str,
         path: str,
@@ -54,8 +54,9 @@ class RawApi:
         body: Mapping[str, Any] | None = None,
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
-        timeout: float = 30,
-    ) -> dict[str, Any]:
+        timeout: float | tuple[float, float] = 30,
+    ) -> Any:
+        """Send a request; the urllib3 response, unread (`.data` or `.stream()`), or ApiException."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -67,9 +68,23 @@ class RawApi:
         response = self._api.call_api(
             method, url, header_params=headers, body=payload, _request_timeout=timeout
         )
-        data = response.read()
         if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason, body=data)
+            raise ApiException(status=response.status, reason=response.reason, body=response.read())
+        return response.response
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        data = self.open(
+            method, path, body=body, query=query, content_type=content_type, timeout=timeout
+        ).data
         result: dict[str, Any] = json.loads(data) if data else {}
         return result
 
