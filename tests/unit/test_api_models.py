@@ -72,7 +72,13 @@ def test_nested_defaults_are_filled_in():
     assert spec.distributed.nodes == 1
     assert spec.retry.max_attempts == 3
     assert spec.suspend is False
-    mv = ModelVersionSpec.model_validate({"modelName": "m", "source": {"artifactURI": "s3://b/m/"}})
+    mv = ModelVersionSpec.model_validate(
+        {
+            "modelName": "m",
+            "source": {"artifactURI": "s3://b/m/"},
+            "evaluation": {"datasetRef": {"name": "d"}},
+        }
+    )
     assert (mv.compile.target, mv.compile.precision, mv.compile.workspace_mib) == ("tensorrt", "fp16", 2048)
     idep = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v"}})
     assert idep.rollout.strategy == "canary"

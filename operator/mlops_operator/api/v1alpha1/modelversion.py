@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -22,8 +23,25 @@ from .common import (
 from .kubevalues import DNS_LABEL
 
 
+# MLflow and W&B alias rules together: a letter or digit first, then letters, digits, '-', '_', '.'.
+# `latest`, `v<N>` and `uid-…` are the registries' or the operator's own (Registry's CEL rule).
+RegistryAlias = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+RESERVED_ALIAS_CEL = (
+    "self.aliases.all(a, a != 'latest' && !a.matches('^[vV][0-9]+$') && !a.startsWith('uid-'))"
+)
+
+
+def _alias_reserved(alias: str) -> bool:
+    return alias == "latest" or re.fullmatch(r"[vV][0-9]+", alias) is not None or alias.startswith("uid-")
+
+
 class ModelSource(ApiModel):
-    """Where the trained model comes from: exactly one of a TrainingRun or an artifact URI."""
+    """Where the trained model comes from: exactly one of a TrainingRun or an artifact URI.
+
+    The model, the compiled artifact and the evaluation data are read and written with the S3
+    endpoint and credentials of one Dataset: the TrainingRun's (as it was pinned when the run
+    started), or `evaluation.datasetRef` for an artifact URI. The operator never uses its own identity.
+    """
 
     cel_rules = (
         CelRule(
@@ -99,13 +117,40 @@ class Compile(ApiModel):
         default=None,
         description=(
             "GPU model to compile on (node label nvidia.com/gpu.product, a label value); engines are "
-            "GPU-specific."
+            "GPU-specific. Unset: any GPU node, and the engine records the product it was built on."
         ),
     )
     calibration: Calibration | None = Field(default=None, description="INT8 calibration data.")
     image: Image | None = Field(
         default=None, description="Compiler image (no whitespace); unset uses the operator's default."
     )
+
+
+class Evaluation(ApiModel):
+    """How the compiled artifact is evaluated before the gates are checked."""
+
+    dataset_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Dataset whose held-out split is scored, and whose S3 endpoint and credentials the compile "
+            "and evaluate Jobs use; defaults to the TrainingRun's Dataset (required with artifactURI)."
+        ),
+    )
+    split: str = Field(
+        default="test",
+        description="Split to score: a held-out split of the Dataset.",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$",
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Batch size of the latency measurement (compile.maxBatchSize).",
+    )
+    warmup_batches: int = Field(default=10, ge=0, le=10000, description="Untimed warm-up batches.")
+    latency_batches: int = Field(default=100, ge=1, le=100000, description="Timed batches.")
 
 
 class MetricGate(ApiModel):
@@ -137,6 +182,11 @@ class Registry(ApiModel):
             message="provider mlflow requires trackingURI",
             check=lambda r: r.provider != "mlflow" or r.tracking_uri is not None,
         ),
+        CelRule(
+            rule=RESERVED_ALIAS_CEL,
+            message="aliases latest, v<N> and uid-… are reserved by the registries and the operator",
+            check=lambda r: not any(_alias_reserved(a) for a in r.aliases),
+        ),
     )
 
     provider: Literal["wandb", "mlflow"] = Field(default="wandb", description="wandb or mlflow.")
@@ -153,21 +203,43 @@ class Registry(ApiModel):
     credentials_secret_ref: SecretKeyReference | None = Field(
         default=None, description="Secret key with the registry's API key or token."
     )
-    aliases: list[str] = Field(
+    aliases: list[RegistryAlias] = Field(
         default_factory=list,
-        description="Aliases to point at this version (e.g. candidate, production).",
+        description=(
+            "Aliases to point at this version (e.g. candidate, champion). An alias points at one version "
+            "of the registered model at a time: setting it here moves it off the version that had it."
+        ),
         max_length=16,
+    )
+    deletion_policy: Literal["Retain", "Archive"] = Field(
+        default="Retain",
+        description=(
+            "What deleting the ModelVersion does in the registry: Retain leaves the version as it is; "
+            "Archive takes its aliases off and marks it archived."
+        ),
     )
 
 
 class ModelVersionSpec(ApiModel):
     """Desired state of a ModelVersion."""
 
+    cel_rules = (
+        CelRule(
+            rule="!has(self.source.artifactURI) || (has(self.evaluation) && has(self.evaluation.datasetRef))",
+            message=(
+                "source.artifactURI requires evaluation.datasetRef: the Dataset whose held-out split is "
+                "scored and whose S3 credentials are used"
+            ),
+            check=lambda s: s.source.artifact_uri is None or s.evaluation.dataset_ref is not None,
+        ),
+    )
+
     model_name: str = Field(
         description="Registered model name.", min_length=1, max_length=63, pattern=DNS_LABEL
     )
     source: ModelSource = Field(description="Where the trained model comes from.")
     compile: Compile = nested(Compile, "Compilation for serving.")
+    evaluation: Evaluation = nested(Evaluation, "How the compiled artifact is evaluated.")
     gates: AcceptanceGates = nested(AcceptanceGates, "Acceptance gates checked before registration.")
     registry: Registry | None = Field(default=None, description="Model registry; empty skips registration.")
     stage: Literal["Development", "Staging", "Production", "Archived"] = Field(
@@ -185,8 +257,13 @@ class Lineage(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     training_run: str | None = Field(default=None, description="TrainingRun that produced the model.")
+    training_run_uid: str | None = Field(default=None, description="Its UID.")
     dataset: str | None = Field(default=None, description="Dataset it was trained on.")
     dataset_fingerprint: str | None = Field(default=None, description="Fingerprint of that data.")
+    trainer_image: str | None = Field(default=None, description="Trainer image that trained it.")
+    hyperparameters_sha256: str | None = Field(
+        default=None, description="SHA-256 of the hyperparameters (canonical JSON) it was trained with."
+    )
     source_uri: str | None = Field(default=None, description="Trained model artifact URI.")
 
 
@@ -198,9 +275,15 @@ class Engine(ApiModel):
     uri: str | None = Field(default=None, description="Artifact URI (engine plan or ONNX model).")
     format: Literal["tensorrt", "onnx"] | None = Field(default=None, description="tensorrt or onnx.")
     precision: str | None = Field(default=None, description="Precision it was built with.")
+    metadata_uri: str | None = Field(default=None, description="The engine's metadata.json.")
     tensorrt_version: str | None = Field(default=None, description="TensorRT version.")
     gpu: str | None = Field(default=None, description="GPU it was built on (engines are GPU-specific).")
+    gpu_product: str | None = Field(
+        default=None, description="Node label nvidia.com/gpu.product of the node it was built on."
+    )
+    compute_capability: str | None = Field(default=None, description="That GPU's compute capability.")
     size_bytes: int | None = Field(default=None, description="Artifact size.")
+    runtime: str | None = Field(default=None, description="Runtime the evaluation ran it with.")
 
 
 class GateResult(ApiModel):
@@ -223,7 +306,25 @@ class RegistryStatus(ApiModel):
     provider: str | None = Field(default=None, description="wandb or mlflow.")
     version: str | None = Field(default=None, description="Version in the registry.")
     url: str | None = Field(default=None, description="Link to the version.")
+    model_name: str | None = Field(default=None, description="Registered model or collection.")
     aliases: list[str] = Field(default_factory=list, description="Aliases pointing at it.")
+    promoted_generation: int | None = Field(
+        default=None, description="The generation whose stage and aliases were last applied."
+    )
+
+
+class StageFailure(ApiModel):
+    """Why one compile or evaluate attempt failed."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    stage: str = Field(description="compile or evaluate.", max_length=16)
+    attempt: int = Field(description="The attempt, starting at 1.")
+    reason: str = Field(description="The workload's or the pod's reason.", max_length=128)
+    message: str = Field(default="", description="Details.", max_length=1024)
+    retryable: bool = Field(description="Whether another attempt could help.")
+    exit_code: int | None = Field(default=None, description="Exit code, when the workload exited.")
+    time: str | None = Field(default=None, description="When the failure was seen.")
 
 
 ModelVersionPhase = Literal[
@@ -246,3 +347,21 @@ class ModelVersionStatus(StatusBase):
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation results.")
     gates: list[GateResult] = Field(default_factory=list, description="Acceptance gate results.")
     registry: RegistryStatus | None = Field(default=None, description="Registration.")
+    spec_hash: str | None = Field(
+        default=None,
+        description="Hash of what the compiled artifact depends on, fixed when compile started.",
+    )
+    pinned: dict[str, Any] | None = Field(
+        default=None,
+        description="The source, S3 settings and image the compile and evaluate Jobs are built from.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    attempt: int | None = Field(default=None, description="Attempt of the current compile or evaluate Job.")
+    job_name: str | None = Field(default=None, description="The Job of the current stage.")
+    compile_start_time: str | None = Field(default=None, description="When compile started.")
+    compile_seconds: float | None = Field(default=None, description="How long compile took.")
+    evaluation_seconds: float | None = Field(default=None, description="How long evaluation took.")
+    completion_time: str | None = Field(default=None, description="When it became Ready, Rejected or Failed.")
+    failures: list[StageFailure] = Field(
+        default_factory=list, description="Failed compile or evaluate attempts, oldest first.", max_length=20
+    )
