@@ -205,6 +205,7 @@ def test_fp16_engine_sets_flag_workspace_and_dynamic_batch_profile(
         "sizeBytes": len(plan),
     }
     assert result["engine"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert result["engine"]["computeCapability"] == "9.0"
     assert metadata["source"]["metrics"]["accuracy"] == reference_run.summary["metrics"]["accuracy"]
 
 
@@ -293,7 +294,7 @@ def test_onnx_target_compiles_and_evaluates_end_to_end(
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert compiled.summary["engine"] == {
-        "format": "onnx", "precision": "fp32", "tensorrtVersion": None, "gpu": None,
+        "format": "onnx", "precision": "fp32", "tensorrtVersion": None, "gpu": None, "computeCapability": None,
         "sizeBytes": compiled.summary["engine"]["sizeBytes"],
     }  # fmt: skip
     metadata = _read_json(s3_client, "engines/onnx/metadata.json")

@@ -287,6 +287,7 @@ def compile_model(settings: CompileSettings) -> dict[str, Any]:
             "precision": metadata["precision"],
             "tensorrtVersion": metadata["tensorrtVersion"],
             "gpu": metadata["gpu"]["name"] if metadata["gpu"] else None,
+            "computeCapability": metadata["gpu"]["computeCapability"] if metadata["gpu"] else None,
             "sizeBytes": len(artifact),
         },
     }

@@ -24,6 +24,7 @@ from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
 from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference
+from .pod import GPU_TOLERATION, WORKLOAD_UID, hardened_container, hardened_pod_spec, s3_env
 
 KIND = "TrainingRun"
 RENDEZVOUS_PORT = 29500
@@ -31,7 +32,7 @@ ATTEMPT_LABEL = "mlops.dev/attempt"
 RUN_LABEL = "mlops.dev/trainingrun"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
-TRAINER_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
+TRAINER_UID = WORKLOAD_UID
 
 
 RUN_UID_LABEL = "mlops.dev/trainingrun-uid"  # selects the pods of one run, whatever its name
@@ -114,19 +115,9 @@ def _env(inputs: TrainingInputs) -> list[dict[str, Any]]:
             {"name": envvars.CHECKPOINT_URI, "value": spec.checkpoint.uri},
             {"name": envvars.CHECKPOINT_INTERVAL_STEPS, "value": str(spec.checkpoint.interval_steps)},
         ]
-    if source.endpoint_url:
-        env.append({"name": envvars.AWS_ENDPOINT_URL_S3, "value": source.endpoint_url})
-    if source.region:
-        env.append({"name": envvars.AWS_REGION, "value": source.region})
-    creds = source.credentials_secret_ref
-    if creds:
-        pairs = [
-            (envvars.AWS_ACCESS_KEY_ID, creds.access_key_id_key),
-            (envvars.AWS_SECRET_ACCESS_KEY, creds.secret_access_key_key),
-        ]
-        if creds.session_token_key:
-            pairs.append((envvars.AWS_SESSION_TOKEN, creds.session_token_key))
-        env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": k}}} for n, k in pairs]
+    env += s3_env(
+        endpoint_url=source.endpoint_url, region=source.region, credentials=source.credentials_secret_ref
+    )
     wandb = spec.tracking.wandb
     if wandb:
         env += [
@@ -244,8 +235,7 @@ def shm_size_limit(inputs: TrainingInputs) -> str:
 def _tolerations(inputs: TrainingInputs) -> list[dict[str, Any]]:
     tolerations = [t.wire() for t in inputs.spec.scheduling.tolerations]
     if inputs.spec.resources.gpus_per_worker:
-        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule so only GPU workloads land there.
-        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(dict(GPU_TOLERATION))
     tolerations += [dict(t) for t in inputs.extra_tolerations]
     return tolerations
 
@@ -257,49 +247,21 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
     if spec.resources.gpu_product:
         node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
     command, args = _command(inputs)
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": spec.service_account_name or "default",
-        # The trainer talks to S3 and W&B, never to the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 120,  # time to write a checkpoint on SIGTERM
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": TRAINER_UID,
-            "runAsGroup": TRAINER_UID,
-            "fsGroup": TRAINER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": spec.image or inputs.default_image,
-                "command": command,
-                "args": args,
-                "env": _env(inputs),
-                "resources": _resources(inputs),
-                "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-                # The trainer writes its JSON summary there; if it crashes first, the log tail stands in.
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [
-                    {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
-                    {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108
-                ],
-            }
-        ],
-        # Every emptyDir has a sizeLimit: a workload filling the node's disk or memory is evicted,
-        # not its neighbours.
-        "volumes": [
-            {"name": "scratch", "emptyDir": {"sizeLimit": inputs.scratch_size_limit}},
-            # DataLoader workers pass batches through shared memory; the default 64 MiB is too small.
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size_limit(inputs)}},
-        ],
-    }
+    container = hardened_container(
+        name=CONTAINER,
+        image=spec.image or inputs.default_image,
+        command=command,
+        args=args,
+        env=_env(inputs),
+        resources=_resources(inputs),
+    )
+    pod_spec = hardened_pod_spec(
+        service_account_name=spec.service_account_name,
+        containers=[container],
+        scratch_size_limit=inputs.scratch_size_limit,
+        shm_size_limit=shm_size_limit(inputs),
+        termination_grace_seconds=120,  # time to write a checkpoint on SIGTERM
+    )
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations := _tolerations(inputs):

@@ -1,0 +1,114 @@
+"""The pod hardening every workload the operator makes shares (training, compile, evaluate).
+
+One place, so a Job of any stage runs as the trainer image's non-root user, with a read-only root
+filesystem, no capabilities, no API token, and size-limited scratch volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlops_contract.result import TERMINATION_MESSAGE_PATH
+
+WORKLOAD_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule so only GPU workloads land there.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": WORKLOAD_UID,
+        "runAsGroup": WORKLOAD_UID,
+        "fsGroup": WORKLOAD_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def hardened_container(
+    *,
+    name: str,
+    image: str,
+    command: Sequence[str],
+    args: Sequence[str],
+    env: Sequence[Mapping[str, Any]],
+    resources: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A workload container: the result summary in the termination message, no privilege, writable
+    only where the scratch volumes are mounted."""
+    return {
+        "name": name,
+        "image": image,
+        "command": list(command),
+        "args": list(args),
+        "env": [dict(e) for e in env],
+        "resources": dict(resources),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        # The workload writes its JSON summary there; if it crashes first, the log tail stands in.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+            {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108
+        ],
+    }
+
+
+def scratch_volumes(scratch_size_limit: str, shm_size_limit: str) -> list[dict[str, Any]]:
+    # Every emptyDir has a sizeLimit: a workload filling the node's disk or memory is evicted, not
+    # its neighbours.
+    return [
+        {"name": "scratch", "emptyDir": {"sizeLimit": scratch_size_limit}},
+        # DataLoader workers pass batches through shared memory; the default 64 MiB is too small.
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size_limit}},
+    ]
+
+
+def hardened_pod_spec(
+    *,
+    service_account_name: str | None,
+    containers: Sequence[Mapping[str, Any]],
+    scratch_size_limit: str,
+    shm_size_limit: str,
+    termination_grace_seconds: int = 30,
+) -> dict[str, Any]:
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name or "default",
+        # Workloads talk to S3 and W&B, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": termination_grace_seconds,
+        "securityContext": pod_security_context(),
+        "containers": [dict(c) for c in containers],
+        "volumes": scratch_volumes(scratch_size_limit, shm_size_limit),
+    }
+
+
+def s3_env(*, endpoint_url: str | None, region: str | None, credentials: Any | None) -> list[dict[str, Any]]:
+    """AWS_* for the workload's S3 client: the endpoint and region as values, keys only as
+    secretKeyRefs (`credentials`: a Dataset source's `credentialsSecretRef`)."""
+    from mlops_contract import envvars  # noqa: PLC0415
+
+    env: list[dict[str, Any]] = []
+    if endpoint_url:
+        env.append({"name": envvars.AWS_ENDPOINT_URL_S3, "value": endpoint_url})
+    if region:
+        env.append({"name": envvars.AWS_REGION, "value": region})
+    if credentials:
+        pairs = [
+            (envvars.AWS_ACCESS_KEY_ID, credentials.access_key_id_key),
+            (envvars.AWS_SECRET_ACCESS_KEY, credentials.secret_access_key_key),
+        ]
+        if credentials.session_token_key:
+            pairs.append((envvars.AWS_SESSION_TOKEN, credentials.session_token_key))
+        env += [
+            {"name": n, "valueFrom": {"secretKeyRef": {"name": credentials.name, "key": k}}} for n, k in pairs
+        ]
+    return env
