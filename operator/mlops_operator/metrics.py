@@ -37,6 +37,13 @@ STATUS_WRITES = Counter(
 )
 
 
+REGISTRY_REQUESTS = Counter(
+    "mlops_registry_requests_total",
+    "Requests sent to a model registry, by provider, operation and result (ok, unavailable, rejected, "
+    "notfound).",
+    ["provider", "operation", "result"],
+)
+
 TRAINING_ATTEMPTS = Counter("mlops_training_attempts_total", "Training attempts started.", ["namespace"])
 TRAINING_GPU_SECONDS = Counter(
     "mlops_training_gpu_seconds_total",

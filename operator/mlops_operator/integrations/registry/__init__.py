@@ -1,0 +1,29 @@
+"""The model registry interface (base.py) and its providers: mlflow.py, wandb.py (imported when used)."""
+
+from .base import (
+    ARCHIVED_TAG,
+    UID_TAG,
+    ModelRegistry,
+    RegisteredVersion,
+    RegistryError,
+    RegistryRejectedError,
+    RegistryTarget,
+    RegistryUnavailableError,
+    RegistryVersionNotFoundError,
+    VersionRequest,
+    open_registry,
+)
+
+__all__ = [
+    "ARCHIVED_TAG",
+    "UID_TAG",
+    "ModelRegistry",
+    "RegisteredVersion",
+    "RegistryError",
+    "RegistryRejectedError",
+    "RegistryTarget",
+    "RegistryUnavailableError",
+    "RegistryVersionNotFoundError",
+    "VersionRequest",
+    "open_registry",
+]
