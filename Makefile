@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed
 # The trainer (torch, onnx, wandb) has a venv of its own: torch stays out of the operator's.
 TRAINER_VENV ?= .venv-trainer
 TRAINER_STAMP := $(TRAINER_VENV)/.installed
+# The MLflow server of tests and `make dev` (the registry): its server dependencies stay out of .venv.
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+MLFLOW_VERSION := 3.17.2
 PYTEST_ARGS ?=
 # What the operator and the workloads agree on (stdlib only): installed, editable, into both venvs.
 CONTRACT := contract
 LINTED := operator tests trainer-image bench $(CONTRACT)
 
-.PHONY: install trainer tools crds lint format typecheck unit test dev clean
+.PHONY: install trainer mlflow tools crds lint format typecheck unit test dev clean
 
 ## install: create .venv and install the operator with its dev/test extras
 install: $(STAMP)
@@ -31,6 +35,15 @@ $(TRAINER_STAMP): trainer-image/pyproject.toml $(CONTRACT)/pyproject.toml
 	$(TRAINER_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRAINER_VENV)/bin/python -m pip install -q -e ./$(CONTRACT) -e './trainer-image[dev]'
 	touch $(TRAINER_STAMP)
+
+## mlflow: the MLflow tracking server's own venv (mlflow server, its basic-auth app, boto3 for S3)
+mlflow: $(MLFLOW_STAMP)
+
+$(MLFLOW_STAMP): Makefile
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install -q 'mlflow[auth]==$(MLFLOW_VERSION)' boto3
+	touch $(MLFLOW_STAMP)
 
 ## tools: build (once, then cached) the Go control plane: kube-apiserver, etcd, kwok, helm ...
 tools:
@@ -60,13 +73,13 @@ unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 ## test: lint, typecheck, then the operator's unit and integration tests and the trainer's tests
-test: lint typecheck tools trainer
+test: lint typecheck tools trainer mlflow
 	$(BIN)/python -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
 	$(TRAINER_VENV)/bin/python -m pytest tests/trainer $(PYTEST_ARGS)
 
 ## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)
-dev: install tools trainer
+dev: install tools trainer mlflow
 	$(BIN)/mlopsctl dev $(DEV_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TRAINER_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(MLFLOW_VENV) .mypy_cache .ruff_cache .pytest_cache

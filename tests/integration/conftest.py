@@ -25,6 +25,7 @@ from mlops_operator.dev.controlplane import (
     GpuNodePool,
     free_port,
 )
+from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.timeutil import from_rfc3339
 from tests.integration.operator_rbac import OPERATOR_USERS, operator_identity
@@ -135,6 +136,15 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3() -> Iterator[LocalS3]:
     with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlflow]:
+    """A real MLflow tracking server (sqlite registry, artifacts in the session's moto S3)."""
+    server = LocalMlflow(workdir=tmp_path_factory.mktemp("mlflow"), s3_endpoint_url=s3.endpoint_url)
+    s3.client().create_bucket(Bucket=server.artifacts_bucket)
+    with server:
         yield server
 
 
