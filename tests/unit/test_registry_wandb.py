@@ -1,0 +1,278 @@
+"""The W&B registry provider, as far as it runs without a W&B server: the real `wandb` SDK (0.31) in
+offline mode, which records what it would send in the run's transaction log (run-<id>.wandb); the
+test reads that log back.
+
+Exercised here: `register` up to logging the artifact (the run's settings and key handling, the
+"model" artifact holding a reference to the source URI with checksum off, its metadata and its
+`uid-<uid>` alias), the lock around runs, the refusals made before any request (no API key, alias
+names), and how real wandb exception objects are classified.
+
+NOT exercised against a server (none can run here; these calls are unverified):
+- `find` and `get`: `wandb.Api(api_key=…).artifact("wandb-registry-model/<name>:<alias|version>")`,
+  including the resolution of the registry's organization from `target.entity`;
+- the `Api` constructor's key check (`_verify_login`);
+- the online half of `register`: the lookup of an already logged artifact by its uid alias,
+  `Artifact.wait`, and linking to the registry collection (`Run.link_artifact` / `Artifact.link`),
+  which the SDK refuses offline (NotImplementedError);
+- `set_aliases`: `Artifact.aliases = …; Artifact.save()` on the linked version (addAliases /
+  deleteAliases), and that adding an alias held by another version moves it;
+- `archive`: the alias removal and the metadata update of a linked version;
+- which HTTP statuses and messages a real server sends for a bad key, a missing project or artifact,
+  and overload (`classify` is tested on exception objects built as the SDK builds them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import wandb
+import wandb.errors
+from prometheus_client import REGISTRY
+from wandb.proto import wandb_api_pb2, wandb_internal_pb2
+from wandb.sdk.lib.service.service_connection import WandbApiFailedError
+
+from mlops_operator.integrations.registry import (
+    UID_TAG,
+    RegistryRejectedError,
+    RegistryTarget,
+    VersionRequest,
+    open_registry,
+)
+from mlops_operator.integrations.registry.wandb import METRIC_KEY_PREFIX, WandbRegistry, classify
+
+API_KEY = "a3f09c1d" * 5  # shaped like a W&B key (40 hex characters)
+SOURCE_URI = "s3://no-such-bucket-anywhere/models/digits/model.plan"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_wandb_service() -> Iterator[None]:
+    """The offline runs start wandb-core and export WANDB_SERVICE so that child processes share it:
+    end both here, so no later test's subprocess finds this module's service."""
+    before = os.environ.get("WANDB_SERVICE")
+    yield
+    wandb.teardown()
+    if before is None:
+        os.environ.pop("WANDB_SERVICE", None)
+    else:
+        os.environ["WANDB_SERVICE"] = before
+
+
+def target(credential: str | None = API_KEY, model: str = "digits") -> RegistryTarget:
+    return RegistryTarget(
+        provider="wandb", model_name=model, project="mnist", entity="team-a", credential=credential
+    )
+
+
+def version_request(uid: str | None = None) -> VersionRequest:
+    return VersionRequest(
+        uid=uid or str(uuid.uuid4()),
+        source_uri=SOURCE_URI,
+        tags={"mlops.dev/trainingrun": "digits-run", "mlops.dev/dataset-fingerprint": "sha256:abc"},
+        description="ModelVersion team-a/digits",
+        metrics={"accuracy": 0.97},
+    )
+
+
+def wandb_requests() -> dict[tuple[str, str], float]:
+    counts: dict[tuple[str, str], float] = {}
+    for family in REGISTRY.collect():
+        if family.name == "mlops_registry_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["provider"] == "wandb":
+                    counts[(sample.labels["operation"], sample.labels["result"])] = sample.value
+    return counts
+
+
+def read_transaction_log(path: Path) -> list[wandb_internal_pb2.Record]:
+    """The records of a run-<id>.wandb file: LevelDB's log format (32 KiB blocks of chunks with a
+    7-byte header: crc32c, length, type FULL/FIRST/MIDDLE/LAST) after W&B's 7-byte file header."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, position, pending, records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0:  # zeros: nothing written past here
+            break
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def offline_runs(directory: Path) -> list[list[wandb_internal_pb2.Record]]:
+    return [read_transaction_log(log) for log in sorted(directory.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def records_of(records: list[wandb_internal_pb2.Record], kind: str) -> list[Any]:
+    return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
+
+
+def test_register_offline_logs_the_model_artifact_as_a_reference(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    environment_before = dict(os.environ)
+    registry = WandbRegistry(target(), offline_dir=tmp_path)
+    wanted = version_request()
+    before = wandb_requests()
+
+    registered = registry.register(wanted)
+
+    assert registered.version == "offline"  # nothing is linked offline
+    assert registered.tags[UID_TAG] == wanted.uid
+    after = wandb_requests()
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
+        ("init_run", "ok"): 1,
+        ("log_artifact", "ok"): 1,
+        ("finish_run", "ok"): 1,
+    }
+
+    [records] = offline_runs(tmp_path)
+    [run] = records_of(records, "run")
+    assert (run.entity, run.project, run.job_type) == ("team-a", "mnist", "register-model")
+    [artifact] = records_of(records, "artifact")
+    assert (artifact.entity, artifact.project) == ("team-a", "mnist")
+    assert (artifact.type, artifact.name) == ("model", "digits")
+    assert artifact.description == wanted.description
+    assert set(artifact.aliases) == {f"uid-{wanted.uid}", "latest"}
+    assert json.loads(artifact.metadata) == {
+        **wanted.tags,
+        UID_TAG: wanted.uid,
+        METRIC_KEY_PREFIX + "accuracy": 0.97,
+    }
+    # One entry, a reference to the source: not a copy, and not read (its digest is the URI itself,
+    # what the SDK records when checksum is off: the bucket does not even exist).
+    [entry] = artifact.manifest.contents
+    assert (entry.path, entry.ref, entry.digest) == ("model.plan", SOURCE_URI, SOURCE_URI)
+    assert not entry.local_path
+
+    # The key: in no file the run left, in no environment variable, in no log record.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+    assert API_KEY not in {v for k, v in os.environ.items() if environment_before.get(k) != v}
+    assert all(API_KEY not in record.getMessage() for record in caplog.records)
+    assert API_KEY not in repr(registry.target)
+
+
+def test_concurrent_registrations_each_log_their_own_artifact(tmp_path: Path) -> None:
+    registry = WandbRegistry(target(), offline_dir=tmp_path)
+    uids = [str(uuid.uuid4()) for _ in range(3)]
+    failures: list[BaseException] = []
+
+    def register(uid: str) -> None:
+        try:
+            registry.register(version_request(uid))
+        except BaseException as error:  # reported by the assertion below
+            failures.append(error)
+
+    threads = [threading.Thread(target=register, args=(uid,)) for uid in uids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 3
+    logged = sorted(alias for run in runs for a in records_of(run, "artifact") for alias in a.aliases)
+    assert logged == sorted(["latest"] * 3 + [f"uid-{uid}" for uid in uids])
+
+
+def test_offline_has_no_server_calls(tmp_path: Path) -> None:
+    registry = WandbRegistry(target(), offline_dir=tmp_path)
+    with pytest.raises(NotImplementedError):
+        registry.find(str(uuid.uuid4()))
+    with pytest.raises(NotImplementedError):
+        registry.get("v1")
+    with pytest.raises(NotImplementedError):
+        registry.set_aliases("v1", add=["production"], remove=[])
+    with pytest.raises(NotImplementedError):
+        registry.archive("v1")
+
+
+def test_no_key_is_refused_before_any_request() -> None:
+    before = wandb_requests()
+    registry = open_registry(target(credential=None))
+    assert isinstance(registry, WandbRegistry)
+    with pytest.raises(RegistryRejectedError, match="credentialsSecretRef"):
+        registry.register(version_request())
+    with pytest.raises(RegistryRejectedError, match="credentialsSecretRef"):
+        registry.get("v1")
+    assert wandb_requests() == before
+
+
+@pytest.mark.parametrize(
+    "alias", ["latest", "Latest", "v3", "uid-0b6f7d1e", "prod/blue", "prod:blue", "", "a" * 256]
+)
+def test_alias_names_refused_before_any_request(alias: str) -> None:
+    before = wandb_requests()
+    with pytest.raises(RegistryRejectedError, match="invalid alias"):
+        open_registry(target()).set_aliases("v1", add=[alias], remove=[])
+    assert wandb_requests() == before
+
+
+def test_an_alias_both_added_and_removed_is_a_caller_error() -> None:
+    with pytest.raises(ValueError, match="both added and removed"):
+        open_registry(target()).set_aliases("v1", add=["production"], remove=["production"])
+
+
+def _api_failure(status: int, message: str = "failed") -> wandb.errors.CommError:
+    """A CommError as `normalize_exceptions` builds it from wandb-core's error response."""
+    failure = WandbApiFailedError(
+        message, wandb_api_pb2.ApiErrorResponse(message=message, http_status=status)
+    )
+    return wandb.errors.CommError(message, failure)
+
+
+def _http_failure(status: int) -> wandb.errors.CommError:
+    response = requests.Response()
+    response.status_code = status
+    return wandb.errors.CommError(f"HTTP {status}", requests.HTTPError(response=response))
+
+
+@pytest.mark.parametrize(
+    ("error", "meaning"),
+    [
+        (_api_failure(401, "user is not logged in"), "rejected"),
+        (_api_failure(403, "permission denied"), "rejected"),
+        (_api_failure(400, "invalid alias"), "rejected"),
+        (_api_failure(404), "notfound"),
+        (_api_failure(429), "unavailable"),
+        (_api_failure(502), "unavailable"),
+        (_api_failure(0, "dial tcp: connection refused"), "unavailable"),
+        (_api_failure(200, "project not found"), "notfound"),
+        (_api_failure(200, "GraphQL: invalid input"), "rejected"),
+        (_http_failure(500), "unavailable"),
+        (_http_failure(401), "rejected"),
+        (wandb.errors.AuthenticationError("API key must be 40 characters long"), "rejected"),
+        (wandb.errors.UsageError("bad settings"), "rejected"),
+        (
+            ValueError("artifact membership 'digits:uid-x' not found in 'org/wandb-registry-model'"),
+            "notfound",
+        ),
+        (ValueError("Aliases must not contain any of the following characters: '/', ':'"), "rejected"),
+        (TimeoutError("init timed out"), "unavailable"),
+        (ConnectionResetError(), "unavailable"),
+    ],
+)
+def test_classify(error: BaseException, meaning: str) -> None:
+    assert classify(error) == meaning
