@@ -45,10 +45,16 @@ from mlops_operator.integrations.registry import (
     UID_TAG,
     RegistryRejectedError,
     RegistryTarget,
+    RegistryUnavailableError,
     VersionRequest,
     open_registry,
 )
-from mlops_operator.integrations.registry.wandb import METRIC_KEY_PREFIX, WandbRegistry, classify
+from mlops_operator.integrations.registry.wandb import (
+    METRIC_KEY_PREFIX,
+    WandbRegistry,
+    _NotFoundError,
+    classify,
+)
 
 API_KEY = "a3f09c1d" * 5  # shaped like a W&B key (40 hex characters)
 SOURCE_URI = "s3://no-such-bucket-anywhere/models/digits/model.plan"
@@ -276,3 +282,26 @@ def _http_failure(status: int) -> wandb.errors.CommError:
 )
 def test_classify(error: BaseException, meaning: str) -> None:
     assert classify(error) == meaning
+
+
+def test_sdk_failures_become_the_interface_errors_without_the_key() -> None:
+    registry = WandbRegistry(target())
+
+    def fails(error: BaseException) -> Any:
+        def call() -> None:
+            raise error
+
+        return call
+
+    # "Not found" answers a lookup; anywhere else (logging into a missing project) a person must act.
+    with pytest.raises(_NotFoundError):
+        registry._call("get_artifact", fails(ValueError("artifact 'digits:v9' not found")), lookup=True)
+    with pytest.raises(RegistryRejectedError, match="project 'mnist' not found"):
+        registry._call("init_run", fails(_api_failure(404, "project 'mnist' not found")))
+    with pytest.raises(RegistryUnavailableError, match="trying again later"):
+        registry._call("link_artifact", fails(_api_failure(503, "service unavailable")))
+    # An SDK message that echoes the key does not carry it further.
+    with pytest.raises(RegistryRejectedError) as refused:
+        registry._call("login", fails(wandb.errors.AuthenticationError(f"invalid API key {API_KEY}")))
+    assert API_KEY not in str(refused.value)
+    assert "credentialsSecretRef" in str(refused.value)

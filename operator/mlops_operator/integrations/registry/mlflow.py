@@ -195,12 +195,26 @@ class MlflowRegistry:
                 self._call(
                     "create_registered_model", self._store.create_registered_model, self.name, exists_ok=True
                 )
-            created = create()
+            try:
+                created = create()
+            except _NotFoundError:  # the model was deleted again meanwhile
+                raise RegistryUnavailableError(
+                    f"MLflow registered model {self.name!r} vanished while registering; trying again later"
+                ) from None
         return self._registered(created)
 
     def set_aliases(self, version: str, add: Sequence[str], remove: Sequence[str]) -> RegisteredVersion:
         check_aliases(add, remove)
         current = self._require(version)
+        try:
+            changed = self._move_aliases(version, current, add, remove)
+        except _NotFoundError:  # the version went away meanwhile
+            raise self._version_not_found(version) from None
+        return self._require(version) if changed else current
+
+    def _move_aliases(
+        self, version: str, current: RegisteredVersion, add: Sequence[str], remove: Sequence[str]
+    ) -> bool:
         changed = False
         for alias in sorted(set(add) - set(current.aliases)):
             # An MLflow alias names one version: setting it moves it off the one it was on.
@@ -217,7 +231,7 @@ class MlflowRegistry:
             # deleted (one request later: the race with another writer is that short).
             self._delete_alias(alias)
             changed = True
-        return self._require(version) if changed else current
+        return changed
 
     def archive(self, version: str) -> RegisteredVersion:
         current = self._require(version)
@@ -225,7 +239,12 @@ class MlflowRegistry:
             self._delete_alias(alias)
         if not current.archived:
             tag = ModelVersionTag(ARCHIVED_TAG, "true")
-            self._call("set_model_version_tag", self._store.set_model_version_tag, self.name, version, tag)
+            try:
+                self._call(
+                    "set_model_version_tag", self._store.set_model_version_tag, self.name, version, tag
+                )
+            except _NotFoundError:  # the version went away meanwhile
+                raise self._version_not_found(version) from None
         changed = bool(current.aliases) or not current.archived
         return self._require(version) if changed else current
 
@@ -234,10 +253,13 @@ class MlflowRegistry:
     def _require(self, version: str) -> RegisteredVersion:
         found = self.get(version)
         if found is None:
-            raise RegistryVersionNotFoundError(
-                f"MLflow registered model {self.name!r} at {self._public_uri()} has no version {version!r}"
-            )
+            raise self._version_not_found(version)
         return found
+
+    def _version_not_found(self, version: str) -> RegistryVersionNotFoundError:
+        return RegistryVersionNotFoundError(
+            f"MLflow registered model {self.name!r} at {self._public_uri()} has no version {version!r}"
+        )
 
     def _delete_alias(self, alias: str) -> None:
         with contextlib.suppress(_NotFoundError):  # the registered model is gone: so is the alias

@@ -122,7 +122,8 @@ class WandbRegistry:
     def find(self, uid: str) -> RegisteredVersion | None:
         self._online_only("find")
         try:
-            linked = self._call("get_artifact", self._client().artifact, self._registry_path(uid_alias(uid)))
+            path = self._registry_path(uid_alias(uid))
+            linked = self._call("get_artifact", self._client().artifact, path, lookup=True)
         except _NotFoundError:
             return None
         return self._registered(linked)
@@ -145,7 +146,8 @@ class WandbRegistry:
             return existing
         # Logged by an earlier attempt whose link failed: link that one rather than log another.
         try:
-            source = self._call("get_artifact", self._client().artifact, self._project_path(alias))
+            path = self._project_path(alias)
+            source = self._call("get_artifact", self._client().artifact, path, lookup=True)
         except _NotFoundError:
             source = None
         if source is not None:
@@ -164,7 +166,7 @@ class WandbRegistry:
             # Adding an alias that is on another version of the collection moves it here (W&B keeps
             # an alias unique within a collection); removing only touches this version's aliases.
             linked.aliases = sorted(wanted)
-            self._call("save_artifact", linked.save)
+            self._save(linked, version)
         return self._registered(linked)
 
     def archive(self, version: str) -> RegisteredVersion:
@@ -175,7 +177,7 @@ class WandbRegistry:
             linked.aliases = keep
             # Metadata of a linked version is its source artifact's (W&B edits both).
             linked.metadata = {**linked.metadata, ARCHIVED_TAG: "true"}
-            self._call("save_artifact", linked.save)
+            self._save(linked, version)
         return self._registered(linked)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -264,19 +266,27 @@ class WandbRegistry:
         if not (version.startswith("v") and version[1:].isdigit()):
             return None  # not a W&B version ("3" is an MLflow one): no such version here
         try:
-            linked: Artifact = self._call(
-                "get_artifact", self._client().artifact, self._registry_path(version)
-            )
+            path = self._registry_path(version)
+            linked: Artifact = self._call("get_artifact", self._client().artifact, path, lookup=True)
         except _NotFoundError:
             return None
         return linked
 
+    def _save(self, linked: Artifact, version: str) -> None:
+        try:
+            self._call("save_artifact", linked.save, lookup=True)
+        except _NotFoundError:
+            raise self._version_not_found(version) from None
+
+    def _version_not_found(self, version: str) -> RegistryVersionNotFoundError:
+        return RegistryVersionNotFoundError(
+            f"W&B registry collection {self._registry_path()!r} has no version {version!r}"
+        )
+
     def _require(self, version: str) -> Artifact:
         linked = self._fetch(version)
         if linked is None:
-            raise RegistryVersionNotFoundError(
-                f"W&B registry collection {self._registry_path()!r} has no version {version!r}"
-            )
+            raise self._version_not_found(version)
         return linked
 
     def _registry_path(self, version_or_alias: str | None = None) -> str:
@@ -316,8 +326,12 @@ class WandbRegistry:
         if self._offline_dir is not None:
             raise NotImplementedError(f"W&B {operation} needs a W&B server; this provider is offline")
 
-    def _call(self, operation: str, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One SDK call: counted, and its failure turned into the interface's errors."""
+    def _call(
+        self, operation: str, method: Callable[..., T], *args: Any, lookup: bool = False, **kwargs: Any
+    ) -> T:
+        """One SDK call: counted, and its failure turned into the interface's errors. "Not found"
+        is `_NotFoundError` for a lookup (the caller handles it), a refusal otherwise (a missing
+        entity or project when logging: a person has to fix the spec)."""
         try:
             result = method(*args, **kwargs)
         except RegistryRejectedError:
@@ -325,14 +339,16 @@ class WandbRegistry:
         except Exception as error:
             result_kind = classify(error)
             count(PROVIDER, operation, result_kind)
-            if result_kind == "notfound":
+            if result_kind == "notfound" and lookup:
                 raise _NotFoundError() from None
-            self._fail(operation, result_kind, f"{type(error).__name__}: {error}")
+            detail = f"{type(error).__name__}: {error}"
+            self._fail(operation, "rejected" if result_kind == "notfound" else result_kind, detail)
         count(PROVIDER, operation, "ok")
         return result
 
     def _fail(self, operation: str, result: str, detail: str) -> NoReturn:
-        where = f"W&B ({self.target.tracking_uri or 'default server'}, {self._project_path('')[:-1]})"
+        project = f"{self.target.entity}/{self.target.project}" if self.target.entity else self.target.project
+        where = f"W&B ({self.target.tracking_uri or 'default server'}, project {project})"
         if result == "unavailable":
             raise RegistryUnavailableError(
                 scrub(f"{where} unavailable ({operation}): {detail}; trying again later", self._credential)
