@@ -62,6 +62,23 @@ TRAINING_DURATION = Histogram(
     buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800),
 )
 
+MODELVERSION_COMPILE_SECONDS = Histogram(
+    "mlops_modelversion_compile_seconds",
+    "Time a ModelVersion's compile Job took, from its creation to its end, by target.",
+    ["target"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+MODELVERSION_GATE_FAILURES = Counter(
+    "mlops_modelversion_gate_failures_total",
+    "Acceptance gates a ModelVersion failed (it is Rejected), by gate.",
+    ["gate"],
+)
+MODELVERSION_REGISTRATIONS = Counter(
+    "mlops_modelversion_registrations_total",
+    "ModelVersions registered in a model registry, by provider.",
+    ["provider"],
+)
+
 
 class PhaseCollector(Collector):
     """`mlops_objects{kind, phase}`: how many objects of each kind are in each phase right now."""

@@ -93,6 +93,17 @@ class OperatorConfig(BaseSettings):
             "AWS's own S3 endpoints are always allowed; empty allows only those."
         ),
     )
+    registry_endpoint_allowlist: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Model registry endpoints (same patterns as the S3 allow-list) a ModelVersion's "
+            "registry.trackingURI may name; the operator sends no registry request elsewhere. Unset "
+            "trackingURI (W&B's own cloud) is always allowed."
+        ),
+    )
+    registry_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of one request to a model registry."
+    )
     manifest_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

@@ -67,14 +67,15 @@ def test_no_wildcards_and_secrets_are_get_only(scope: str):
                 assert rule["verbs"] == ["get"], where
                 assert rule["apiGroups"] == [""], where
         grants = _grants(role)
-        # The operator never writes spec or metadata of our objects: status only (and the
-        # finalizers subresource that owner references with blockOwnerDeletion need).
+        # The operator never writes the spec of our objects: status only, the finalizers subresource
+        # that owner references with blockOwnerDeletion need, and a ModelVersion's own finalizer.
         for group, resource, verb in grants:
             if group == "mlops.dev" and verb in WRITE_VERBS:
-                assert resource.endswith("/status") or (resource, verb) == (
-                    "trainingruns/finalizers",
-                    "update",
-                )
+                assert resource.endswith("/status") or (resource, verb) in {
+                    ("trainingruns/finalizers", "update"),
+                    ("modelversions/finalizers", "update"),
+                    ("modelversions", "patch"),
+                }
         # Pods are only watched: the Job controller makes them.
         assert {v for g, r, v in grants if (g, r) == ("", "pods")} <= {"list", "watch"}
 
@@ -144,6 +145,8 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
         ("create", "events"),
         ("list", "trainingruns.mlops.dev"),
         ("get", "datasets.mlops.dev"),
+        ("get", "trainingruns.mlops.dev"),
+        ("patch", "modelversions.mlops.dev"),
         ("list", "pods"),
     ]
     denied = [

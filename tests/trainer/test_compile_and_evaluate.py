@@ -294,7 +294,8 @@ def test_onnx_target_compiles_and_evaluates_end_to_end(
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert compiled.summary["engine"] == {
-        "format": "onnx", "precision": "fp32", "tensorrtVersion": None, "gpu": None, "computeCapability": None,
+        "format": "onnx", "precision": "fp32", "tensorrtVersion": None, "gpu": None,
+        "computeCapability": None,
         "sizeBytes": compiled.summary["engine"]["sizeBytes"],
     }  # fmt: skip
     metadata = _read_json(s3_client, "engines/onnx/metadata.json")

@@ -81,7 +81,8 @@ def test_names_category_subresource_and_columns(info, crd):
     assert version["served"]
     assert version["storage"]
     assert version["subresources"] == {"status": {}}
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    # What `kubectl get` shows (priority 0; -o wide adds the rest): Phase first, Ready and Age last.
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns[0] == "Phase"
     assert columns[-2:] == ["Ready", "Age"]
     for column in version["additionalPrinterColumns"]:

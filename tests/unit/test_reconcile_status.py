@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from mlops_operator.api.v1alpha1 import KINDS, TrainingRunSpec, kind_by_name
+from mlops_operator.engine.cache import Cache
 from mlops_operator.handlers import HANDLERS
 from mlops_operator.handlers.base import Outcome, checked_status, parse_spec, status_patch
 from mlops_operator.handlers.context import ReconcileContext
@@ -80,8 +81,8 @@ def test_kinds_without_a_controller_are_honest_about_it():
     for path in valid_samples():
         doc = load(path)
         info = kind_by_name(doc["kind"])
-        if info.kind in ("Dataset", "TrainingRun"):
-            continue  # controllers of their own, tested in test_dataset_reconcile / test_training_builders
+        if info.kind in ("Dataset", "TrainingRun", "ModelVersion"):
+            continue  # controllers of their own, tested elsewhere
         spec = parse_spec(info.spec_model, doc["spec"])
         assert not isinstance(spec, Outcome)
         outcome = HANDLERS[info.kind].reconcile(spec, ReconcileContext(doc))
@@ -92,15 +93,20 @@ def test_kinds_without_a_controller_are_honest_about_it():
 
 def test_a_modelversion_outcome_is_written_once_then_nothing():
     doc = load(next(p for p in valid_samples() if "modelversion" in p.name))
-    doc["metadata"].update(namespace="ns", generation=1)
+    doc["metadata"].update(namespace="ns", generation=1, uid="mv-uid")
+    run_name = doc["spec"]["source"]["trainingRunRef"]["name"]
+    cache = Cache()
+    run = {"metadata": {"name": run_name, "namespace": "ns", "uid": "tr-uid", "resourceVersion": "1"}}
+    cache.upsert("TrainingRun", {**run, "status": {"phase": "Running"}})
     info = kind_by_name(doc["kind"])
     spec = parse_spec(info.spec_model, doc["spec"])
-    outcome = HANDLERS[info.kind].reconcile(spec, ReconcileContext(doc))
+    outcome = HANDLERS[info.kind].reconcile(spec, ReconcileContext(doc, cache=cache))
     assert isinstance(outcome, Outcome)
     changes, transitions = status_patch({}, outcome, 1)
-    assert changes["phase"] == "Pending"
+    assert changes["phase"] == "WaitingForTraining"
     assert changes["observedGeneration"] == 1
-    assert [t.reason for t in transitions] == ["NotImplemented"]
+    assert [t.reason for t in transitions] == ["WaitingForTraining"]
+    assert f"TrainingRun {run_name} is Running" in transitions[0].message
     checked_status(info.status_model, {}, changes)
     again, transitions = status_patch(changes, outcome, 1)
     assert again == {}

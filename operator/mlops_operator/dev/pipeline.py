@@ -1,9 +1,12 @@
 """`mlopsctl dev`: the sample pipeline on a local control plane, start to finish.
 
-Starts the control plane (simulated GPU nodes), the local S3 server with the digits demo data, the
-operator, and the local pod runner (which runs workload containers as local processes: the real
-trainer trains for real), applies `samples/`, waits until the TrainingRun has finished, and prints
-what `kubectl get mlops` and the events show. With `keep`, everything stays up until Ctrl-C.
+Starts the control plane (simulated GPU nodes), the local S3 server with the digits demo data, a
+local MLflow server (the model registry), the operator, and the local pod runner (which runs
+workload containers as local processes: the real trainer trains, compiles and evaluates for real),
+applies `samples/`, and waits until each stage has reached its goal: the Dataset Ready, the
+TrainingRun Succeeded, the ModelVersion Ready (registered). It prints what `kubectl get mlops` and
+the events show and the registered version; it exits non-zero naming the first stage that did not
+reach its goal, with that stage's reason. With `keep`, everything stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from mlops_contract import envvars
 
 from ..api.v1alpha1 import kind_by_name
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
+from .mlflow import LocalMlflow
 from .runner import LocalPodRunner
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 
 SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000 ...
 SAMPLE_DATA_URI = "s3://mlops-demo/datasets/digits/v1"  # ... and this prefix
+SAMPLE_MLFLOW_PORT = 5050  # samples/03-modelversion.yaml names http://127.0.0.1:5050
 TRAINER = Path(".venv-trainer/bin/mlops-trainer")
-FINISHED = ("Succeeded", "Failed")
+# Each stage's goal, and the phases from which it will not get there by itself.
+GOALS = {"Dataset": "Ready", "TrainingRun": "Succeeded", "ModelVersion": "Ready"}
+GIVEN_UP = {"Dataset": ("Failed",), "TrainingRun": ("Failed",), "ModelVersion": ("Failed", "Rejected")}
 
 
 def _say(message: str) -> None:
@@ -50,20 +57,46 @@ def _get(plane: ControlPlane, namespace: str, doc: dict[str, Any]) -> dict[str, 
     return obj
 
 
-def _wait_done(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], timeout: float) -> bool:
-    """Every object reconciled, and every TrainingRun finished."""
+def _ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
+
+
+def _reached(doc: dict[str, Any], obj: dict[str, Any]) -> bool:
+    """Whether the object is where its stage wants it (a Dataset: Ready, not just Pending)."""
+    phase = obj.get("status", {}).get("phase")
+    if doc["kind"] == "Dataset":
+        return _ready_condition(obj).get("status") == "True"
+    return bool(phase == GOALS[doc["kind"]])
+
+
+def _wait_stages(
+    plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], timeout: float
+) -> str | None:
+    """Wait until every staged object reached its goal; None, or what the first stage that did not
+    (or cannot any more) reach it says."""
+    staged = [d for d in docs if d["kind"] in GOALS]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        objs = [(doc, _get(plane, namespace, doc)) for doc in docs]
-        reconciled = all(
-            o.get("status", {}).get("observedGeneration") == o.get("metadata", {}).get("generation")
-            for _, o in objs
-        )
-        runs = [o for d, o in objs if d["kind"] == "TrainingRun"]
-        if reconciled and all(o.get("status", {}).get("phase") in FINISHED for o in runs):
-            return True
+    while True:
+        objs = [(doc, _get(plane, namespace, doc)) for doc in staged]
+        for doc, obj in objs:
+            if obj.get("status", {}).get("phase") in GIVEN_UP[doc["kind"]]:
+                return _verdict(doc, obj)
+        pending = [(doc, obj) for doc, obj in objs if not _reached(doc, obj)]
+        if not pending:
+            return None
+        if time.monotonic() > deadline:
+            return _verdict(*pending[0]) + f" (still so after {timeout:.0f}s)"
         time.sleep(1)
-    return False
+
+
+def _verdict(doc: dict[str, Any], obj: dict[str, Any]) -> str:
+    ready = _ready_condition(obj)
+    phase = obj.get("status", {}).get("phase") or "not reconciled"
+    return (
+        f"stage {doc['kind']} {doc['metadata']['name']} did not reach {GOALS[doc['kind']]}: phase {phase}, "
+        f"reason {ready.get('reason', 'none')}: {ready.get('message', '')}"
+    )
 
 
 def _write_demo_data(s3: LocalS3, workdir: Path) -> None:
@@ -84,6 +117,7 @@ def _write_demo_data(s3: LocalS3, workdir: Path) -> None:
 
 
 def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subprocess.Popen[bytes]:
+    loopback = json.dumps(LOOPBACK_ENDPOINTS)
     env = {
         **os.environ,
         "KUBECONFIG": str(plane.operator_kubeconfig),
@@ -91,7 +125,8 @@ def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subproces
         "MLOPS_METRICS_PORT": str(free_port()),
         "MLOPS_HEALTH_PORT": str(free_port()),
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
-        "MLOPS_S3_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
+        "MLOPS_S3_ENDPOINT_ALLOWLIST": loopback,
+        "MLOPS_REGISTRY_ENDPOINT_ALLOWLIST": loopback,  # the local MLflow server
     }
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -116,6 +151,24 @@ def _report(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> 
             )
             print(f"TrainingRun {doc['metadata']['name']}:")
             print(json.dumps({k: status.get(k) for k in fields}, indent=2), flush=True)
+        if doc["kind"] == "ModelVersion":
+            status = _get(plane, namespace, doc).get("status", {})
+            shown = ("phase", "metrics", "gates", "engine", "lineage", "registry")
+            print(f"ModelVersion {doc['metadata']['name']}:")
+            print(json.dumps({k: status.get(k) for k in shown}, indent=2), flush=True)
+
+
+def _print_registered(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        if doc["kind"] != "ModelVersion":
+            continue
+        registry = _get(plane, namespace, doc).get("status", {}).get("registry") or {}
+        if registry.get("version"):
+            aliases = ", ".join(registry.get("aliases") or []) or "none"
+            _say(
+                f"registered: {registry.get('provider')} model {registry.get('modelName')} version "
+                f"{registry['version']} (aliases: {aliases}) {registry.get('url') or ''}"
+            )
 
 
 def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool = False) -> int:
@@ -126,6 +179,7 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plane = ControlPlane(node_pools=(GpuNodePool(count=2, gpus_per_node=8),))
     s3 = LocalS3(port=SAMPLE_S3_PORT)
+    mlflow: LocalMlflow | None = None
     operator: subprocess.Popen[bytes] | None = None
     runner: LocalPodRunner | None = None
     try:
@@ -137,6 +191,12 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
         s3.start()
         s3.client().create_bucket(Bucket="mlops-demo")
         _write_demo_data(s3, plane.workdir)
+        s3.client().create_bucket(Bucket="mlflow-artifacts")
+        mlflow = LocalMlflow(
+            workdir=plane.workdir / "mlflow", s3_endpoint_url=s3.endpoint_url, port=SAMPLE_MLFLOW_PORT
+        )
+        _say(f"local MLflow server (the model registry) on {mlflow.tracking_uri}")
+        mlflow.start()
         plane.kubectl("create", "namespace", namespace)
         plane.kubectl(
             "create", "secret", "generic", "s3-credentials", "-n", namespace,
@@ -157,13 +217,18 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
             f"applying {len(docs)} sample objects to namespace {namespace}; the trainer trains for real (CPU)"
         )
         plane.kubectl_apply([{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in docs])
-        ok = _wait_done(plane, namespace, docs, timeout=600)
+        failed = _wait_stages(plane, namespace, docs, timeout=900)
         _report(plane, namespace, docs)
-        if not ok:
-            _say("the sample pipeline did not finish in time; the operator's log:")
+        if failed:
+            _say(f"the sample pipeline stopped short: {failed}")
+            _say("the operator's log ends with:")
             print(log.read_text()[-4000:])
             return 1
-        _say("done: the Dataset was validated and the TrainingRun trained; later stages say NotImplemented")
+        _print_registered(plane, namespace, docs)
+        _say(
+            "done: the Dataset was validated, the TrainingRun trained, the ModelVersion was compiled, "
+            "evaluated, gated and registered; the InferenceDeployment says NotImplemented"
+        )
         if keep:
             _say(f"kept running; in another shell: export KUBECONFIG={plane.kubeconfig}  (Ctrl-C stops)")
             while operator.poll() is None:
@@ -180,5 +245,7 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
                 operator.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 operator.kill()
+        if mlflow is not None:
+            mlflow.stop()
         s3.stop()
         plane.stop()

@@ -49,7 +49,9 @@ class LocalPodRunner:
     api: Any  # kubernetes.client.ApiClient
     namespace: str
     executables: Mapping[str, str]
-    label_selector: str = "mlops.dev/trainingrun"
+    # Every workload pod the operator makes (training, compile, evaluate); pods whose command is not in
+    # `executables` are left alone (kwok keeps them Running).
+    label_selector: str = "app.kubernetes.io/managed-by=mlops-operator"
     extra_env: Mapping[str, str] = field(default_factory=dict)
     poll_seconds: float = 0.5
     _running: dict[str, _Running] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class LocalPodRunner:
                 uid not in self._done
                 and pod.status.phase == "Running"
                 and EXIT_CODE_ANNOTATION not in annotations
+                and (pod.spec.containers[0].command or [""])[0] in self.executables
             ):
                 self._launch(pod)
         for uid in set(self._running) - seen:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ..api.v1alpha1 import KindInfo, kind_by_name
 from ..handlers import HANDLERS
 from ..handlers.base import (
+    ATTENTION_REASONS,
     ENGINE_REASONS,
     READY,
     Outcome,
@@ -242,4 +243,9 @@ class _ConflictError(Exception):
 
 
 def _is_problem(outcome: Outcome, type_: str, reason: str) -> bool:
-    return outcome.phase == "Failed" or type_ != READY or reason in ENGINE_REASONS
+    return (
+        outcome.phase in ("Failed", "Rejected")
+        or type_ != READY
+        or reason in ENGINE_REASONS
+        or reason in ATTENTION_REASONS
+    )

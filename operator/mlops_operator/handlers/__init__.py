@@ -27,9 +27,19 @@ class KindHandler:
     dependents: Dependents = _none
 
 
+def _all(*functions: Dependents) -> Dependents:
+    def dependents(cache: Cache, body: Mapping[str, Any]) -> Iterable[ObjectKey]:
+        for function in functions:
+            yield from function(cache, body)
+
+    return dependents
+
+
 HANDLERS: dict[str, KindHandler] = {
-    "Dataset": KindHandler(dataset.reconcile, trainingrun.waiting_on_dataset),
-    "TrainingRun": KindHandler(trainingrun.reconcile),
-    "ModelVersion": KindHandler(modelversion.reconcile),
+    "Dataset": KindHandler(
+        dataset.reconcile, _all(trainingrun.waiting_on_dataset, modelversion.waiting_on_dataset)
+    ),
+    "TrainingRun": KindHandler(trainingrun.reconcile, modelversion.waiting_on_training),
+    "ModelVersion": KindHandler(modelversion.reconcile, modelversion.sharing_a_model),
     "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
 }

@@ -24,6 +24,18 @@ READY = "Ready"
 # Ready reasons that only the engine sets, on an unexpected error; a handler restating its own Ready
 # replaces them once the error is gone.
 ENGINE_REASONS = frozenset({"ChildRejected", "Forbidden", "ApiError", "ReconcileError", "InvalidStatus"})
+# Ready=False reasons that need someone's attention (a Warning event) although the phase is not
+# Failed: the object waits on something broken outside it, or was refused.
+ATTENTION_REASONS = frozenset(
+    {
+        "GateFailed",
+        "RegistryUnavailable",
+        "RegistryRejected",
+        "SourceUnavailable",
+        "CredentialsUnavailable",
+        "EndpointNotAllowed",
+    }
+)
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 # Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
 # Secret references, never values) that retries are built from; masking it would change a retry.

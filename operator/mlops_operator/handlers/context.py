@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..engine.cache import Cache
+from ..integrations.registry import ModelRegistry, RegistryTarget, open_registry
 from ..integrations.s3 import Boto3ObjectStore, ObjectStore, S3Config
 from ..k8s.rawapi import RawApi
 from ..settings import OperatorConfig
@@ -24,6 +25,11 @@ class Clients:
 
     api: Any  # kubernetes.client.ApiClient
     object_store: Callable[[S3Config], ObjectStore] = Boto3ObjectStore
+    registry_factory: Callable[..., ModelRegistry] = open_registry
+
+    def registry(self, target: RegistryTarget, timeout_seconds: float) -> ModelRegistry:
+        """A client of the registry `target` names, with the tenant's credential it carries."""
+        return self.registry_factory(target, timeout_seconds=timeout_seconds)
 
     @property
     def core(self) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
 from .base import READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
+from .secrets import CredentialsUnavailableError, read_secret_values
 
 # While the source is unavailable, retry after half the time it has been failing, within these bounds:
 # quick after a blip, gentle on a long outage, with no retry counter to keep in status.
@@ -44,34 +44,14 @@ RETRY_MAX = timedelta(minutes=5)
 RETRIED_REASONS = frozenset({"SourceUnavailable", "EndpointNotAllowed"})
 
 
-class CredentialsUnavailableError(Exception):
-    pass
-
-
 def read_credentials(ctx: ReconcileContext, ref: CredentialsRef) -> S3Credentials:
     """Read the referenced Secret; its values stay in memory, never in status, events or logs."""
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-    try:
-        secret = ctx.require_clients().core.read_namespaced_secret(ref.name, ctx.namespace)
-    except ApiException as error:
-        if error.status == 404:
-            raise CredentialsUnavailableError(
-                f"Secret {ref.name} not found in namespace {ctx.namespace}"
-            ) from None
-        raise CredentialsUnavailableError(f"cannot read Secret {ref.name}: HTTP {error.status}") from None
-    data = secret.data or {}
-
-    def value(key: str) -> str:
-        if key not in data:
-            raise CredentialsUnavailableError(f"Secret {ref.name} has no key {key}")
-        decoded = base64.b64decode(data[key]).decode().strip()
-        if not decoded:  # an empty key must not become "no credentials" (the SDK's own identity)
-            raise CredentialsUnavailableError(f"Secret {ref.name} has an empty {key}")
-        return decoded
-
-    token = value(ref.session_token_key) if ref.session_token_key else None
-    return S3Credentials(value(ref.access_key_id_key), value(ref.secret_access_key_key), token)
+    keys = [ref.access_key_id_key, ref.secret_access_key_key]
+    if ref.session_token_key:
+        keys.append(ref.session_token_key)
+    values = read_secret_values(ctx, ref.name, keys)
+    token = values[ref.session_token_key] if ref.session_token_key else None
+    return S3Credentials(values[ref.access_key_id_key], values[ref.secret_access_key_key], token)
 
 
 def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:

@@ -101,6 +101,14 @@ class RawApi:
         path = custom_path(plural, namespace, name, "status")
         return self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
+    def patch_object(
+        self, plural: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch one of our objects (the operator only ever patches its own finalizer)."""
+        return self.request(
+            "PATCH", custom_path(plural, namespace, name), body=patch, content_type=MERGE_PATCH
+        )
+
     def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", resource_path(kind, namespace), body=manifest)
 

@@ -121,11 +121,11 @@ KINDS: tuple[KindInfo, ...] = (
             PrinterColumn("Target", ".spec.compile.target"),
             PrinterColumn("Accuracy", ".status.metrics.accuracy", "number", "Evaluated accuracy."),
             PrinterColumn("Registry Version", ".status.registry.version"),
+            READY,
+            AGE,
             PrinterColumn("Run", ".spec.source.trainingRunRef.name", priority=1),
             PrinterColumn("Stage", ".spec.stage", priority=1),
             PrinterColumn("P95 ms", ".status.metrics.latency_p95_ms", "number", priority=1),
-            READY,
-            AGE,
         ),
     ),
     KindInfo(

@@ -22,17 +22,21 @@ from .common import (
 )
 from .kubevalues import DNS_LABEL
 
-
-# MLflow and W&B alias rules together: a letter or digit first, then letters, digits, '-', '_', '.'.
+# MLflow and W&B alias rules together: letters, digits, '-' and '_' (MLflow refuses '.').
 # `latest`, `v<N>` and `uid-…` are the registries' or the operator's own (Registry's CEL rule).
-RegistryAlias = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+RegistryAlias = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")]
 RESERVED_ALIAS_CEL = (
-    "self.aliases.all(a, a != 'latest' && !a.matches('^[vV][0-9]+$') && !a.startsWith('uid-'))"
+    "!has(self.aliases) || self.aliases.all(a, !a.matches('^[lL][aA][tT][eE][sS][tT]$') "
+    "&& !a.matches('^[vV][0-9]+$') && !a.startsWith('uid-'))"
 )
 
 
 def _alias_reserved(alias: str) -> bool:
-    return alias == "latest" or re.fullmatch(r"[vV][0-9]+", alias) is not None or alias.startswith("uid-")
+    return (
+        alias.lower() == "latest"
+        or re.fullmatch(r"[vV][0-9]+", alias) is not None
+        or alias.startswith("uid-")
+    )
 
 
 class ModelSource(ApiModel):
@@ -308,6 +312,11 @@ class RegistryStatus(ApiModel):
     url: str | None = Field(default=None, description="Link to the version.")
     model_name: str | None = Field(default=None, description="Registered model or collection.")
     aliases: list[str] = Field(default_factory=list, description="Aliases pointing at it.")
+    applied_aliases: list[str] = Field(
+        default_factory=list,
+        description="The aliases the operator put on this version (the spec's aliases and stage).",
+    )
+    archived: bool | None = Field(default=None, description="Whether the version is marked archived.")
     promoted_generation: int | None = Field(
         default=None, description="The generation whose stage and aliases were last applied."
     )
@@ -358,6 +367,9 @@ class ModelVersionStatus(StatusBase):
     )
     attempt: int | None = Field(default=None, description="Attempt of the current compile or evaluate Job.")
     job_name: str | None = Field(default=None, description="The Job of the current stage.")
+    next_attempt_time: str | None = Field(
+        default=None, description="When the next attempt starts, while waiting out the retry backoff."
+    )
     compile_start_time: str | None = Field(default=None, description="When compile started.")
     compile_seconds: float | None = Field(default=None, description="How long compile took.")
     evaluation_seconds: float | None = Field(default=None, description="How long evaluation took.")
