@@ -43,7 +43,13 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "trainingrun-failed": ("Degraded", "InvalidConfig: "),
     "trainingrun-spec-changed": ("Degraded", "ImmutableAfterStart: the spec changed after the run started"),
     "modelversion-no-status": ("Progressing", "waiting for the operator to reconcile this ModelVersion"),
-    "modelversion-not-implemented": ("Degraded", "NotImplemented: the ModelVersion controller"),
+    "modelversion-training-run-not-found": (
+        "Missing",
+        "TrainingRunNotFound: TrainingRun digits-cnn-r1 does not exist",
+    ),
+    "modelversion-waiting-for-training": ("Progressing", "WaitingForTraining: TrainingRun run is Running"),
+    "modelversion-compiling": ("Progressing", "Compiling: "),
+    "modelversion-training-failed": ("Degraded", "TrainingFailed: TrainingRun bad failed"),
     "inferencedeployment-no-status": (
         "Progressing",
         "waiting for the operator to reconcile this InferenceDeployment",

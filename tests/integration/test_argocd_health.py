@@ -130,8 +130,8 @@ def test_every_phase_has_the_health_argocd_should_show(
             "dataset-contract-violated", objects.wait_reason("Dataset", "strict", "ContractViolated")
         )
         objects.check(
-            "modelversion-not-implemented",
-            objects.wait_reason("ModelVersion", "digits-cnn-v1", "NotImplemented"),
+            "modelversion-training-run-not-found",
+            objects.wait_reason("ModelVersion", "digits-cnn-v1", "TrainingRunNotFound"),
         )
         objects.check(
             "inferencedeployment-not-implemented",
@@ -154,12 +154,30 @@ def test_every_phase_has_the_health_argocd_should_show(
                 lambda name=name: _running_pod(core, namespace, f"{name}-a1"), f"the pod of {name}", 60
             )
         objects.check("trainingrun-running", objects.get("TrainingRun", "run"))
+        for name, run in (("after-run", "run"), ("after-bad", "bad")):
+            mv = load(SAMPLES / "03-modelversion.yaml")
+            mv["metadata"]["name"] = name
+            mv["spec"]["source"] = {"trainingRunRef": {"name": run}}
+            objects.create(mv)
+        objects.check(
+            "modelversion-waiting-for-training",
+            objects.wait(
+                "ModelVersion",
+                "after-run",
+                lambda o: "is Running" in _ready(o, "Ready").get("message", ""),
+                "ModelVersion after-run: waiting for a Running TrainingRun",
+            ),
+        )
 
         finish_pod(core, namespace, pods["run"], exit_code=0, message=SUCCESS)
         objects.check("trainingrun-succeeded", objects.wait_reason("TrainingRun", "run", "Succeeded"))
+        objects.check("modelversion-compiling", objects.wait_reason("ModelVersion", "after-run", "Compiling"))
         failure = _summary(status="Failed", exitCode=78, reason="InvalidConfig", message="unknown model")
         finish_pod(core, namespace, pods["bad"], exit_code=78, message=failure)
         objects.check("trainingrun-failed", objects.wait_reason("TrainingRun", "bad", "InvalidConfig"))
+        objects.check(
+            "modelversion-training-failed", objects.wait_reason("ModelVersion", "after-bad", "TrainingFailed")
+        )
         evict_pod(core, namespace, pods["retry"])
         objects.check(
             "trainingrun-backoff", objects.wait_reason("TrainingRun", "retry", "BackoffBeforeRetry")

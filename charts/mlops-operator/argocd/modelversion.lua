@@ -3,9 +3,8 @@
 -- { status = Healthy | Progressing | Degraded | Suspended | Missing, message = ... }.
 -- Installed as argocd-cm key resource.customizations.health.mlops.dev_ModelVersion (see README.md here).
 
--- What each phase means to Argo CD. This operator version reports every ModelVersion as Pending
--- with Ready=False NotImplemented (Degraded below: it will not progress); the other phases are the
--- API's (ModelVersionStatus.phase), ready for the controller.
+-- What each phase means to Argo CD (ModelVersionStatus.phase). Pending covers waiting for a Dataset
+-- and a source that is not there yet (retried); Rejected is a failed acceptance gate.
 local PHASES = {
   Pending = "Progressing",
   WaitingForTraining = "Progressing",
@@ -20,6 +19,10 @@ local PHASES = {
 local REASONS = {
   -- The TrainingRun it promotes does not exist (the reason TrainingRun uses for its Dataset).
   TrainingRunNotFound = "Missing",
+  -- The registry or the model source cannot be reached: retried, but someone should look.
+  RegistryUnavailable = "Degraded",
+  RegistryRejected = "Degraded",
+  SourceUnavailable = "Degraded",
 }
 
 -- ---- common to the four kinds' checks from here on (identical in each file; a unit test compares) --
