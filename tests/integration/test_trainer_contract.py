@@ -1,10 +1,12 @@
-"""The operator and the real trainer agree: `mlops-trainer train` (CPU, tiny epochs) runs as the Job's
-workload through the local pod runner, and the operator reads its real result from the termination
-message. Nothing about the contract is assumed: the env the operator builds is what the trainer reads.
+"""The operator and the real trainer agree: `mlops-trainer train` (CPU, tiny epochs), then `compile`
+and `evaluate` run as the Jobs' workloads through the local pod runner, the operator reads their
+real results from the termination messages, and registers the version in a real MLflow server.
+Nothing about the contract is assumed: the env the operator builds is what the trainer reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,10 +16,19 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from mlflow import MlflowClient
 
+from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.runner import LocalPodRunner
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
-from tests.integration.conftest import OperatorProcess, create_s3_secret
+from mlops_operator.dev.s3 import (
+    DEV_ACCESS_KEY_ID,
+    DEV_REGION,
+    DEV_SECRET_ACCESS_KEY,
+    LOOPBACK_ENDPOINTS,
+    LocalS3,
+)
+from tests.integration.conftest import create_s3_secret, start_operator
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -41,9 +52,10 @@ def _s3_env(s3: LocalS3) -> dict[str, str]:
     }
 
 
-def test_real_trainer_runs_as_the_workload_and_its_result_reaches_status(
+def test_real_trainer_trains_compiles_and_evaluates_and_the_version_is_registered(
     trainer: Path,
-    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    mlflow_server: LocalMlflow,
     s3: LocalS3,
     api: client.ApiClient,
     core: client.CoreV1Api,
@@ -90,18 +102,50 @@ def test_real_trainer_runs_as_the_workload_and_its_result_reaches_status(
             "tracking": {"wandb": {"project": "digits", "mode": "offline"}},
         },
     }
+    operator = start_operator(
+        control_plane,
+        namespace,
+        tmp_path / "operator.log",
+        {"MLOPS_REGISTRY_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS)},
+    )
     runner = LocalPodRunner(api, namespace, executables={"mlops-trainer": str(trainer)})
     runner.start()
     try:
         custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", run)
-
-        def finished() -> dict[str, Any] | None:
-            obj = custom.get_namespaced_custom_object(G, V, namespace, "trainingruns", "digits-real")
-            return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-        obj = wait_for(finished, "the real training to finish", 300, interval=1)
+        obj = _wait_settled(custom, namespace, "trainingruns", "digits-real", ("Succeeded", "Failed"), 300)
+        _check_training(obj, s3, custom, namespace, bucket)
+        model = f"digits-{uuid.uuid4().hex[:8]}"
+        custom.create_namespaced_custom_object(
+            G, V, namespace, "modelversions", _modelversion(model, mlflow_server)
+        )
+        mv = _wait_settled(
+            custom, namespace, "modelversions", "digits-v1", ("Ready", "Rejected", "Failed"), 300
+        )
+        requests = _registry_requests(operator.metrics())
     finally:
         runner.stop()
+        operator.stop()
+    _check_modelversion(mv, obj, requests, model, mlflow_server, s3, custom, namespace, bucket)
+
+
+def _wait_settled(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    plural: str,
+    name: str,
+    phases: tuple[str, ...],
+    timeout: float,
+) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(G, V, namespace, plural, name)
+        return obj if obj.get("status", {}).get("phase") in phases else None
+
+    return wait_for(settled, f"{plural}/{name} to reach one of {phases}", timeout, interval=1)  # type: ignore[no-any-return]
+
+
+def _check_training(
+    obj: dict[str, Any], s3: LocalS3, custom: client.CustomObjectsApi, namespace: str, bucket: str
+) -> None:
     status = obj["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     # Real numbers from a real training, read from the trainer's termination message.
@@ -124,3 +168,97 @@ def test_real_trainer_runs_as_the_workload_and_its_result_reaches_status(
     )
     # Lineage travels into the artifact too: the trained model names the data it saw.
     assert metadata["dataset"]["fingerprint"] == dataset_status["fingerprint"]
+
+
+def _modelversion(model: str, mlflow: LocalMlflow) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelVersion",
+        "metadata": {"name": "digits-v1"},
+        "spec": {
+            "modelName": "digits-cnn",
+            "source": {"trainingRunRef": {"name": "digits-real"}},
+            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 32},
+            "evaluation": {"split": "test", "batchSize": 32, "latencyBatches": 50},
+            "gates": {
+                "metrics": [{"name": "accuracy", "op": ">=", "threshold": 0.8}],
+                "maxLatencyP95Ms": 500,
+                "maxSizeMB": 10,
+            },
+            "registry": {
+                "provider": "mlflow",
+                "project": "digits",
+                "trackingURI": mlflow.tracking_uri,
+                "collection": model,
+                "aliases": ["candidate"],
+            },
+        },
+    }
+
+
+def _registry_requests(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("mlops_registry_requests_total{")
+    )
+
+
+def _check_modelversion(
+    mv: dict[str, Any],
+    run: dict[str, Any],
+    registry_requests: float,
+    model: str,
+    mlflow: LocalMlflow,
+    s3: LocalS3,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    bucket: str,
+) -> None:
+    status = mv["status"]
+    assert status["phase"] == "Ready", json.dumps(status, indent=1)
+    # Real evaluation of the really compiled model on the held-out split.
+    metrics = status["metrics"]
+    assert metrics["accuracy"] >= 0.8
+    assert 0 < metrics["latency_p50_ms"] <= metrics["latency_p95_ms"] <= metrics["latency_p99_ms"]
+    assert metrics["size_bytes"] > 1000
+    assert all(g["passed"] for g in status["gates"])
+    assert [g["name"] for g in status["gates"]] == ["accuracy", "maxLatencyP95Ms", "maxSizeMB"]
+    engine = status["engine"]
+    assert engine["format"] == "onnx"
+    assert engine["runtime"].startswith("onnxruntime")
+    assert engine["uri"] == status["pinned"]["engineURI"] + "model.onnx"
+    engine_key = engine["uri"].removeprefix(f"s3://{bucket}/")
+    assert s3.client().head_object(Bucket=bucket, Key=engine_key)["ContentLength"] == engine["sizeBytes"]
+    assert status["compileSeconds"] > 0
+    assert status["evaluationSeconds"] > 0
+    print(
+        f"compile {status['compileSeconds']}s, evaluate {status['evaluationSeconds']}s, "
+        f"registry requests {registry_requests:.0f}"
+    )
+    # Lineage, in status and as tags of the registry version.
+    dataset = custom.get_namespaced_custom_object(G, V, namespace, "datasets", "digits")
+    hyperparameters = run["spec"]["hyperparameters"]
+    expected = {
+        "trainingRun": "digits-real",
+        "trainingRunUID": run["metadata"]["uid"],
+        "dataset": "digits",
+        "datasetFingerprint": dataset["status"]["fingerprint"],
+        "trainerImage": run["status"]["pinned"]["image"],
+        "hyperparametersSha256": hashlib.sha256(
+            json.dumps(hyperparameters, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest(),
+        "sourceURI": run["status"]["modelURI"],
+    }
+    assert status["lineage"] == expected
+    version = MlflowClient(mlflow.tracking_uri).get_model_version(model, status["registry"]["version"])
+    assert version.tags["mlops.dev/uid"] == mv["metadata"]["uid"]
+    assert version.tags["mlops.dev/trainingrun"] == "digits-real"
+    assert version.tags["mlops.dev/dataset-fingerprint"] == dataset["status"]["fingerprint"]
+    assert version.tags["mlops.dev/hyperparameters-sha256"] == expected["hyperparametersSha256"]
+    assert version.tags["mlops.dev/trainer-image"] == expected["trainerImage"]
+    assert version.source == engine["uri"]
+    assert sorted(version.aliases) == ["candidate", "staging"]
+    # A new registered model: search, create version (not found), create model, create version; then
+    # the aliases: get, two sets, get. Anything beyond that would be a retry or a second registration.
+    assert registry_requests == 8

@@ -809,9 +809,13 @@ def _register(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: Condition
     assert spec.registry is not None
     status = ctx.status
     engine = status.get("engine") or {}
+    if FINALIZER not in (ctx.body["metadata"].get("finalizers") or []):
+        # First the finalizer, in a reconcile of its own: the patch changes the resourceVersion the
+        # status write of this reconcile would be conditioned on. Its watch event brings us back.
+        _ensure_finalizer(ctx)
+        return Unchanged(requeue_after=1.0)
     try:
         registry = _open_registry(spec, ctx)
-        _ensure_finalizer(ctx)
         registered = registry.register(
             VersionRequest(
                 uid=ctx.uid,

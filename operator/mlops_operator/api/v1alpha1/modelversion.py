@@ -261,7 +261,7 @@ class Lineage(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
     training_run: str | None = Field(default=None, description="TrainingRun that produced the model.")
-    training_run_uid: str | None = Field(default=None, description="Its UID.")
+    training_run_uid: str | None = Field(default=None, alias="trainingRunUID", description="Its UID.")
     dataset: str | None = Field(default=None, description="Dataset it was trained on.")
     dataset_fingerprint: str | None = Field(default=None, description="Fingerprint of that data.")
     trainer_image: str | None = Field(default=None, description="Trainer image that trained it.")
