@@ -33,7 +33,35 @@ print(f"onnx parity (GPU-trained model vs PyTorch fp32): max abs diff {r['onnxPa
 PY
 trainer compile --model-uri "$work/model" --output-uri "$work/engine" --target onnx --max-batch-size 64
 trainer evaluate --engine-uri "$work/engine" --dataset-uri "$work/data"
-"$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('evaluate:', r['evaluation']['runtime'], r['metrics'])" \
-  "$work/result.json"
+"$PY" - "$work/result.json" <<'PY'
+import json, sys
+import onnxruntime as ort
+r = json.load(open(sys.argv[1]))
+print("evaluate:", r["evaluation"]["runtime"], r["metrics"])
+# The ModelVersion evaluate Job on a GPU node: with onnxruntime-gpu it must run on CUDA, not fall back.
+if "CUDAExecutionProvider" in ort.get_available_providers():
+    assert "CUDAExecutionProvider" in r["evaluation"]["runtime"], r["evaluation"]
+    print("evaluate ran on CUDA (onnxruntime-gpu)")
+else:
+    print("onnxruntime has no CUDA provider here (drop an onnxruntime-gpu wheel into .whl/ to check it)")
+PY
+# target tensorrt: the engine build where TensorRT is installed; elsewhere the trainer must say so
+# (exit code and reason), which is what the operator turns into the ModelVersion's condition.
+set +e
+trainer compile --model-uri "$work/model" --output-uri "$work/engine-trt" --target tensorrt --precision fp16 \
+  --max-batch-size 64
+code=$?
+set -e
+"$PY" - "$work/result.json" "$code" <<'PY'
+import json, sys
+r, code = json.load(open(sys.argv[1])), int(sys.argv[2])
+if code == 0:
+    e = r["engine"]
+    print(f"tensorrt engine: TensorRT {e['tensorrtVersion']} on {e['gpu']} (sm {e['computeCapability']}), "
+          f"{e['sizeBytes']} bytes")
+else:
+    assert r["reason"] == "TensorRTUnavailable", r
+    print(f"tensorrt compile: {r['reason']} (exit {code}): {r['message'][:160]}")
+PY
 "$PY" bench/trainer_throughput.py --device cuda --epochs 10 --repeats 3
 rm -rf "$work"
