@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (from Go modules) and cache the binaries the mlops-operator test/dev
 # harness needs: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, promtool, prometheus -- plus the Argo Rollouts CRDs and kwok stage YAMLs.
+# kubectl, etcd, kwok, helm, promtool, prometheus, rollouts-controller -- plus the Argo Rollouts CRDs
+# and kwok stage YAMLs.
 #
 # Nothing is downloaded from GitHub releases: every tool is compiled from its Go
 # module (fetched through GOPROXY) inside a small generated wrapper module, one
@@ -26,7 +27,7 @@
 #   bin/kwok-<v>/{kwok,kwok-stages/{node,pod}/...}
 #   bin/helm-<v>/helm
 #   bin/prometheus-<v>/{promtool,prometheus}
-#   bin/argo-rollouts-<v>/argo-rollouts-crds/*.yaml
+#   bin/argo-rollouts-<v>/{rollouts-controller,argo-rollouts-crds/*.yaml}
 #   bin/current/   symlinks to all of the above + versions.env
 #   bin/env.sh     exports MLOPS_BIN_DIR, MLOPS_KWOK_STAGES_DIR, ... and PATH
 #   build/<tool>-<v>/  generated wrapper modules (go.mod/go.sum), safe to delete
@@ -68,7 +69,7 @@ done
 
 # Binaries expected in current/ (entries that must exist for the cache to count as complete).
 CURRENT_ENTRIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm
-                 promtool prometheus kwok-stages argo-rollouts-crds versions.env)
+                 promtool prometheus rollouts-controller kwok-stages argo-rollouts-crds versions.env)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -123,6 +124,14 @@ go_line() {
   printf '%s\n%s\n' "${v}" 1.24 | sort -V | tail -n1
 }
 
+# replace directives (single line or block) of a go.mod, copied verbatim except those that point at a
+# local directory (they name paths inside the upstream checkout, which a wrapper module does not have).
+replace_lines() {
+  awk '/^replace \(/{b=1; print; next}
+       b{if ($0 ~ /^\)/) {b=0; print; next} if ($0 !~ /=>[[:space:]]*[.]*\//) print; next}
+       /^replace / && $0 !~ /=>[[:space:]]*[.]*\//{print}' "$1"
+}
+
 # godebug lines (single line or block) of a go.mod, copied verbatim.
 godebug_lines() {
   awk '/^godebug \(/{b=1} b{print; if ($0 ~ /^\)/) b=0; next} /^godebug /{print}' "$1"
@@ -167,7 +176,10 @@ build_wrapper() {
     printf '%s\n' "${EXTRA_GOMOD}"
   } >"${wdir}/go.mod"
   log "  ${name}: resolving dependencies (go mod tidy)"
-  (cd "${wdir}" && go mod tidy) || return 1
+  # Quiet unless it fails: a cold module cache prints a "go: downloading" line per module (hundreds).
+  if ! (cd "${wdir}" && go mod tidy >"${wdir}/tidy.log" 2>&1); then
+    tail -n 30 "${wdir}/tidy.log" >&2; return 1
+  fi
   log "  ${name}: compiling ${pkgs[*]} (-p ${BUILD_JOBS})"
   mkdir -p "$(dirname "${out}x")"
   (cd "${wdir}" && go build "${GO_BUILD_FLAGS[@]}" -ldflags "${ldflags}" -o "${out}" "${pkgs[@]}") || return 1
@@ -372,25 +384,40 @@ else
   note prometheus "${PROMETHEUS_VERSION}" "built in $(elapsed "${t0}")"
 fi
 
-# ----------------------------------------------------- argo rollouts CRDs ---
+# ---------------------------------------------------------- argo rollouts ---
+# rollouts-controller (cmd/rollouts-controller; the controller needs no UI assets) and the CRDs from
+# the same module.  The wrapper copies upstream's replace block: without it `go mod tidy` fails on the
+# k8s.io/kubelet@v0.0.0 its dependencies require.
 ARGO_DIR="${BIN_ROOT}/argo-rollouts-${ARGO_ROLLOUTS_VERSION}"
-argo_ok() { [[ -f "${ARGO_DIR}/argo-rollouts-crds/rollout-crd.yaml" ]]; }
+argo_ok() {
+  [[ -x "${ARGO_DIR}/rollouts-controller" && -f "${ARGO_DIR}/argo-rollouts-crds/rollout-crd.yaml" ]] \
+    && version_ok "${ARGO_ROLLOUTS_VERSION}" "${ARGO_DIR}/rollouts-controller" --version
+}
 if [[ "${FORCE}" == 0 ]] && argo_ok; then
-  note argo-rollouts-crds "${ARGO_ROLLOUTS_VERSION}" cached
+  note argo-rollouts "${ARGO_ROLLOUTS_VERSION}" cached
 else
-  [[ "${MODE}" == check ]] && die "argo-rollouts CRDs ${ARGO_ROLLOUTS_VERSION} not extracted"
-  t0="$(now)"; log "extracting argo-rollouts ${ARGO_ROLLOUTS_VERSION} CRDs"
+  [[ "${MODE}" == check ]] && die "argo-rollouts ${ARGO_ROLLOUTS_VERSION} (rollouts-controller, CRDs) not built"
+  t0="$(now)"; log "building argo-rollouts ${ARGO_ROLLOUTS_VERSION} (rollouts-controller) and extracting its CRDs"
   src="$(mod_field "github.com/argoproj/argo-rollouts@${ARGO_ROLLOUTS_VERSION}" Dir)" \
     || die "cannot download github.com/argoproj/argo-rollouts@${ARGO_ROLLOUTS_VERSION}"
+  argo_gomod="$(mod_field "github.com/argoproj/argo-rollouts@${ARGO_ROLLOUTS_VERSION}" GoMod)"
   tmp="$(tmpdir_for "argo-rollouts-${ARGO_ROLLOUTS_VERSION}")"
+  EXTRA_GOMOD="$(replace_lines "${argo_gomod}")"
+  # utils/version.version is the release without its leading "v" (the binary prints v<version>+unknown).
+  build_wrapper "argo-rollouts-${ARGO_ROLLOUTS_VERSION}" github.com/argoproj/argo-rollouts \
+    "${ARGO_ROLLOUTS_VERSION}" "${tmp}/rollouts-controller" \
+    "-s -w -X github.com/argoproj/argo-rollouts/utils/version.version=${ARGO_ROLLOUTS_VERSION#v}" \
+    github.com/argoproj/argo-rollouts/cmd/rollouts-controller || { EXTRA_GOMOD=""; die "rollouts-controller build failed"; }
+  EXTRA_GOMOD=""
   mkdir -p "${tmp}/argo-rollouts-crds"
   for f in "${src}"/manifests/crds/*.yaml; do
     [[ "$(basename "${f}")" == kustomization.yaml ]] && continue
     install -m 0644 "${f}" "${tmp}/argo-rollouts-crds/"
   done
   install_dir "${tmp}" "${ARGO_DIR}"
-  argo_ok || die "argo-rollouts CRDs missing rollout-crd.yaml"
-  note argo-rollouts-crds "${ARGO_ROLLOUTS_VERSION}" "extracted in $(elapsed "${t0}")"
+  argo_ok || die "argo-rollouts ${ARGO_ROLLOUTS_VERSION}: rollouts-controller fails its --version check or CRDs missing"
+  log "built argo-rollouts ${ARGO_ROLLOUTS_VERSION} in $(elapsed "${t0}")"
+  note argo-rollouts "${ARGO_ROLLOUTS_VERSION}" "built in $(elapsed "${t0}")"
 fi
 
 # ----------------------------------------------------------------- current ---
@@ -404,6 +431,7 @@ link "../helm-${HELM_VERSION}/helm" helm
 link "../prometheus-${PROMETHEUS_VERSION}/promtool" promtool
 link "../prometheus-${PROMETHEUS_VERSION}/prometheus" prometheus
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/argo-rollouts-crds" argo-rollouts-crds
+link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/rollouts-controller" rollouts-controller
 
 versions="K8S_VERSION=${K8S_VERSION}
 ETCD_VERSION=${ETCD_VERSION}
