@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from ..api.v1alpha1 import GROUP, VERSION, DatasetSpec, ModelVersionSpec
+from ..api.v1alpha1 import DatasetSpec, ModelVersionSpec
 from ..builders.modelversion import (
     Stage,
     StageInputs,
@@ -35,7 +33,7 @@ from ..builders.modelversion import (
     job_name,
 )
 from ..builders.training import backoff_seconds
-from ..engine.cache import Cache, ObjectKey, controller_uid
+from ..engine.cache import Cache, ObjectKey
 from ..integrations.endpoints import EndpointNotAllowedError, require_allowed
 from ..integrations.registry import (
     ModelRegistry,
@@ -48,13 +46,13 @@ from ..integrations.registry import (
 from ..integrations.s3 import S3Config, S3UnavailableError, split_object_uri
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
-from ..k8s.rawapi import resource_path
 from ..metrics import MODELVERSION_COMPILE_SECONDS, MODELVERSION_GATE_FAILURES, MODELVERSION_REGISTRATIONS
 from ..observation.training import PERMANENT_START_FAILURES, Observation, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
 from .dataset import read_credentials
+from .reads import read_object, read_through_job
 from .secrets import CredentialsUnavailableError, read_secret_values
 
 PLURAL = "modelversions"
@@ -174,25 +172,8 @@ class Source:
     calibration_uri: str | None = None
 
 
-def _read(ctx: ReconcileContext, kind: str, plural: str, name: str) -> Mapping[str, Any] | None:
-    cached = ctx.cache.get(kind, ctx.namespace, name)
-    if cached is not None:
-        return cached
-    # Not delivered by the watch (yet): read through once, so a restart never reports an object that
-    # exists as missing.
-    try:
-        obj: Mapping[str, Any] = ctx.require_clients().custom.get_namespaced_custom_object(
-            GROUP, VERSION, ctx.namespace, plural, name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return obj
-
-
 def _ready_dataset(ctx: ReconcileContext, name: str, purpose: str) -> Mapping[str, Any] | Outcome:
-    dataset = _read(ctx, "Dataset", "datasets", name)
+    dataset = read_object(ctx, "Dataset", "datasets", name)
     if dataset is None:
         return Outcome(
             "Pending",
@@ -215,7 +196,7 @@ def _hash_of(value: Any) -> str:
 
 
 def _from_training(spec: ModelVersionSpec, ctx: ReconcileContext, name: str) -> Source | Outcome:
-    run = _read(ctx, "TrainingRun", "trainingruns", name)
+    run = read_object(ctx, "TrainingRun", "trainingruns", name)
     if run is None:
         return Outcome(
             "WaitingForTraining",
@@ -423,18 +404,7 @@ def _start_compile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
 
 def _stage_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
     job = next((j for j in ctx.cache.owned("Job", ctx.uid) if j["metadata"]["name"] == name), None)
-    if job is not None:
-        return job
-    try:
-        obj = ctx.require_clients().raw.request("GET", resource_path("Job", ctx.namespace, name))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    if controller_uid(obj) != ctx.uid:
-        return None  # same name, not ours
-    ctx.cache.upsert("Job", obj)
-    return obj
+    return job if job is not None else read_through_job(ctx, name)
 
 
 def _gfd_product(gpu_name: str | None) -> str | None:

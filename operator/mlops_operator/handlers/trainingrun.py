@@ -18,9 +18,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from ..api.v1alpha1 import GROUP, VERSION, DatasetSpec, TrainingRunSpec
+from ..api.v1alpha1 import DatasetSpec, TrainingRunSpec
 from ..builders.training import (
     TrainingInputs,
     backoff_seconds,
@@ -30,15 +28,15 @@ from ..builders.training import (
     service_name,
     spec_hash,
 )
-from ..engine.cache import Cache, ObjectKey, controller_uid
+from ..engine.cache import Cache, ObjectKey
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
-from ..k8s.rawapi import resource_path
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
 from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
+from .reads import read_object, read_through_job
 
 FINISHED = ("Succeeded", "Failed")
 SPEC_ACCEPTED = "SpecAccepted"
@@ -70,20 +68,7 @@ def waiting_on_dataset(cache: Cache, dataset: Mapping[str, Any]) -> Iterable[Obj
 
 
 def _read_dataset(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
-    cached = ctx.cache.get("Dataset", ctx.namespace, name)
-    if cached is not None:
-        return cached
-    # Not delivered by the watch (yet): read through once, so a restart never reports a Dataset
-    # that exists as missing.
-    try:
-        obj: Mapping[str, Any] = ctx.require_clients().custom.get_namespaced_custom_object(
-            GROUP, VERSION, ctx.namespace, "datasets", name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return obj
+    return read_object(ctx, "Dataset", "datasets", name)
 
 
 def _dataset_gate(
@@ -188,20 +173,6 @@ def _jobs(ctx: ReconcileContext) -> list[Mapping[str, Any]]:
 
 def _pods(ctx: ReconcileContext, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return ctx.cache.owned("Pod", str(job["metadata"]["uid"]))
-
-
-def _read_through_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
-    """A Job the status says was made but the cache lacks (a watch event still on its way)."""
-    try:
-        obj = ctx.require_clients().raw.request("GET", resource_path("Job", ctx.namespace, name))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    if controller_uid(obj) != ctx.uid:
-        return None  # same name, not ours
-    ctx.cache.upsert("Job", obj)
-    return obj
 
 
 def _start_attempt(ctx: ReconcileContext, inputs: TrainingInputs) -> None:
@@ -310,7 +281,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     jobs = _jobs(ctx)
     job = next((j for j in jobs if j["metadata"]["name"] == name), None)
     if job is None and status.get("attemptStartTime") and not status.get("nextAttemptTime"):
-        job = _read_through_job(ctx, name)
+        job = read_through_job(ctx, name)
     live = job is not None and not job["metadata"].get("deletionTimestamp")
     seen = observe(job, _pods(ctx, job) if job is not None else [])
     if live and seen.state == "Succeeded":
