@@ -11,12 +11,16 @@ TRAINER_STAMP := $(TRAINER_VENV)/.installed
 MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 MLFLOW_VERSION := 3.17.2
+# The real tritonserver of tests and `make dev` (bundled in nvidia-pytriton, python backend only) and the
+# onnxruntime its python-backend models run on: numpy must stay < 2 there, so it has a venv of its own.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
 # What the operator and the workloads agree on (stdlib only): installed, editable, into both venvs.
 CONTRACT := contract
 LINTED := operator tests trainer-image bench $(CONTRACT)
 
-.PHONY: install trainer mlflow tools crds lint format typecheck unit test dev clean
+.PHONY: install trainer mlflow triton tools crds lint format typecheck unit test dev clean
 
 ## install: create .venv and install the operator with its dev/test extras
 install: $(STAMP)
@@ -44,6 +48,17 @@ $(MLFLOW_STAMP): Makefile
 	$(MLFLOW_VENV)/bin/python -m pip install -q --upgrade pip
 	$(MLFLOW_VENV)/bin/python -m pip install -q 'mlflow[auth]==$(MLFLOW_VERSION)' boto3
 	touch $(MLFLOW_STAMP)
+
+## triton: tritonserver's own venv (nvidia-pytriton 0.7.0 = tritonserver 2.51, onnxruntime, tritonclient)
+triton: $(TRITON_STAMP)
+
+$(TRITON_STAMP): Makefile hack/triton-setup.sh
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'numpy>=1.26,<2' \
+		'onnxruntime==1.32.0' 'tritonclient[http,grpc]==2.73.0'
+	hack/triton-setup.sh $(TRITON_VENV) >/dev/null
+	touch $(TRITON_STAMP)
 
 ## tools: build (once, then cached) the Go control plane: kube-apiserver, etcd, kwok, helm ...
 tools:
@@ -73,13 +88,13 @@ unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 ## test: lint, typecheck, then the operator's unit and integration tests and the trainer's tests
-test: lint typecheck tools trainer mlflow
+test: lint typecheck tools trainer mlflow triton
 	$(BIN)/python -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
 	$(TRAINER_VENV)/bin/python -m pytest tests/trainer $(PYTEST_ARGS)
 
 ## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)
-dev: install tools trainer mlflow
+dev: install tools trainer mlflow triton
 	$(BIN)/mlopsctl dev $(DEV_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TRAINER_VENV) $(MLFLOW_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRAINER_VENV) $(MLFLOW_VENV) $(TRITON_VENV) .mypy_cache .ruff_cache .pytest_cache
