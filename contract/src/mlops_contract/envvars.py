@@ -51,6 +51,10 @@ EVAL_BATCH_SIZE = "MLOPS_EVAL_BATCH_SIZE"
 EVAL_WARMUP_BATCHES = "MLOPS_EVAL_WARMUP_BATCHES"
 EVAL_LATENCY_BATCHES = "MLOPS_EVAL_LATENCY_BATCHES"
 
+# `fetch-model-repository` (a serving pod's init container).
+REPOSITORY_URI = "MLOPS_REPOSITORY_URI"  # the content-addressed prefix holding repository.json
+REPOSITORY_DIR = "MLOPS_REPOSITORY_DIR"  # the local folder tritonserver loads (--model-repository)
+
 # S3: boto3's own names (the workload's client reads them through boto3 and the fallbacks below).
 AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"
 AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
