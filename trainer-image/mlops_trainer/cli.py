@@ -1,4 +1,4 @@
-"""`mlops-trainer train|compile|evaluate|validate-data|write-demo-data`.
+"""`mlops-trainer train|compile|evaluate|validate-data|write-demo-data|fetch-model-repository`.
 
 Each flag has an environment variable (named in its help); the flag wins. Every command ends by
 writing the JSON result summary to the termination-message path and exiting with a code from
@@ -153,6 +153,12 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate(settings)
 
 
+def _fetch_model_repository(args: argparse.Namespace) -> dict[str, Any]:
+    from .model_repository import fetch_model_repository  # noqa: PLC0415
+
+    return fetch_model_repository(args.repository_uri, args.repository_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops-trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlops-trainer {__version__}")
@@ -236,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(evaluate, "--batch-size", envvars.EVAL_BATCH_SIZE, "batch size (the engine's max)")
     _flag(evaluate, "--warmup-batches", envvars.EVAL_WARMUP_BATCHES, "untimed warm-up batches (10)")
     _flag(evaluate, "--latency-batches", envvars.EVAL_LATENCY_BATCHES, "timed batches (100)")
+
+    fetch = command(
+        "fetch-model-repository",
+        _fetch_model_repository,
+        "materialize a Triton model repository (repository.json + engine) in a local folder, checking sha256",
+    )
+    _flag(
+        fetch, "--repository-uri", envvars.REPOSITORY_URI, "the repository's prefix (holds repository.json)"
+    )
+    _flag(fetch, "--repository-dir", envvars.REPOSITORY_DIR, "local folder tritonserver loads")
     return parser
 
 
