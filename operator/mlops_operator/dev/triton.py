@@ -91,6 +91,9 @@ def tritonserver_command(
         f"--metrics-address={host}",
         # No GPU here: skip the DCGM probe (and its log noise) for GPU metrics.
         "--allow-gpu-metrics=false",
+        # On SIGTERM tritonserver waits for open client connections (30 s by default), which a test's
+        # idle keep-alive clients hold: a local server stops within seconds.
+        "--exit-timeout-secs=3",
         # Several local servers share this machine's /dev/shm: the python backend's shared-memory
         # regions must not collide (each pod has its own /dev/shm in a cluster).
         f"--backend-config=python,shm-region-prefix-name=mlops-triton-{http_port}-",
