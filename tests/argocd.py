@@ -54,7 +54,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "Progressing",
         "waiting for the operator to reconcile this InferenceDeployment",
     ),
-    "inferencedeployment-not-implemented": ("Degraded", "NotImplemented: the InferenceDeployment controller"),
+    "inferencedeployment-modelversion-not-ready": ("Progressing", "ModelVersionNotReady: ModelVersion"),
 }
 
 

@@ -19,7 +19,7 @@ import prometheus_client
 
 from .api.v1alpha1 import GROUP, KINDS, VERSION, KindInfo
 from .engine.controller import Engine
-from .engine.informer import JOBS, PODS, Informer, wait_all
+from .engine.informer import DEPLOYMENTS, JOBS, PODS, ROLLOUTS, Informer, wait_all
 from .handlers.context import Clients
 from .k8s.naming import MANAGED_BY_SELECTOR
 from .settings import OperatorConfig, configure_kopf
@@ -70,6 +70,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure_kopf(settings, config)
     engine = Engine(config, _load_clients())
     scopes: list[str | None] = list(config.namespaces) or [None]
+    # InferenceDeployments run as Argo Rollouts where its CRDs are installed, as Deployments elsewhere.
+    engine.clients.rollouts = engine.clients.raw.has_resource(ROLLOUTS.group_version_path, ROLLOUTS.plural)
+    children = (JOBS, PODS, DEPLOYMENTS, *((ROLLOUTS,) if engine.clients.rollouts else ()))
     RUNTIME.informers = [
         Informer(
             engine.clients.raw,
@@ -79,7 +82,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             cache=engine.cache,
             on_event=engine.child_event,
         )
-        for resource in (JOBS, PODS)
+        for resource in children
         for namespace in scopes
     ]
     wait_all(RUNTIME.informers, timeout=120)

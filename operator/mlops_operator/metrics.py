@@ -79,6 +79,22 @@ MODELVERSION_REGISTRATIONS = Counter(
     ["provider"],
 )
 
+ROLLOUTS_STARTED = Counter(
+    "mlops_rollouts_started_total",
+    "Rollouts of a new ModelVersion an InferenceDeployment started.",
+    ["namespace"],
+)
+ROLLOUTS_PROMOTED = Counter(
+    "mlops_rollouts_promoted_total",
+    "Canaries promoted to stable (the new version serves 100%).",
+    ["namespace"],
+)
+ROLLOUTS_ABORTED = Counter(
+    "mlops_rollouts_aborted_total",
+    "Canaries aborted (failed analysis): the stable version kept serving.",
+    ["namespace"],
+)
+
 
 class PhaseCollector(Collector):
     """`mlops_objects{kind, phase}`: how many objects of each kind are in each phase right now."""

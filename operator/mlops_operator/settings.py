@@ -104,6 +104,21 @@ class OperatorConfig(BaseSettings):
     registry_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Timeout of one request to a model registry."
     )
+    prometheus_address: str | None = Field(
+        default=None,
+        description=(
+            "Prometheus the canary analysis queries (an InferenceDeployment's "
+            "rollout.analysis.prometheusAddress overrides it); read by Argo Rollouts, not the operator."
+        ),
+    )
+    triton_cpu_backend: Literal["onnxruntime", "python"] = Field(
+        default="onnxruntime",
+        description=(
+            "Triton backend of ONNX models served on CPU (resources.gpus: 0): onnxruntime (Triton's "
+            "images), or python (a model.py running onnxruntime: for a tritonserver without the ONNX "
+            "Runtime backend, like the one the local control plane runs)."
+        ),
+    )
     manifest_max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

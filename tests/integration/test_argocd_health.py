@@ -134,8 +134,8 @@ def test_every_phase_has_the_health_argocd_should_show(
             objects.wait_reason("ModelVersion", "digits-cnn-v1", "TrainingRunNotFound"),
         )
         objects.check(
-            "inferencedeployment-not-implemented",
-            objects.wait_reason("InferenceDeployment", "digits", "NotImplemented"),
+            "inferencedeployment-modelversion-not-ready",
+            objects.wait_reason("InferenceDeployment", "digits", "ModelVersionNotReady"),
         )
         objects.check(
             "trainingrun-dataset-not-found", objects.wait_reason("TrainingRun", "orphan", "DatasetNotFound")

@@ -25,11 +25,11 @@ def _ready(obj: dict) -> dict | None:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
 
 
-def test_operator_acknowledges_kinds_without_a_controller_then_stays_quiet(
+def test_objects_waiting_on_others_say_so_then_stay_quiet(
     operator: OperatorProcess, custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str
 ):
-    # The InferenceDeployment controller is not written yet; the sample ModelVersion (whose TrainingRun
-    # does not exist here) waits. Dataset, TrainingRun and ModelVersion have tests of their own.
+    # The sample ModelVersion (whose TrainingRun does not exist here) and InferenceDeployment (whose
+    # ModelVersion is not Ready) wait. Each kind has tests of its own.
     created = []
     for path in valid_samples():
         doc = load(path)
@@ -49,7 +49,7 @@ def test_operator_acknowledges_kinds_without_a_controller_then_stays_quiet(
         ready = _ready(obj)
         assert ready is not None
         if obj["kind"] == "InferenceDeployment":
-            assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
+            assert (ready["status"], ready["reason"]) == ("False", "ModelVersionNotReady")
             assert obj["status"]["phase"] == "Pending"
         else:
             assert (ready["status"], ready["reason"]) == ("False", "TrainingRunNotFound")
@@ -64,8 +64,10 @@ def test_operator_acknowledges_kinds_without_a_controller_then_stays_quiet(
         assert not obj["metadata"].get("finalizers")
 
     events = wait_for(
-        lambda: [e for e in core.list_namespaced_event(namespace).items if e.reason == "NotImplemented"],
-        "NotImplemented events",
+        lambda: [
+            e for e in core.list_namespaced_event(namespace).items if e.reason == "ModelVersionNotReady"
+        ],
+        "ModelVersionNotReady events",
         30,
     )
     assert {e.involved_object.kind for e in events} == {"InferenceDeployment"}

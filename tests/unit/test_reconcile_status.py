@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mlops_operator.api.v1alpha1 import KINDS, TrainingRunSpec, kind_by_name
+from mlops_operator.api.v1alpha1 import KINDS, InferenceDeploymentSpec, TrainingRunSpec, kind_by_name
 from mlops_operator.engine.cache import Cache
 from mlops_operator.handlers import HANDLERS
 from mlops_operator.handlers.base import Outcome, checked_status, parse_spec, status_patch
-from mlops_operator.handlers.context import ReconcileContext
+from mlops_operator.handlers.context import Clients, ReconcileContext
 from mlops_operator.k8s.conditions import REASON, ConditionUpdate, condition_reason
 from tests.samples import load, valid_samples
 
@@ -77,18 +77,26 @@ def test_invalid_spec_becomes_a_condition_naming_the_field():
     assert "procsPerNode" in ready.message
 
 
-def test_kinds_without_a_controller_are_honest_about_it():
-    for path in valid_samples():
-        doc = load(path)
-        info = kind_by_name(doc["kind"])
-        if info.kind in ("Dataset", "TrainingRun", "ModelVersion"):
-            continue  # controllers of their own, tested elsewhere
-        spec = parse_spec(info.spec_model, doc["spec"])
-        assert not isinstance(spec, Outcome)
-        outcome = HANDLERS[info.kind].reconcile(spec, ReconcileContext(doc))
-        (ready,) = outcome.conditions
-        assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "NotImplemented")
+def test_every_kind_has_a_controller():
     assert set(HANDLERS) == {i.kind for i in KINDS}
+
+
+def test_an_inferencedeployment_without_its_modelversion_is_pending_saying_so():
+    doc = load(next(p for p in valid_samples() if "inferencedeployment" in p.name))
+    doc["metadata"].update(namespace="ns", generation=1, uid="idep-uid")
+    mv_name = doc["spec"]["modelVersionRef"]["name"]
+    cache = Cache()
+    mv = {"metadata": {"name": mv_name, "namespace": "ns", "uid": "mv-uid", "resourceVersion": "1"}}
+    cache.upsert("ModelVersion", {**mv, "status": {"phase": "Compiling"}})
+    spec = parse_spec(InferenceDeploymentSpec, doc["spec"])
+    assert not isinstance(spec, Outcome)
+    clients = Clients(api=None)
+    outcome = HANDLERS["InferenceDeployment"].reconcile(spec, ReconcileContext(doc, clients, cache=cache))
+    assert isinstance(outcome, Outcome)
+    assert outcome.phase == "Pending"
+    (ready,) = outcome.conditions
+    assert (ready.status, ready.reason) == ("False", "ModelVersionNotReady")
+    assert f"ModelVersion {mv_name} is Compiling" in ready.message
 
 
 def test_a_modelversion_outcome_is_written_once_then_nothing():

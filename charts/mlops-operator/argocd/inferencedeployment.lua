@@ -3,16 +3,15 @@
 -- { status = Healthy | Progressing | Degraded | Suspended | Missing, message = ... }.
 -- Installed as argocd-cm key resource.customizations.health.mlops.dev_InferenceDeployment (see README.md here).
 
--- What each phase means to Argo CD. This operator version reports every InferenceDeployment as
--- Pending with Ready=False NotImplemented (Degraded below: it will not progress); the other phases
--- are the API's (InferenceDeploymentStatus.phase), ready for the controller.
+-- What each phase means to Argo CD (InferenceDeploymentStatus.phase). Pending: waiting for its
+-- ModelVersion; Degraded: a canary aborted by its analysis (the stable version still serves).
 local PHASES = {
   Pending = "Progressing",
   Progressing = "Progressing", -- a rollout step is under way
   Paused = "Suspended", -- a canary paused by a pause step or by hand, as Argo Rollouts reports it
   Available = "Healthy",
   Degraded = "Degraded",
-  Failed = "Degraded", -- aborted or rolled back
+  Failed = "Degraded", -- cannot serve the version at all (EngineGPUMismatch, an invalid model)
 }
 -- Ready reasons that decide the health whatever the phase.
 local REASONS = {

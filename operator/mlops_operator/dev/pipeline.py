@@ -27,7 +27,7 @@ from mlops_contract import envvars
 from ..api.v1alpha1 import kind_by_name
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
 from .mlflow import LocalMlflow
-from .runner import LocalPodRunner
+from .runner import LocalPodRunner, ServingRuntime
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 
 SAMPLE_S3_PORT = 5000  # samples/01-dataset.yaml names http://127.0.0.1:5000 ...
@@ -35,8 +35,18 @@ SAMPLE_DATA_URI = "s3://mlops-demo/datasets/digits/v1"  # ... and this prefix
 SAMPLE_MLFLOW_PORT = 5050  # samples/03-modelversion.yaml names http://127.0.0.1:5050
 TRAINER = Path(".venv-trainer/bin/mlops-trainer")
 # Each stage's goal, and the phases from which it will not get there by itself.
-GOALS = {"Dataset": "Ready", "TrainingRun": "Succeeded", "ModelVersion": "Ready"}
-GIVEN_UP = {"Dataset": ("Failed",), "TrainingRun": ("Failed",), "ModelVersion": ("Failed", "Rejected")}
+GOALS = {
+    "Dataset": "Ready",
+    "TrainingRun": "Succeeded",
+    "ModelVersion": "Ready",
+    "InferenceDeployment": "Available",
+}
+GIVEN_UP = {
+    "Dataset": ("Failed",),
+    "TrainingRun": ("Failed",),
+    "ModelVersion": ("Failed", "Rejected"),
+    "InferenceDeployment": ("Failed", "Degraded"),
+}
 
 
 def _say(message: str) -> None:
@@ -127,6 +137,9 @@ def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subproces
         "MLOPS_WORKLOAD_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
         "MLOPS_S3_ENDPOINT_ALLOWLIST": loopback,
         "MLOPS_REGISTRY_ENDPOINT_ALLOWLIST": loopback,  # the local MLflow server
+        # The local tritonserver (nvidia-pytriton's) has only the python backend: ONNX on CPU runs there.
+        "MLOPS_TRITON_CPU_BACKEND": "python",
+        "MLOPS_PROMETHEUS_ADDRESS": plane.prometheus_url,
     }
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -171,13 +184,96 @@ def _print_registered(plane: ControlPlane, namespace: str, docs: list[dict[str, 
             )
 
 
+def _first(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind)
+
+
+def _predict(
+    plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], runner: LocalPodRunner, s3: LocalS3
+) -> None:
+    """One digits image of the held-out split through Triton's HTTP API, and the lineage of what
+    answered."""
+    import io  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    idep = _get(plane, namespace, _first(docs, "InferenceDeployment"))
+    mv = _get(plane, namespace, _first(docs, "ModelVersion"))
+    run = _get(plane, namespace, _first(docs, "TrainingRun"))
+    shard = s3.client().get_object(Bucket="mlops-demo", Key="datasets/digits/v1/test/shard-00000.npz")
+    with np.load(io.BytesIO(shard["Body"].read())) as data:
+        image, label = data["images"][:1].astype(np.float32), int(data["labels"][0])
+    url = next(iter(runner.endpoints.values()))
+    model = mv["spec"]["modelName"]
+    body = {
+        "inputs": [
+            {"name": "images", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}
+        ]
+    }
+    request = urllib.request.Request(  # noqa: S310 - the local tritonserver
+        f"{url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the local tritonserver
+        logits = json.loads(response.read())["outputs"][0]["data"]
+    predicted = int(np.argmax(logits))
+    registry = mv["status"].get("registry") or {}
+    lineage = mv["status"].get("lineage") or {}
+    _say(
+        f"Triton ({url}, in-cluster {idep['status'].get('endpoint')}) predicts {predicted} "
+        f"for a test image of a {label}"
+    )
+    _say(
+        "lineage of the answer: InferenceDeployment "
+        f"{idep['metadata']['name']} -> ModelVersion {mv['metadata']['name']} -> {registry.get('provider')} "
+        f"{registry.get('modelName')} version {registry.get('version')} -> "
+        f"TrainingRun {run['metadata']['name']} -> Dataset {lineage.get('dataset')} "
+        f"at {lineage.get('datasetFingerprint')}"
+    )
+
+
+def _second_version(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
+    """A second ModelVersion of the same run, served: the InferenceDeployment starts a canary."""
+    first = _first(docs, "ModelVersion")
+    second = json.loads(json.dumps(first))
+    second["metadata"] = {
+        "name": first["metadata"]["name"].removesuffix("-v1") + "-v2",
+        "namespace": namespace,
+    }
+    second["spec"]["registry"]["aliases"] = ["challenger"]
+    _say(f"applying ModelVersion {second['metadata']['name']} and pointing the InferenceDeployment at it")
+    plane.kubectl_apply([second])
+    deadline = time.monotonic() + 300
+    while _get(plane, namespace, second).get("status", {}).get("phase") != "Ready":
+        if time.monotonic() > deadline:
+            _say("the second ModelVersion did not become Ready in time")
+            return
+        time.sleep(1)
+    idep = _first(docs, "InferenceDeployment")
+    name = idep["metadata"]["name"]
+    plane.kubectl(
+        "patch", "inferencedeployment", name, "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"modelVersionRef": {"name": second["metadata"]["name"]}}}),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (_get(plane, namespace, idep).get("status", {}).get("canaryVersion")):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print(plane.kubectl("get", "idep", "-n", namespace, check=False).stdout, flush=True)
+
+
 def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool = False) -> int:
     if not os.access(TRAINER, os.X_OK):
         _say(f"{TRAINER} is missing: run `make trainer` (make dev does)")
         return 1
     # SIGTERM would end Python without running `finally`, leaving the control plane behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    plane = ControlPlane(node_pools=(GpuNodePool(count=2, gpus_per_node=8),))
+    plane = ControlPlane(
+        node_pools=(GpuNodePool(count=2, gpus_per_node=8),), argo_rollouts=True, prometheus=True
+    )
     s3 = LocalS3(port=SAMPLE_S3_PORT)
     mlflow: LocalMlflow | None = None
     operator: subprocess.Popen[bytes] | None = None
@@ -210,6 +306,7 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
             config.new_client_from_config(config_file=str(plane.kubeconfig)),  # type: ignore[no-untyped-call]
             namespace,
             executables={"mlops-trainer": str(TRAINER.resolve())},
+            serving=ServingRuntime(sd_file=plane.prometheus_sd_file),
         )
         runner.start()
         docs = _load_samples(samples)
@@ -225,9 +322,11 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
             print(log.read_text()[-4000:])
             return 1
         _print_registered(plane, namespace, docs)
+        _predict(plane, namespace, docs, runner, s3)
+        _second_version(plane, namespace, docs)
         _say(
             "done: the Dataset was validated, the TrainingRun trained, the ModelVersion was compiled, "
-            "evaluated, gated and registered; the InferenceDeployment says NotImplemented"
+            "evaluated, gated and registered, Triton served it, and a second version started a canary"
         )
         if keep:
             _say(f"kept running; in another shell: export KUBECONFIG={plane.kubeconfig}  (Ctrl-C stops)")

@@ -6,6 +6,12 @@ the kubelet would), and when the process exits it reports the exit code and the 
 through pod status, as a kubelet does. So the real trainer runs as the real workload, and the operator
 reads its real result. Images are ignored: `executables` maps a command (e.g. `mlops-trainer`) to a
 local program. Only single-pod workloads are supported (no pod DNS for torchrun rendezvous here).
+
+Serving pods (a `tritonserver` container, with `serving` set): their init containers run first (the
+trainer's fetch-model-repository, into a local folder standing in for the pod's emptyDir), then the
+real tritonserver of .venv-triton on free local ports; each pod's metrics port is published to the
+Prometheus file discovery (`serving.sd_file`) with the pod's labels, and its HTTP URL is in
+`endpoints`. kwok, not Triton's readiness, still decides the pod's Ready condition.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ class _Running:
     process: subprocess.Popen[bytes]
     workdir: Path
     termination_log: Path
+    metrics_address: str | None = None  # a serving pod's target in the Prometheus file discovery
+
+
+@dataclass(frozen=True)
+class ServingRuntime:
+    """How serving pods run here: the Prometheus file-discovery file their metrics ports go to."""
+
+    sd_file: Path | None = None
+    triton_command: str = "tritonserver"
 
 
 @dataclass
@@ -53,7 +68,9 @@ class LocalPodRunner:
     # `executables` are left alone (kwok keeps them Running).
     label_selector: str = "app.kubernetes.io/managed-by=mlops-operator"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    serving: ServingRuntime | None = None
     poll_seconds: float = 0.5
+    endpoints: dict[str, str] = field(default_factory=dict)  # serving pod name -> Triton's HTTP URL
     _running: dict[str, _Running] = field(default_factory=dict)
     _done: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -101,11 +118,97 @@ class LocalPodRunner:
                 uid not in self._done
                 and pod.status.phase == "Running"
                 and EXIT_CODE_ANNOTATION not in annotations
-                and (pod.spec.containers[0].command or [""])[0] in self.executables
+                and self._runs(pod)
             ):
-                self._launch(pod)
+                if self._serves(pod):
+                    self._launch_serving(pod)
+                else:
+                    self._launch(pod)
         for uid in set(self._running) - seen:
             self._discard(self._running.pop(uid))
+
+    def _runs(self, pod: Any) -> bool:
+        return (pod.spec.containers[0].command or [""])[0] in self.executables or self._serves(pod)
+
+    def _serves(self, pod: Any) -> bool:
+        command = (pod.spec.containers[0].command or [""])[0]
+        return self.serving is not None and command == self.serving.triton_command
+
+    def _volume_dirs(self, pod: Any, workdir: Path) -> dict[str, Path]:
+        """Each emptyDir of the pod as a local folder (shared by its containers, as in a pod)."""
+        dirs = {}
+        for volume in pod.spec.volumes or []:
+            if volume.empty_dir is not None:
+                dirs[volume.name] = workdir / f"volume-{volume.name}"
+                dirs[volume.name].mkdir(parents=True, exist_ok=True)
+        return dirs
+
+    def _container_env(
+        self, pod: Any, container: Any, workdir: Path, dirs: Mapping[str, Path]
+    ) -> dict[str, str]:
+        """The container's env with paths under its volume mounts mapped to the local folders."""
+        env = self._environment(pod, container, workdir, workdir / f"termination-{container.name}")
+        mounts = {m.mount_path: dirs[m.name] for m in container.volume_mounts or [] if m.name in dirs}
+        for name, value in env.items():
+            for mount, local in mounts.items():
+                if value == mount or value.startswith(mount.rstrip("/") + "/"):
+                    env[name] = str(local) + value.removeprefix(mount)
+        return env
+
+    def _launch_serving(self, pod: Any) -> None:
+        from . import prometheus_sd  # noqa: PLC0415
+        from .controlplane import free_port  # noqa: PLC0415
+        from .triton import tritonserver_command  # noqa: PLC0415
+
+        assert self.serving is not None
+        workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
+        dirs = self._volume_dirs(pod, workdir)
+        for init in pod.spec.init_containers or []:
+            env = self._container_env(pod, init, workdir, dirs)
+            argv = [_expand(a, env) for a in [*(init.command or []), *(init.args or [])]]
+            argv[0] = self.executables.get(argv[0], argv[0])
+            done = subprocess.run(argv, env=env, cwd=workdir, capture_output=True, timeout=600, check=False)
+            if done.returncode != 0:
+                log.warning("local pod runner: init container %s of %s failed", init.name, pod.metadata.name)
+                message = (done.stderr or done.stdout).decode(errors="replace")[-2048:]
+                finish_pod(
+                    self.core, self.namespace, pod.metadata.name, exit_code=done.returncode, message=message
+                )
+                self._done.add(pod.metadata.uid)
+                shutil.rmtree(workdir, ignore_errors=True)
+                return
+        container = pod.spec.containers[0]
+        env = self._container_env(pod, container, workdir, dirs)
+        repository = next(
+            (
+                dirs[m.name]
+                for m in container.volume_mounts or []
+                if m.mount_path == "/models" and m.name in dirs
+            ),
+            workdir / "models",
+        )
+        http, grpc, metrics = free_port(), free_port(), free_port()
+        argv, env = tritonserver_command(repository, http, grpc, metrics, base_env=env)
+        log.info("local pod runner: starting tritonserver for pod %s on port %d", pod.metadata.name, http)
+        with (workdir / "log").open("wb") as out:
+            process = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
+            )
+        address = f"127.0.0.1:{metrics}"
+        labels = pod.metadata.labels or {}
+        if self.serving.sd_file is not None:
+            prometheus_sd.publish(
+                self.serving.sd_file,
+                address,
+                {
+                    "namespace": pod.metadata.namespace,
+                    "pod": pod.metadata.name,
+                    "inferencedeployment": labels.get("mlops.dev/inferencedeployment", ""),
+                    "rollouts_pod_template_hash": labels.get("rollouts-pod-template-hash", ""),
+                },
+            )
+        self.endpoints[pod.metadata.name] = f"http://127.0.0.1:{http}"
+        self._running[pod.metadata.uid] = _Running(process, workdir, workdir / "termination-log", address)
 
     def _launch(self, pod: Any) -> None:
         container = pod.spec.containers[0]
@@ -130,6 +233,8 @@ class LocalPodRunner:
             return
         del self._running[uid]
         self._done.add(uid)
+        self._unpublish(running)
+        self.endpoints.pop(pod.metadata.name, None)
         message = running.termination_log.read_text() if running.termination_log.exists() else ""
         if not message:  # terminationMessagePolicy FallbackToLogsOnError: the log's tail stands in
             message = (running.workdir / "log").read_text(errors="replace")[-2048:]
@@ -139,6 +244,7 @@ class LocalPodRunner:
 
     def _discard(self, running: _Running) -> None:
         """Stop the process (SIGTERM, then SIGKILL after a grace period) and remove its files."""
+        self._unpublish(running)
         if running.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(running.process.pid, signal.SIGTERM)
@@ -149,6 +255,12 @@ class LocalPodRunner:
                     os.killpg(running.process.pid, signal.SIGKILL)
                 running.process.wait()
         shutil.rmtree(running.workdir, ignore_errors=True)
+
+    def _unpublish(self, running: _Running) -> None:
+        if running.metrics_address and self.serving is not None and self.serving.sd_file is not None:
+            from . import prometheus_sd  # noqa: PLC0415
+
+            prometheus_sd.unpublish(self.serving.sd_file, running.metrics_address)
 
     def _environment(self, pod: Any, container: Any, workdir: Path, termination_log: Path) -> dict[str, str]:
         env = {

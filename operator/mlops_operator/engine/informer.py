@@ -40,6 +40,9 @@ class WatchedResource:
 
 JOBS = WatchedResource("Job", "/apis/batch/v1", "jobs")
 PODS = WatchedResource("Pod", "/api/v1", "pods")
+DEPLOYMENTS = WatchedResource("Deployment", "/apis/apps/v1", "deployments")
+# Only where Argo Rollouts' CRDs are installed (main.py asks discovery first).
+ROLLOUTS = WatchedResource("Rollout", "/apis/argoproj.io/v1alpha1", "rollouts")
 
 
 class _ExpiredError(Exception):

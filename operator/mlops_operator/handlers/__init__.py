@@ -40,6 +40,9 @@ HANDLERS: dict[str, KindHandler] = {
         dataset.reconcile, _all(trainingrun.waiting_on_dataset, modelversion.waiting_on_dataset)
     ),
     "TrainingRun": KindHandler(trainingrun.reconcile, modelversion.waiting_on_training),
-    "ModelVersion": KindHandler(modelversion.reconcile, modelversion.sharing_a_model),
+    "ModelVersion": KindHandler(
+        modelversion.reconcile,
+        _all(modelversion.sharing_a_model, inferencedeployment.waiting_on_modelversion),
+    ),
     "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
 }

@@ -26,6 +26,9 @@ class Clients:
     api: Any  # kubernetes.client.ApiClient
     object_store: Callable[[S3Config], ObjectStore] = Boto3ObjectStore
     registry_factory: Callable[..., ModelRegistry] = open_registry
+    # Whether the apiserver serves Argo Rollouts (discovery at startup): the InferenceDeployment
+    # workload is a Rollout then, a Deployment otherwise.
+    rollouts: bool = False
 
     def registry(self, target: RegistryTarget, timeout_seconds: float) -> ModelRegistry:
         """A client of the registry `target` names, with the tenant's credential it carries."""

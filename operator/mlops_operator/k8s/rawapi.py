@@ -24,7 +24,13 @@ _PATHS = {
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Event": "/api/v1/namespaces/{namespace}/events",
+    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "Rollout": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/rollouts",
+    "AnalysisTemplate": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/analysistemplates",
+    "AnalysisRun": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/analysisruns",
 }
+# Argo Rollouts' API group: its kinds exist only where its CRDs are installed (discovery decides).
+ROLLOUTS_GROUP_PATH = "/apis/argoproj.io/v1alpha1"
 
 
 def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -108,6 +114,16 @@ class RawApi:
         return self.request(
             "PATCH", custom_path(plural, namespace, name), body=patch, content_type=MERGE_PATCH
         )
+
+    def has_resource(self, group_version_path: str, plural: str) -> bool:
+        """Whether the apiserver serves `plural` in that group/version (discovery; any user may ask)."""
+        try:
+            listing = self.request("GET", group_version_path)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in listing.get("resources", []))
 
     def create(self, kind: str, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", resource_path(kind, namespace), body=manifest)

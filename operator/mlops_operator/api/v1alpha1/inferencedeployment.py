@@ -193,6 +193,16 @@ class InferenceDeploymentSpec(ApiModel):
     )
 
 
+class ServedRepository(ApiModel):
+    """Where the rolled-out version's Triton model repository was published."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    model_version: str = Field(description="The ModelVersion it serves.")
+    engine_uri: str = Field(description="The engine it references.")
+    uri: str = Field(description="Its content-addressed S3 prefix (repository.json inside).")
+
+
 InferenceDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Available", "Degraded", "Failed"]
 
 
@@ -212,3 +222,10 @@ class InferenceDeploymentStatus(StatusBase):
     replicas: int | None = Field(default=None, description="Pods in all.")
     ready_replicas: int | None = Field(default=None, description="Ready pods.")
     endpoint: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")
+    current_step: int | None = Field(default=None, description="The Rollout's current canary step (0-based).")
+    repository: ServedRepository | None = Field(
+        default=None, description="The Triton model repository published for the version rolled out."
+    )
+    applied_hash: str | None = Field(
+        default=None, description="Hash of the children last applied; unchanged children are not re-sent."
+    )

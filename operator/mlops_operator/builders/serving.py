@@ -1,0 +1,390 @@
+"""Pure builders of an InferenceDeployment's workload: Triton serving pods as an Argo Rollouts canary
+(Rollout, stable and canary Services, AnalysisTemplate) or, without Argo Rollouts or with strategy
+recreate, a Deployment and a Service.
+
+The serving pod: an init container (the trainer image's `fetch-model-repository`) materializes the
+content-addressed Triton model repository the operator published in S3 onto an emptyDir, checking
+every sha256; tritonserver loads it from there (why not Triton's own S3 repository:
+builders/triton.py). Readiness is Triton's `/v2/health/ready`. A new ModelVersion is a new
+repository URI, so a new pod template, so a new canary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlops_contract import envvars
+
+from ..api.v1alpha1 import API_VERSION, DatasetSpec, InferenceDeploymentSpec
+from ..api.v1alpha1.inferencedeployment import RolloutStep
+from ..k8s.naming import common_labels, dns_label, owner_reference
+from . import analysis_queries
+from .pod import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION, pod_security_context, s3_env
+from .triton import GRPC_PORT, HTTP_PORT, METRICS_PORT, tritonserver_args
+
+KIND = "InferenceDeployment"
+UID_LABEL = "mlops.dev/inferencedeployment-uid"
+MODELVERSION_ANNOTATION = "mlops.dev/modelversion"
+REPOSITORY_ANNOTATION = "mlops.dev/model-repository"
+ROLLOUTS_API = "argoproj.io/v1alpha1"
+REPOSITORY_DIR = "/models"
+TRITON_UID = 1000  # the triton-server user of NVIDIA's tritonserver images
+# 10%, analysis, 50%, analysis, 100% (the issue's and Argo Rollouts users' usual shape).
+DEFAULT_STEPS: tuple[Mapping[str, Any], ...] = (
+    {"setWeight": 10},
+    {"analysis": {"durationSeconds": 300}},
+    {"setWeight": 50},
+    {"analysis": {"durationSeconds": 300}},
+    {"setWeight": 100},
+)
+DEFAULT_ANALYSIS_SECONDS = 300  # AnalysisStep's default
+Workload = Literal["Rollout", "Deployment"]
+
+
+@dataclass(frozen=True)
+class ServingInputs:
+    """Everything the serving workload of one InferenceDeployment depends on."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: InferenceDeploymentSpec
+    model_version: str  # the ModelVersion served (the canary while a rollout runs)
+    model_name: str  # Triton's model name (the ModelVersion's modelName)
+    repository_uri: str  # content-addressed Triton repository prefix (builders/triton.py)
+    dataset: DatasetSpec  # S3 endpoint, region and credentials the init container reads with
+    fetch_image: str  # the trainer image: its fetch-model-repository command
+    gpu_product: str | None = None  # the engine's GPU product: where the pods must run
+    prometheus_address: str | None = None  # for the AnalysisTemplate
+    extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+    @property
+    def workload_name(self) -> str:
+        return dns_label(self.name, "triton")
+
+
+def service_name(inputs: ServingInputs) -> str:
+    return dns_label(inputs.name, "triton", dns1035=True)
+
+
+def canary_service_name(inputs: ServingInputs) -> str:
+    return dns_label(inputs.name, "triton-canary", dns1035=True)
+
+
+def analysis_template_name(inputs: ServingInputs) -> str:
+    return dns_label(inputs.name, "analysis")
+
+
+def endpoint(inputs: ServingInputs) -> str:
+    return f"http://{service_name(inputs)}.{inputs.namespace}.svc:{HTTP_PORT}"
+
+
+def _owner(inputs: ServingInputs) -> dict[str, Any]:
+    idep = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": inputs.name, "uid": inputs.uid}}
+    return owner_reference(idep)
+
+
+def _labels(inputs: ServingInputs, component: str) -> dict[str, str]:
+    labels = common_labels(KIND, inputs.name, component=component)
+    labels[UID_LABEL] = inputs.uid
+    return labels
+
+
+def _metadata(inputs: ServingInputs, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": inputs.namespace,
+        "labels": _labels(inputs, component),
+        "ownerReferences": [_owner(inputs)],
+    }
+
+
+def _selector(inputs: ServingInputs) -> dict[str, str]:
+    return {UID_LABEL: inputs.uid}
+
+
+def _resources(inputs: ServingInputs) -> dict[str, Any]:
+    res = inputs.spec.resources
+    limits: dict[str, str] = {}
+    if res.gpus:
+        limits[GPU_RESOURCE] = str(res.gpus)
+    if res.cpu:
+        limits["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = res.memory
+    out: dict[str, Any] = {"limits": limits} if limits else {}
+    requests = {k: v for k, v in limits.items() if k != GPU_RESOURCE}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _hardened(container: dict[str, Any]) -> dict[str, Any]:
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return container
+
+
+def _fetch_container(inputs: ServingInputs) -> dict[str, Any]:
+    source = inputs.dataset.source
+    env = [
+        {"name": envvars.REPOSITORY_URI, "value": inputs.repository_uri},
+        {"name": envvars.REPOSITORY_DIR, "value": REPOSITORY_DIR},
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+        *s3_env(
+            endpoint_url=source.endpoint_url, region=source.region, credentials=source.credentials_secret_ref
+        ),
+    ]
+    return _hardened(
+        {
+            "name": "fetch-model-repository",
+            "image": inputs.fetch_image,
+            "command": ["mlops-trainer"],
+            "args": ["fetch-model-repository"],
+            "env": env,
+            "volumeMounts": [
+                {"name": "models", "mountPath": REPOSITORY_DIR},
+                {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108
+            ],
+        }
+    )
+
+
+def _triton_container(inputs: ServingInputs) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 5}
+    return _hardened(
+        {
+            "name": "triton",
+            "image": inputs.spec.triton.image,
+            "command": ["tritonserver"],
+            "args": tritonserver_args(REPOSITORY_DIR),
+            "ports": [
+                {"name": "http", "containerPort": HTTP_PORT},
+                {"name": "grpc", "containerPort": GRPC_PORT},
+                {"name": "metrics", "containerPort": METRICS_PORT},
+            ],
+            "readinessProbe": probe,
+            "livenessProbe": {
+                "httpGet": {"path": "/v2/health/live", "port": HTTP_PORT},
+                "periodSeconds": 10,
+                "failureThreshold": 6,
+            },
+            "resources": _resources(inputs),
+            "volumeMounts": [
+                {"name": "models", "mountPath": REPOSITORY_DIR, "readOnly": True},
+                {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108
+                # The python backend and Triton's shared-memory protocol use /dev/shm.
+                {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108
+            ],
+        }
+    )
+
+
+def pod_template(inputs: ServingInputs) -> dict[str, Any]:
+    spec = inputs.spec
+    node_selector = dict(spec.scheduling.node_selector)
+    tolerations = [t.wire() for t in spec.scheduling.tolerations]
+    if spec.resources.gpus:
+        tolerations.append(dict(GPU_TOLERATION))
+        product = spec.resources.gpu_product or inputs.gpu_product
+        if product:
+            node_selector[GPU_PRODUCT_LABEL] = product
+    tolerations += [dict(t) for t in inputs.extra_tolerations]
+    security = pod_security_context() | {
+        "runAsUser": TRITON_UID,
+        "runAsGroup": TRITON_UID,
+        "fsGroup": TRITON_UID,
+    }
+    pod: dict[str, Any] = {
+        "serviceAccountName": spec.service_account_name or "default",
+        "automountServiceAccountToken": False,
+        "securityContext": security,
+        "initContainers": [_fetch_container(inputs)],
+        "containers": [_triton_container(inputs)],
+        "volumes": [
+            {"name": "models", "emptyDir": {"sizeLimit": "20Gi"}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        ],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.scheduling.priority_class_name:
+        pod["priorityClassName"] = spec.scheduling.priority_class_name
+    labels = _labels(inputs, "serving")
+    labels[MODELVERSION_ANNOTATION] = inputs.model_version[:63]
+    annotations = {
+        MODELVERSION_ANNOTATION: inputs.model_version,
+        REPOSITORY_ANNOTATION: inputs.repository_uri,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+    }
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod}
+
+
+def _replicas(spec: InferenceDeploymentSpec) -> int:
+    if spec.autoscaling:
+        return max(spec.autoscaling.min_replicas, min(spec.replicas, spec.autoscaling.max_replicas))
+    return spec.replicas
+
+
+def build_service(inputs: ServingInputs, *, canary: bool = False) -> dict[str, Any]:
+    name = canary_service_name(inputs) if canary else service_name(inputs)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inputs, name, "canary-service" if canary else "service"),
+        "spec": {
+            # Argo Rollouts adds the rollouts-pod-template-hash of the stable/canary pods to these.
+            "selector": _selector(inputs),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
+    }
+
+
+def _steps(inputs: ServingInputs) -> list[dict[str, Any]]:
+    given = inputs.spec.rollout.steps or [RolloutStep.model_validate(step) for step in DEFAULT_STEPS]
+    steps: list[dict[str, Any]] = []
+    for step in given:
+        if step.set_weight is not None:
+            steps.append({"setWeight": step.set_weight})
+        elif step.pause is not None:
+            duration = step.pause.duration_seconds
+            steps.append({"pause": {"duration": f"{duration}s"} if duration is not None else {}})
+        else:
+            seconds = step.analysis.duration_seconds if step.analysis else DEFAULT_ANALYSIS_SECONDS
+            steps.append(
+                {
+                    "analysis": {
+                        "templates": [{"templateName": analysis_template_name(inputs)}],
+                        "args": [
+                            {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+                            {"name": "count", "value": str(measurements(inputs, seconds))},
+                        ],
+                    }
+                }
+            )
+    return steps
+
+
+def measurements(inputs: ServingInputs, seconds: int) -> int:
+    """How many measurements an analysis step of `seconds` makes at the spec's interval."""
+    return max(1, math.ceil(seconds / inputs.spec.rollout.analysis.interval_seconds))
+
+
+def build_rollout(inputs: ServingInputs) -> dict[str, Any]:
+    return {
+        "apiVersion": ROLLOUTS_API,
+        "kind": "Rollout",
+        "metadata": _metadata(inputs, inputs.workload_name, "rollout"),
+        "spec": {
+            "replicas": _replicas(inputs.spec),
+            "selector": {"matchLabels": _selector(inputs)},
+            "template": pod_template(inputs),
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 900,
+            "strategy": {
+                "canary": {
+                    "stableService": service_name(inputs),
+                    "canaryService": canary_service_name(inputs),
+                    "steps": _steps(inputs),
+                }
+            },
+        },
+    }
+
+
+def canary_labels(inputs: ServingInputs, pod_template_hash: str) -> dict[str, str]:
+    """Prometheus target labels of one pod template's serving pods: `namespace`,
+    `inferencedeployment` and `rollouts_pod_template_hash` (the local control plane's file discovery
+    gives these; in a cluster, a PodMonitor relabeling the pods' labels does)."""
+    return {
+        "namespace": inputs.namespace,
+        "inferencedeployment": inputs.name,
+        "rollouts_pod_template_hash": pod_template_hash,
+    }
+
+
+def build_analysis_template(inputs: ServingInputs) -> dict[str, Any]:
+    """Success rate and p95 latency of the canary's pods, from Triton's metrics. A measurement with
+    no requests (NaN) matches neither condition: Inconclusive, which pauses the rollout for a person
+    instead of promoting a canary nobody has called or aborting one nobody could judge."""
+    analysis = inputs.spec.rollout.analysis
+    labels = canary_labels(inputs, "{{args.canary-hash}}")
+    window = f"{max(analysis.interval_seconds * 2, 30)}s"
+    address = analysis.prometheus_address or inputs.prometheus_address or ""
+
+    def metric(name: str, query: str, good: str, bad: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "interval": f"{analysis.interval_seconds}s",
+            "count": "{{args.count}}",
+            "failureLimit": analysis.failure_limit,
+            "successCondition": good,
+            "failureCondition": bad,
+            "provider": {"prometheus": {"address": address, "query": query}},
+        }
+
+    minimum = analysis.success_rate_min
+    metrics = [
+        metric(
+            "success-rate",
+            analysis_queries.success_rate(inputs.model_name, labels, window),
+            f"result[0] >= {minimum}",
+            f"result[0] < {minimum}",
+        )
+    ]
+    if analysis.latency_p95_max_ms is not None:
+        limit = analysis.latency_p95_max_ms
+        metrics.append(
+            metric(
+                "latency-p95-ms",
+                analysis_queries.latency_p95_ms(inputs.model_name, labels),
+                f"result[0] <= {limit}",
+                f"result[0] > {limit}",
+            )
+        )
+    return {
+        "apiVersion": ROLLOUTS_API,
+        "kind": "AnalysisTemplate",
+        "metadata": _metadata(inputs, analysis_template_name(inputs), "analysis"),
+        "spec": {"args": [{"name": "canary-hash"}, {"name": "count", "value": "1"}], "metrics": metrics},
+    }
+
+
+def build_deployment(inputs: ServingInputs) -> dict[str, Any]:
+    recreate = inputs.spec.rollout.strategy == "recreate"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(inputs, inputs.workload_name, "deployment"),
+        "spec": {
+            "replicas": _replicas(inputs.spec),
+            "selector": {"matchLabels": _selector(inputs)},
+            "template": pod_template(inputs),
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 900,
+            "strategy": {"type": "Recreate"} if recreate else {"type": "RollingUpdate"},
+        },
+    }
+
+
+def weight_of_step(inputs: ServingInputs, step_index: int | None) -> int:
+    """The canary weight the Rollout's steps have set before `step_index` (a replica-count canary)."""
+    steps = _steps(inputs)
+    if step_index is None or step_index >= len(steps):
+        return 100
+    weights = [s["setWeight"] for s in steps[:step_index] if "setWeight" in s]
+    return weights[-1] if weights else 0
