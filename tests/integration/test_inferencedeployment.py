@@ -285,3 +285,110 @@ def _try_infer(url: str, batch: np.ndarray) -> list[np.ndarray] | None:
         return [_infer(url, batch)]
     except OSError:
         return None
+
+
+def _serve_v1(
+    custom: client.CustomObjectsApi, namespace: str, engine: CompiledEngine, **spec: Any
+) -> dict[str, Any]:
+    _ready_version(custom, namespace, "v1", engine)
+    custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", _idep("v1", **spec))
+    return _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("phase") == "Available", "v1 Available",
+    )  # fmt: skip
+
+
+def _point_at(custom: client.CustomObjectsApi, namespace: str, version: str, **spec: Any) -> None:
+    patch = {"spec": {"modelVersionRef": {"name": version}, **spec}}
+    custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
+
+
+def test_a_breaching_canary_is_aborted_and_a_newer_version_starts_a_new_canary(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    operator, runner = serving
+    _serve_v1(custom, namespace, engine)
+    _ready_version(custom, namespace, "v2", engine)
+    _ready_version(custom, namespace, "v3", engine)
+    strict = {
+        "rollout": {"analysis": {"successRateMin": 0.9, "latencyP95MaxMs": 0.001, "intervalSeconds": 10}}
+    }
+    with Traffic(runner):
+        # The canary's real p95 latency (measured by the real Prometheus from the real server) is far
+        # above 1 µs: the analysis fails, the rollout aborts, v1 keeps serving.
+        _point_at(custom, namespace, "v2", **strict)
+        degraded = _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o.get("status", {}).get("phase") == "Degraded", "the canary of v2 aborted", 180,
+        )  # fmt: skip
+        ready = _ready(degraded)
+        assert (ready["status"], ready["reason"]) == ("False", "AnalysisFailed")
+        assert "latency-p95-ms" in ready["message"]
+        assert "v1 keeps 100%" in ready["message"]
+        assert degraded["status"]["stableVersion"] == "v1"
+        assert degraded["status"]["canaryVersion"] == "v2"
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=digits").items
+        assert any(e.reason == "AnalysisFailed" and e.type == "Warning" for e in events)
+        assert 'mlops_rollouts_aborted_total{namespace="' + namespace + '"} 1.0' in operator.metrics()
+
+        # A newer version after the abort: a new canary, without `kubectl argo rollouts retry`.
+        relaxed = {
+            "rollout": {"analysis": {"successRateMin": 0.9, "latencyP95MaxMs": 1000, "intervalSeconds": 10}}
+        }
+        _point_at(custom, namespace, "v3", **relaxed)
+        _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o.get("status", {}).get("canaryVersion") == "v3" and o["status"]["phase"] != "Degraded",
+            "a new canary of v3",
+        )  # fmt: skip
+        promoted = _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o.get("status", {}).get("stableVersion") == "v3", "v3 promoted", 180,
+        )  # fmt: skip
+    assert promoted["status"]["phase"] == "Available"
+
+
+def test_a_version_not_ready_waits_while_the_old_one_serves_and_recreate_is_a_deployment(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    _, runner = serving
+    available = _serve_v1(custom, namespace, engine, rollout={"strategy": "recreate"})
+    assert available["status"]["workloadKind"] == "Deployment"
+    deployment = client.AppsV1Api(custom.api_client).read_namespaced_deployment("digits-triton", namespace)
+    assert deployment.spec.strategy.type == "Recreate"
+    url = wait_for(lambda: next(iter(runner.endpoints.values()), None), "a serving pod's server", 60)
+    (answer,) = wait_for(lambda: _try_infer(url, np.zeros((1, 1, 8, 8), np.float32)), "Triton to answer", 60)
+    assert answer.shape == (1, 10)
+
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _modelversion("later", engine))
+    _point_at(custom, namespace, "later")
+    waiting = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o, "CanaryWaiting").get("status") == "True", "CanaryWaiting while later compiles",
+    )  # fmt: skip
+    assert _ready(waiting, "CanaryWaiting")["reason"] == "ModelVersionNotReady"
+    assert _ready(waiting)["status"] == "True"  # v1 still serves
+    assert waiting["status"]["stableVersion"] == "v1"
+    # Once it is Ready, it rolls out by itself (the ModelVersion's change wakes the deployment).
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("stableVersion") == "later", "later rolled out", 180,
+    )  # fmt: skip
+
+    custom.delete_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits")
+
+    def children_gone() -> bool:
+        apps = client.AppsV1Api(custom.api_client)
+        core = client.CoreV1Api(custom.api_client)
+        return not apps.list_namespaced_deployment(namespace).items and not [
+            s for s in core.list_namespaced_service(namespace).items if s.metadata.name.startswith("digits-")
+        ]
+
+    wait_for(children_gone, "the Deployment and Services to be garbage-collected", 60)

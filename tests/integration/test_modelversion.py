@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -567,47 +568,86 @@ def test_deletion_through_an_unreachable_registry_waits_and_says_how_to_force_it
         mlflow_server.start()
 
 
+@pytest.fixture
+def l4_node(control_plane: ControlPlane) -> Iterator[str]:
+    """A simulated node with one more GPU product than the session's H100 nodes."""
+    pool = GpuNodePool(count=1, gpus_per_node=4, gpu_product="NVIDIA-L4", name_prefix="l4-node")
+    control_plane.kubectl_apply([gpu_node_manifest(pool, 0)])
+    try:
+        yield "l4-node-0"
+    finally:
+        control_plane.kubectl("delete", "node", "l4-node-0", "--wait=false", check=False)
+
+
 def test_tensorrt_stages_run_on_a_node_of_the_gpu_product(
-    control_plane: ControlPlane,
+    l4_node: str,
     operator: OperatorProcess,
     source: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
-    pool = GpuNodePool(count=1, gpus_per_node=4, gpu_product="NVIDIA-L4", name_prefix="l4-node")
-    node = gpu_node_manifest(pool, 0)
-    control_plane.kubectl_apply([node])
-    try:
-        body = _mv(
-            "trt", source, compile={"target": "tensorrt", "precision": "fp16", "gpuProduct": "NVIDIA-L4"}
-        )
-        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-        engine = compiled(
-            "s3://b/e/model.plan",
-            format="tensorrt",
-            precision="fp16",
-            tensorrtVersion="10.9.0",
-            gpu="NVIDIA L4",
-            computeCapability="8.9",
-        )
-        for stage, message in (("compile", engine), ("evaluate", evaluated())):
-            job = f"trt-{stage}-a1"
+    body = _mv("trt", source, compile={"target": "tensorrt", "precision": "fp16", "gpuProduct": "NVIDIA-L4"})
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+    engine = compiled(
+        "s3://b/e/model.plan",
+        format="tensorrt",
+        precision="fp16",
+        tensorrtVersion="10.9.0",
+        gpu="NVIDIA L4",
+        computeCapability="8.9",
+    )
+    for stage, message in (("compile", engine), ("evaluate", evaluated())):
+        job = f"trt-{stage}-a1"
 
-            def scheduled(job: str = job) -> Any:
-                pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
-                return next((p for p in pods if p.spec.node_name), None)
+        def scheduled(job: str = job) -> Any:
+            pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+            return next((p for p in pods if p.spec.node_name), None)
 
-            pod = wait_for(scheduled, f"the {stage} pod to be scheduled", 60)
-            assert pod.spec.node_name == "l4-node-0"
-            assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
-            _finish_stage(core, namespace, job, message)
-        ready = _wait(custom, namespace, "trt", "Ready")
-        engine_status = ready["status"]["engine"]
-        assert engine_status["format"] == "tensorrt"
-        assert engine_status["gpu"] == "NVIDIA L4"
-        assert engine_status["gpuProduct"] == "NVIDIA-L4"
-        assert engine_status["computeCapability"] == "8.9"
-        assert engine_status["tensorrtVersion"] == "10.9.0"
-    finally:
-        control_plane.kubectl("delete", "node", "l4-node-0", "--wait=false", check=False)
+        pod = wait_for(scheduled, f"the {stage} pod to be scheduled", 60)
+        assert pod.spec.node_name == l4_node
+        assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+        _finish_stage(core, namespace, job, message)
+    ready = _wait(custom, namespace, "trt", "Ready")
+    engine_status = ready["status"]["engine"]
+    assert engine_status["format"] == "tensorrt"
+    assert engine_status["gpu"] == "NVIDIA L4"
+    assert engine_status["gpuProduct"] == "NVIDIA-L4"
+    assert engine_status["computeCapability"] == "8.9"
+    assert engine_status["tensorrtVersion"] == "10.9.0"
+
+
+def test_an_engine_built_for_another_gpu_is_not_served(
+    l4_node: str,
+    operator: OperatorProcess,
+    source: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    body = _mv("l4", source, compile={"target": "tensorrt", "precision": "fp16"})
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+    plan = compiled("s3://b/e/model.plan", format="tensorrt", gpu="NVIDIA L4", computeCapability="8.9")
+    _finish_stage(core, namespace, "l4-compile-a1", plan)
+    _finish_stage(core, namespace, "l4-evaluate-a1", evaluated())
+    ready = _wait(custom, namespace, "l4", "Ready")
+    assert ready["status"]["engine"]["gpuProduct"] == "NVIDIA-L4"  # as GPU Feature Discovery names it
+    idep = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "wrong-gpu"},
+        "spec": {
+            "modelVersionRef": {"name": "l4"},
+            "resources": {"gpus": 1, "gpuProduct": "NVIDIA-A100-SXM4-80GB"},
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", idep)
+
+    def refused() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(G, V, namespace, "inferencedeployments", "wrong-gpu")
+        return obj if _condition(obj).get("reason") == "EngineGPUMismatch" else None
+
+    obj = wait_for(refused, "EngineGPUMismatch", 30)
+    assert obj["status"]["phase"] == "Failed"
+    assert "NVIDIA-L4" in _condition(obj)["message"]
+    assert client.AppsV1Api(core.api_client).list_namespaced_deployment(namespace).items == []

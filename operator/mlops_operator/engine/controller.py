@@ -244,7 +244,7 @@ class _ConflictError(Exception):
 
 def _is_problem(outcome: Outcome, type_: str, reason: str) -> bool:
     return (
-        outcome.phase in ("Failed", "Rejected")
+        outcome.phase in ("Failed", "Rejected", "Degraded")
         or type_ != READY
         or reason in ENGINE_REASONS
         or reason in ATTENTION_REASONS

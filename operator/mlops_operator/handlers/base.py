@@ -34,6 +34,10 @@ ATTENTION_REASONS = frozenset(
         "SourceUnavailable",
         "CredentialsUnavailable",
         "EndpointNotAllowed",
+        "AnalysisFailed",
+        "EngineGPUMismatch",
+        "RepositoryUnavailable",
+        "InvalidModel",
     }
 )
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
