@@ -2,8 +2,9 @@
 
 etcd, kube-apiserver (RBAC on, client-certificate auth), kube-controller-manager and kube-scheduler
 run as child processes from binaries built by `hack/build-tools.sh`; kwok plays the kubelet of
-simulated GPU nodes. Everything lives in one temporary directory that `stop()` removes, and every
-process is stopped with it.
+simulated GPU nodes. Optionally, a real Argo Rollouts controller (`argo_rollouts=True`) and a real
+Prometheus (`prometheus=True`) run beside them. Everything lives in one temporary directory that
+`stop()` removes, and every process is stopped with it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -31,6 +33,7 @@ import yaml
 
 from ..timeutil import from_rfc3339
 from .pki import CertPair, LocalPKI
+from .prometheus_sd import write_targets
 
 BIN_DIR_ENV = "MLOPS_BIN_DIR"
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
@@ -53,6 +56,15 @@ AUDIT_POLICY = {
     ],
 }
 READ_VERBS = ("get", "list", "watch")
+# The optional components' binaries (hack/build-tools.sh builds them too) and the Argo Rollouts CRDs.
+ROLLOUTS_CONTROLLER = "rollouts-controller"
+PROMETHEUS = "prometheus"
+ARGO_ROLLOUTS_CRDS_DIR = "argo-rollouts-crds"
+ROLLOUTS_USER = "argo-rollouts-controller"  # the rollouts-controller's client certificate identity
+# The namespace the rollouts-controller reads its own ConfigMaps (notifications, plugins) from.
+ROLLOUTS_NAMESPACE = "argo-rollouts"
+# The file SD job Prometheus scrapes serving pods' metrics endpoints under (`job="triton"`).
+PROMETHEUS_SD_JOB = "triton"
 
 
 def audit_policy_document(read_users: Sequence[str] = ()) -> dict[str, Any]:
@@ -80,9 +92,9 @@ def default_bin_dir() -> Path:
     return cache / "bin" / "current"
 
 
-def find_binaries(bin_dir: Path | None = None) -> dict[str, Path]:
+def find_binaries(bin_dir: Path | None = None, extra: Sequence[str] = ()) -> dict[str, Path]:
     directory = bin_dir or default_bin_dir()
-    found = {tool: directory / tool for tool in TOOLS}
+    found = {tool: directory / tool for tool in (*TOOLS, *extra)}
     missing = [tool for tool, path in found.items() if not os.access(path, os.X_OK)]
     if missing:
         raise ControlPlaneError(
@@ -104,7 +116,7 @@ class Component:
     log: Path
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: Mapping[str, str]) -> None:
         with self.log.open("ab") as out:
             # A session of its own: stop() signals the whole group, so nothing is left behind.
             self.process = subprocess.Popen(
@@ -175,6 +187,39 @@ def gpu_node_manifest(pool: GpuNodePool, index: int) -> dict[str, object]:
     }
 
 
+def prometheus_config(sd_file: Path, scrape_interval: str = "1s") -> dict[str, Any]:
+    """Prometheus' configuration: one file SD job (`job="triton"`) whose targets are the serving pods'
+    metrics endpoints that the local pod runner (or a test) writes to `sd_file` (see prometheus_sd)."""
+    return {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,  # may not exceed the interval
+            "evaluation_interval": scrape_interval,
+        },
+        "scrape_configs": [
+            {
+                "job_name": PROMETHEUS_SD_JOB,
+                # Triton labels its series `model` and `version`, which the analysis queries select on:
+                # a target label of the same name (a pod runner's `model`) must not overwrite them.
+                "honor_labels": True,
+                # Prometheus 3 refuses a response without a Content-Type unless told what to assume; a
+                # small local process (a test's stand-in for Triton) may well send none.
+                "fallback_scrape_protocol": "PrometheusText0.0.4",
+                # The file is watched (inotify); the refresh is only a fallback for a missed event.
+                "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+
+
+def crd_name(path: Path) -> str:
+    """metadata.name of a CRD file, read without parsing the YAML (Argo's are 500-650 kB each)."""
+    match = re.search(r"^metadata:\n(?:[ ].*\n)*?  name: *(\S+)", path.read_text(), re.MULTILINE)
+    if not match:
+        raise ControlPlaneError(f"{path}: no metadata.name")
+    return match.group(1).strip("'\"")
+
+
 # Pods must tolerate this to land on the simulated nodes; the operator adds it only when configured
 # to (MLOPS_WORKLOAD_TOLERATIONS), which `mlopsctl dev` and the tests do.
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
@@ -194,14 +239,30 @@ class ControlPlane:
     controller_qps: float | None = None
     # Extra kube-apiserver flags (e.g. --max-requests-inflight for a benchmark).
     apiserver_args: Sequence[str] = ()
+    # A real Argo Rollouts controller (rollouts-controller) with its CRDs installed; off by default.
+    argo_rollouts: bool = False
+    # A real Prometheus scraping the targets of `prometheus_sd_file` every `prometheus_scrape_interval`
+    # (1s: an analysis in a test sees a new sample each second); off by default.
+    prometheus: bool = False
+    prometheus_scrape_interval: str = "1s"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlops-cp-")))
     components: list[Component] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.binaries = find_binaries(self.bin_dir)
+        optional = [
+            n for n, on in ((ROLLOUTS_CONTROLLER, self.argo_rollouts), (PROMETHEUS, self.prometheus)) if on
+        ]
+        self.binaries = find_binaries(self.bin_dir, optional)
         self.apiserver_port = free_port()
         self.url = f"https://127.0.0.1:{self.apiserver_port}"
         self.kubeconfig = self.workdir / "kubeconfig"
+        # Known before start(), so a caller can write targets or render AnalysisTemplates early.
+        self.prometheus_port = free_port() if self.prometheus else 0
+        self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}" if self.prometheus else ""
+        self.prometheus_sd_file = self.workdir / "prometheus" / "targets.json"
+        self.rollouts_metrics_port = free_port() if self.argo_rollouts else 0
+        self.rollouts_healthz_port = free_port() if self.argo_rollouts else 0
+        self._rollouts_crds_apply: subprocess.Popen[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,14 +278,23 @@ class ControlPlane:
     def start(self) -> None:
         started = time.monotonic()
         try:
+            if self.prometheus:
+                self._launch_prometheus()  # needs nothing else; its readiness is checked last
             self._start_components()
             self._create_nodes()
+            if self.argo_rollouts:
+                self._start_argo_rollouts()
+            if self.prometheus:
+                self._wait_http(f"{self.prometheus_url}/-/ready", PROMETHEUS)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
 
     def stop(self) -> None:
+        if self._rollouts_crds_apply is not None and self._rollouts_crds_apply.poll() is None:
+            self._rollouts_crds_apply.kill()  # start-up failed while it ran
+            self._rollouts_crds_apply.communicate()
         for component in reversed(self.components):
             component.stop()
         self.components.clear()
@@ -247,6 +317,9 @@ class ControlPlane:
         kwok = pki.issue("kwok", common_name="mlops-kwok", organizations=("system:masters",))
         # The operator's own identity, so the audit log tells its writes apart from the tests'.
         operator = pki.issue("operator", common_name=OPERATOR_USER, organizations=("system:masters",))
+        # A dev control plane only: the rollouts-controller gets cluster-admin (system:masters) rather
+        # than its chart's ClusterRole, which would have to be kept in step with each Argo release.
+        rollouts = pki.issue("rollouts", common_name=ROLLOUTS_USER, organizations=("system:masters",))
         sa = pki.service_account_keys()
         self.ca_cert = pki.ca_cert
         self.admin_cert = admin
@@ -255,6 +328,7 @@ class ControlPlane:
         scheduler_config = self._write_kubeconfig(self.workdir / "scheduler.kubeconfig", scheduler)
         kwok_config = self._write_kubeconfig(self.workdir / "kwok.kubeconfig", kwok)
         self.operator_kubeconfig = self._write_kubeconfig(self.workdir / "operator.kubeconfig", operator)
+        self.rollouts_kubeconfig = self._write_kubeconfig(self.workdir / "rollouts.kubeconfig", rollouts)
         self.audit_log = self.workdir / "audit.log"
         audit_policy = self.workdir / "audit-policy.yaml"
         audit_policy.write_text(yaml.safe_dump(audit_policy_document(self.audit_read_users)))
@@ -309,6 +383,8 @@ class ControlPlane:
             ],
         )
         self._wait_http(f"{self.url}/readyz", "kube-apiserver", self._ssl_context(admin))
+        if self.argo_rollouts:
+            self._begin_rollouts_crds()
         common_flags = ["--leader-elect=false", "--v=0"]
         if self.controller_qps is not None:
             qps = self.controller_qps
@@ -359,11 +435,83 @@ class ControlPlane:
         )
         self._wait_for_controllers()
 
-    def _launch(self, name: str, argv: list[str]) -> None:
+    def _begin_rollouts_crds(self) -> None:
+        """Start the server-side apply of Argo Rollouts' CRDs (3 MB: too large for the last-applied
+        annotation of a client-side apply) as soon as the apiserver answers: the apiserver takes
+        seconds over them, which overlaps the rest of start-up this way."""
+        files = sorted((self.binaries[ROLLOUTS_CONTROLLER].parent / ARGO_ROLLOUTS_CRDS_DIR).glob("*.yaml"))
+        if not files:
+            raise ControlPlaneError(f"no Argo Rollouts CRDs next to {self.binaries[ROLLOUTS_CONTROLLER]}")
+        self._rollouts_crd_names = [crd_name(f) for f in files]
+        self._rollouts_crds_apply = subprocess.Popen(
+            [
+                str(self.binaries["kubectl"]),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "--field-manager=mlops-dev",
+                *[f"-f={f}" for f in files],
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _start_argo_rollouts(self) -> None:
+        """Once its CRDs are Established, the rollouts-controller: all namespaces, no leader election;
+        up once its /healthz answers (its informers sync right after, well before a test's first
+        Rollout could be created and missed: they list what exists when they start)."""
+        assert self._rollouts_crds_apply is not None
+        _, errors = self._rollouts_crds_apply.communicate(timeout=self.startup_timeout)
+        if self._rollouts_crds_apply.returncode != 0:
+            raise ControlPlaneError(f"applying the Argo Rollouts CRDs failed: {errors.strip()}")
+        names = self._rollouts_crd_names
+        query = '{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}'
+        for _ in self._deadline_loop("kube-apiserver", f"CRDs {', '.join(names)} to be Established"):
+            result = self.kubectl("get", "crd", *names, "-o", f"jsonpath={query}", check=False)
+            if result.returncode == 0 and result.stdout.split() == ["True"] * len(names):
+                break
+        self._launch(
+            ROLLOUTS_CONTROLLER,
+            [
+                str(self.binaries[ROLLOUTS_CONTROLLER]),
+                f"--kubeconfig={self.rollouts_kubeconfig}",
+                "--leader-elect=false",
+                f"--metricsPort={self.rollouts_metrics_port}",
+                f"--healthzPort={self.rollouts_healthz_port}",
+                "--loglevel=warn",
+            ],
+            # It reads its ConfigMaps from $POD_NAMESPACE (else from a pod's service-account mount).
+            env={"POD_NAMESPACE": ROLLOUTS_NAMESPACE},
+        )
+        self._wait_http(f"http://127.0.0.1:{self.rollouts_healthz_port}/healthz", ROLLOUTS_CONTROLLER)
+
+    def _launch_prometheus(self) -> None:
+        directory = self.prometheus_sd_file.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        write_targets(self.prometheus_sd_file, [])
+        config = directory / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(prometheus_config(self.prometheus_sd_file, self.prometheus_scrape_interval))
+        )
+        self._launch(
+            PROMETHEUS,
+            [
+                str(self.binaries[PROMETHEUS]),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+                "--storage.tsdb.retention.time=1d",
+                "--log.level=warn",
+            ],
+        )
+
+    def _launch(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         component = Component(name, argv, self.workdir / f"{name}.log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "KUBERNETES_"))}
-        env["HOME"] = str(self.workdir)  # kwok reads ~/.kwok; keep it out of the user's home
-        component.start(env)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "KUBERNETES_"))}
+        environment["HOME"] = str(self.workdir)  # kwok reads ~/.kwok; keep it out of the user's home
+        environment.update(env or {})
+        component.start(environment)
         self.components.append(component)
 
     def _component(self, name: str) -> Component:
