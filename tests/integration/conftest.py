@@ -56,6 +56,8 @@ def control_plane() -> Iterator[ControlPlane]:
         node_pools=(GpuNodePool(count=2, gpus_per_node=8),),
         audit_read_users=OPERATOR_USERS,
         apiserver_args=("--enable-admission-plugins=OwnerReferencesPermissionEnforcement",),
+        argo_rollouts=True,
+        prometheus=True,
     )
     plane.start()
     try:
