@@ -201,10 +201,20 @@ def _predict(
     idep = _get(plane, namespace, _first(docs, "InferenceDeployment"))
     mv = _get(plane, namespace, _first(docs, "ModelVersion"))
     run = _get(plane, namespace, _first(docs, "TrainingRun"))
-    shard = s3.client().get_object(Bucket="mlops-demo", Key="datasets/digits/v1/test/shard-00000.npz")
+    # One test image, prepared as the trainer prepares its input: scaled by the schema's maxValue, with
+    # a channel axis (trainer-image/mlops_trainer/dataset.py load_split).
+    prefix = "datasets/digits/v1/"
+    schema = json.loads(
+        s3.client().get_object(Bucket="mlops-demo", Key=prefix + "schema.json")["Body"].read()
+    )
+    shard = s3.client().get_object(Bucket="mlops-demo", Key=prefix + "test/shard-00000.npz")
     with np.load(io.BytesIO(shard["Body"].read())) as data:
-        image, label = data["images"][:1].astype(np.float32), int(data["labels"][0])
-    url = next(iter(runner.endpoints.values()))
+        pixels = data[schema["features"]["name"]][:1].astype(np.float32) / np.float32(
+            schema["features"]["maxValue"]
+        )
+        label = int(data[schema["labels"]["name"]][0])
+    image = pixels[:, None, :, :] if pixels.ndim == 3 else pixels
+    url = _triton_ready(runner)
     model = mv["spec"]["modelName"]
     body = {
         "inputs": [
@@ -232,6 +242,24 @@ def _predict(
         f"TrainingRun {run['metadata']['name']} -> Dataset {lineage.get('dataset')} "
         f"at {lineage.get('datasetFingerprint')}"
     )
+
+
+def _triton_ready(runner: LocalPodRunner, timeout: float = 120) -> str:
+    """The URL of a serving pod's tritonserver once it answers ready (kwok's Ready is not Triton's)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for url in list(runner.endpoints.values()):
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return url
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no serving pod's tritonserver was ready within {timeout:.0f}s")
 
 
 def _second_version(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
