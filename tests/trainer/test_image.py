@@ -13,7 +13,7 @@ from pathlib import Path
 from mlops_trainer import cli
 
 IMAGE_DIR = Path(__file__).resolve().parents[2] / "trainer-image"
-COMMANDS = {"train", "compile", "evaluate", "validate-data", "write-demo-data"}
+COMMANDS = {"train", "compile", "evaluate", "validate-data", "write-demo-data", "fetch-model-repository"}
 
 
 def _instructions() -> list[tuple[str, str]]:
