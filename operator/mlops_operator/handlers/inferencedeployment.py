@@ -15,7 +15,9 @@ Each call:
 4. reads the workload's status into the InferenceDeployment's: stable and canary versions, weight,
    step, replicas, the endpoint. An aborted canary (failed analysis) is `Degraded/AnalysisFailed`
    naming the failed metric and its value; pointing the spec at another version afterwards starts a
-   new canary: the operator clears the abort itself (what `kubectl argo rollouts retry` does).
+   new canary with no `kubectl argo rollouts retry`: a new pod template clears the Rollout's abort
+   (Argo Rollouts v1.10.1, tests/integration/test_rollouts_and_prometheus.py), so the operator never
+   patches a Rollout's status.
 """
 
 from __future__ import annotations
@@ -211,15 +213,6 @@ def _template_version(workload: Mapping[str, Any]) -> str | None:
     return str(version) if version else None
 
 
-def _retry_aborted(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> None:
-    """A new version after an aborted canary: clear the abort so the Rollout starts the new canary
-    (`kubectl argo rollouts retry` does the same status patch; argo-rollouts#3120, #841)."""
-    path = resource_path("Rollout", ctx.namespace, rollout["metadata"]["name"]) + "/status"
-    ctx.require_clients().raw.request(
-        "PATCH", path, body={"status": {"abort": False}}, content_type="application/merge-patch+json"
-    )
-
-
 def _failed_analysis(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> str:
     """The failed metric of the Rollout's latest failed AnalysisRun, with its last value."""
     try:
@@ -366,13 +359,6 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     before = _template_version(workload) if workload else None
     events: tuple[Event, ...] = ()
     if workload is None or status.get("appliedHash") != applied:
-        if (
-            kind == "Rollout"
-            and workload is not None
-            and (workload.get("status") or {}).get("abort")
-            and before != inputs.model_version
-        ):
-            _retry_aborted(ctx, workload)
         workload = _apply(ctx, children, kind)
         if before is not None and before != inputs.model_version:
             ROLLOUTS_STARTED.labels(namespace=ctx.namespace).inc()
