@@ -9,7 +9,6 @@ back on the same port with the same data: tests use that to take the registry aw
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from .controlplane import free_port
+from .processes import stop_group
 from .s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -111,20 +111,9 @@ class LocalMlflow:
 
     def stop(self, timeout: float = 10) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        group = process.pid  # start_new_session: the group id is the CLI's pid
-        _signal_group(group, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(group, signal.SIGKILL)
-            process.wait()
-        # uvicorn, the CLI's child, may outlive it a moment; the port must be free for a restart.
-        deadline = time.monotonic() + timeout
-        while _signal_group(group, 0) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _signal_group(group, signal.SIGKILL)
+        if process is not None:
+            # uvicorn, the CLI's child, may outlive it a moment; the port must be free for a restart.
+            stop_group(process, timeout, linger=timeout)
 
     def __enter__(self) -> Self:
         self.start()
@@ -134,12 +123,3 @@ class LocalMlflow:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def _signal_group(group: int, signum: int) -> bool:
-    """Send `signum` to the process group; whether any process of it was there."""
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        return False
-    return True

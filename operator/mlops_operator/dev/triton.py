@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,7 @@ from typing import Self
 
 from ..builders.triton import tritonserver_args
 from .controlplane import free_port
+from .processes import stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TRITON_VENV = REPO_ROOT / ".venv-triton"
@@ -194,17 +194,9 @@ class LocalTriton:
 
     def stop(self, timeout: float = 15) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        group = process.pid  # start_new_session: the group id is the server's pid
-        _signal_group(group, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(group, signal.SIGKILL)
-            process.wait()
-        # Stubs left behind by a server that died hard would hold their shared memory.
-        _signal_group(group, signal.SIGKILL)
+        if process is not None:
+            # The final SIGKILL of the group: stubs left by a server that died hard hold shared memory.
+            stop_group(process, timeout)
 
     def __enter__(self) -> Self:
         self.start()
@@ -225,11 +217,3 @@ def _errors(log: str, limit: int = 4000) -> str:
         if re.match(r"^E\d{4} ", line) or line.startswith("error:") or "UNAVAILABLE" in line
     ]
     return ("\n".join(wanted) if wanted else log)[-limit:]
-
-
-def _signal_group(group: int, signum: int) -> bool:
-    try:
-        os.killpg(group, signum)
-    except ProcessLookupError:
-        return False
-    return True

@@ -47,7 +47,7 @@ from ..integrations.s3 import S3Config, S3UnavailableError, split_object_uri
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import MODELVERSION_COMPILE_SECONDS, MODELVERSION_GATE_FAILURES, MODELVERSION_REGISTRATIONS
-from ..observation.training import PERMANENT_START_FAILURES, Observation, observe
+from ..observation.training import PERMANENT_START_FAILURES, Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
@@ -415,20 +415,6 @@ def _gfd_product(gpu_name: str | None) -> str | None:
     return product[:63].rstrip("-_.") or None
 
 
-def _numeric(values: Any) -> dict[str, float]:
-    if not isinstance(values, Mapping):
-        return {}
-    out: dict[str, float] = {}
-    for key, value in list(values.items())[:64]:
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and abs(float(value)) < float("inf")
-        ):
-            out[str(key)[:128]] = float(value)
-    return out
-
-
 def _seconds_between(start: str | None, end: str) -> float | None:
     if not start:
         return None
@@ -491,7 +477,7 @@ def _evaluated(
     spec: ModelVersionSpec, ctx: ReconcileContext, seen: Observation, accepted: ConditionUpdate, now: str
 ) -> Outcome:
     status, result = ctx.status, seen.result or {}
-    metrics = _numeric(result.get("metrics"))
+    metrics = finite_metrics(result.get("metrics"))
     evaluation = result.get("evaluation") if isinstance(result.get("evaluation"), Mapping) else {}
     engine = dict(status.get("engine") or {})
     if (evaluation or {}).get("runtime"):

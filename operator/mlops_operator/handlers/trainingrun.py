@@ -32,7 +32,7 @@ from ..engine.cache import Cache, ObjectKey
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
-from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, observe
+from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
@@ -475,19 +475,6 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
     )
 
 
-def _numeric(values: Mapping[str, Any]) -> dict[str, float]:
-    """Finite numbers only: a NaN or an infinity from a trainer has no place in status (nor in JSON)."""
-    out: dict[str, float] = {}
-    for key, value in list(values.items())[:64]:
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and abs(float(value)) < float("inf")
-        ):
-            out[str(key)[:128]] = float(value)
-    return out
-
-
 def _text(value: Any, limit: int = 1024) -> str | None:
     return str(value)[:limit] if value else None
 
@@ -508,7 +495,7 @@ def _succeeded(
     checkpoint = result.get("checkpoint") if isinstance(result.get("checkpoint"), Mapping) else {}
     wandb = result.get("wandb") if isinstance(result.get("wandb"), Mapping) else {}
     raw_metrics = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else {}
-    metrics = _numeric(raw_metrics or {})
+    metrics = finite_metrics(raw_metrics or {})
     fields: dict[str, Any] = {
         "completionTime": finished,
         "metrics": metrics,

@@ -153,3 +153,19 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
     if active:
         return Observation("Running", started_at=started)
     return Observation("Pending", started_at=started)
+
+
+def finite_metrics(values: Any) -> dict[str, float]:
+    """A workload's reported metrics, finite numbers only (at most 64, names cut to 128): a NaN or an
+    infinity has no place in status (nor in JSON); anything but a mapping reports nothing."""
+    if not isinstance(values, Mapping):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in list(values.items())[:64]:
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and abs(float(value)) < float("inf")
+        ):
+            out[str(key)[:128]] = float(value)
+    return out
