@@ -215,10 +215,13 @@ def _template_version(workload: Mapping[str, Any]) -> str | None:
 
 def _failed_analysis(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> str:
     """The failed metric of the Rollout's latest failed AnalysisRun, with its last value."""
+    # Only the aborted revision's runs (Argo Rollouts labels them with the pod template hash).
+    pod_hash = (rollout.get("status") or {}).get("currentPodHash")
+    query = [("labelSelector", f"rollouts-pod-template-hash={pod_hash}")] if pod_hash else []
     try:
         runs = (
             ctx.require_clients()
-            .raw.request("GET", resource_path("AnalysisRun", ctx.namespace))
+            .raw.request("GET", resource_path("AnalysisRun", ctx.namespace), query=query)
             .get("items", [])
         )
     except ApiException:
