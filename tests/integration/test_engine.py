@@ -74,8 +74,19 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
     assert writes == []
     assert [r for r in requests if r[0] == "get"] == []
     lists = sorted(r[1] for r in requests if r[0] == "list")
+    # Our four kinds, and the children's informers: Jobs, Pods, Deployments, and Rollouts (the session's
+    # control plane runs Argo Rollouts, so discovery finds them).
     assert lists == sorted(
-        ["datasets", "trainingruns", "modelversions", "inferencedeployments", "jobs", "pods"]
+        [
+            "datasets",
+            "trainingruns",
+            "modelversions",
+            "inferencedeployments",
+            "jobs",
+            "pods",
+            "deployments",
+            "rollouts",
+        ]
     )
 
 
