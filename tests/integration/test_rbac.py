@@ -74,6 +74,7 @@ def test_no_wildcards_and_secrets_are_get_only(scope: str):
                 assert resource.endswith("/status") or (resource, verb) in {
                     ("trainingruns/finalizers", "update"),
                     ("modelversions/finalizers", "update"),
+                    ("inferencedeployments/finalizers", "update"),
                     ("modelversions", "patch"),
                 }
         # Pods are only watched: the Job controller makes them.
