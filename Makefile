@@ -89,7 +89,7 @@ unit: install
 
 ## test: lint, typecheck, then the operator's unit and integration tests and the trainer's tests
 test: lint typecheck tools trainer mlflow triton
-	$(BIN)/python -m pytest tests --ignore=tests/trainer $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --ignore=tests/trainer --durations=15 $(PYTEST_ARGS)
 	$(TRAINER_VENV)/bin/python -m pytest tests/trainer $(PYTEST_ARGS)
 
 ## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)

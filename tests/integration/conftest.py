@@ -28,6 +28,7 @@ from mlops_operator.dev.controlplane import (
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.timeutil import from_rfc3339
+from tests.integration.digits_engine import CompiledEngine, train_and_compile
 from tests.integration.operator_rbac import OPERATOR_USERS, operator_identity
 from tests.waiting import wait_for
 
@@ -282,3 +283,10 @@ def operator_requests(
         if since is None or from_rfc3339(entry["requestReceivedTimestamp"]) >= since:
             found.append(entry)
     return found
+
+
+@pytest.fixture(scope="session")
+def engine(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> CompiledEngine:
+    """A really trained and compiled digits model (and its demo data) in a bucket of its own, shared by
+    the serving tests: training it once per session saves half a minute per module."""
+    return train_and_compile(s3, f"digits-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("trainer"))

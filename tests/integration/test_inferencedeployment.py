@@ -14,7 +14,6 @@ import json
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,10 @@ from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
 from mlops_operator.dev.s3 import DEV_REGION, LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
-from tests.integration.digits_engine import TRAINER, CompiledEngine, train_and_compile
+from tests.integration.digits_engine import TRAINER, CompiledEngine
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
-
-
-@pytest.fixture(scope="module")
-def engine(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> CompiledEngine:
-    """A really trained digits model (and its demo data) in a bucket of its own."""
-    return train_and_compile(s3, f"idep-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("trainer"))
 
 
 @pytest.fixture

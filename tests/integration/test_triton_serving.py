@@ -15,7 +15,6 @@ import math
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from mlops_operator.dev.triton import (
 )
 from mlops_operator.integrations.s3 import Boto3ObjectStore, S3Config, S3Credentials
 from mlops_operator.integrations.triton_repository import publish_repository
-from tests.integration.digits_engine import CompiledEngine, run_trainer, train_and_compile
+from tests.integration.digits_engine import CompiledEngine, run_trainer
 
 MODEL = "digits"
 TOLERANCE = 1e-5
@@ -68,11 +67,6 @@ class Served:
     repository: ModelRepository
     uri: str
     session: Any  # onnxruntime.InferenceSession over the same model.onnx
-
-
-@pytest.fixture(scope="module")
-def engine(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> CompiledEngine:
-    return train_and_compile(s3, f"serving-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("trainer"))
 
 
 def store(s3: LocalS3) -> Boto3ObjectStore:
