@@ -267,7 +267,7 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
         e.reason
         for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=digits").items
     }
-    assert {"RolloutStarted", "Promoted"} <= reasons
+    assert {"RolloutStarted", "CanaryStep", "Promoted"} <= reasons
     metrics = operator.metrics()
     assert 'mlops_rollouts_started_total{namespace="' + namespace + '"} 1.0' in metrics
     assert 'mlops_rollouts_promoted_total{namespace="' + namespace + '"} 1.0' in metrics

@@ -368,4 +368,9 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
             events = (Event("RolloutStarted", f"rolling out {inputs.model_version}, replacing {before}"),)
     outcome = _observe(spec, ctx, kind, workload, inputs=inputs, waiting=None)
     fields = {**outcome.fields, "repository": repository, "appliedHash": applied}
+    step, canary = fields.get("currentStep"), fields.get("canaryVersion")
+    if canary and step is not None and step != status.get("currentStep") and outcome.phase != "Degraded":
+        # Every canary step gets an event (the Ready reason stays CanaryProgressing between steps).
+        reached = f"canary {canary} reached step {step} ({fields.get('canaryWeight')}% of the pods)"
+        events = (*events, Event("CanaryStep", reached))
     return Outcome(outcome.phase, outcome.conditions, fields, events=(*outcome.events, *events))
