@@ -13,7 +13,7 @@ from kubernetes import client
 
 from mlops_operator.dev.s3 import DEV_SECRET_ACCESS_KEY, LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_events
 
 G, V, P = "mlops.dev", "v1alpha1", "datasets"
 
@@ -105,7 +105,9 @@ def test_dataset_becomes_ready_with_counts_fingerprint_and_manifest(
         k.removeprefix("digits/v1/") for k in objects
     )
     # Credentials never leave the Secret: not in status, not in events, not in the operator's log.
-    events = core.list_namespaced_event(namespace).items
+    events = wait_for_events(
+        core, namespace, "digits", lambda events: any(e.reason == "Validated" for e in events), "Validated"
+    )
     for text in (json.dumps(obj), json.dumps([e.message for e in events]), operator.log.read_text()):
         assert DEV_SECRET_ACCESS_KEY not in text
         assert base64.b64encode(DEV_SECRET_ACCESS_KEY.encode()).decode() not in text

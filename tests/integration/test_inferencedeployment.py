@@ -27,7 +27,7 @@ from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
 from mlops_operator.dev.s3 import DEV_REGION, LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
 from tests.integration.digits_engine import TRAINER, CompiledEngine
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
 
@@ -324,8 +324,11 @@ def test_a_breaching_canary_is_aborted_and_a_newer_version_starts_a_new_canary(
         assert "v1 keeps 100%" in ready["message"]
         assert degraded["status"]["stableVersion"] == "v1"
         assert degraded["status"]["canaryVersion"] == "v2"
-        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=digits").items
-        assert any(e.reason == "AnalysisFailed" and e.type == "Warning" for e in events)
+        wait_for_events(
+            core, namespace, "digits",
+            lambda events: any(e.reason == "AnalysisFailed" and e.type == "Warning" for e in events),
+            "the AnalysisFailed Warning event",
+        )  # fmt: skip
         assert 'mlops_rollouts_aborted_total{namespace="' + namespace + '"} 1.0' in operator.metrics()
 
         # A newer version after the abort: a new canary, without `kubectl argo rollouts retry`.

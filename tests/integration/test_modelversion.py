@@ -24,7 +24,7 @@ from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.pods import finish_pod
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
 from tests.integration.conftest import OperatorProcess, start_operator
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
 SCHEMA = "mlops.dev/trainer-result/v1"
@@ -159,10 +159,6 @@ def _versions(mlflow: LocalMlflow, uid: str) -> list[Any]:
     return list(found)
 
 
-def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[Any]:
-    return list(core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items)
-
-
 def _model_name() -> str:
     return f"digits-{uuid.uuid4().hex[:8]}"
 
@@ -226,8 +222,11 @@ def test_compile_evaluate_gates_and_registration_with_lineage(
     read = MlflowClient(mlflow_server.tracking_uri).get_model_version(model, "1")
     assert sorted(read.aliases) == ["candidate", "staging"]
 
-    reasons = {e.reason for e in _events(core, namespace, "mv1")}
-    assert {"Compiling", "Evaluating", "Registering", "Registered"} <= reasons
+    wait_for_events(
+        core, namespace, "mv1",
+        lambda events: {"Compiling", "Evaluating", "Registering", "Registered"} <= {e.reason for e in events},
+        "an event for every stage",
+    )  # fmt: skip
     metrics = registry_operator.metrics()
     assert 'mlops_modelversion_compile_seconds_count{target="onnx"} 1.0' in metrics
     assert 'mlops_objects{kind="ModelVersion",phase="Ready"} 1.0' in metrics
@@ -268,9 +267,11 @@ def test_a_failing_gate_rejects_and_registers_nothing(
     assert gates["maxLatencyP95Ms"]["passed"] is False
     assert "registry" not in rejected["status"]
     assert _versions(mlflow_server, rejected["metadata"]["uid"]) == []
-    warnings = [e for e in _events(core, namespace, "weak") if e.reason == "GateFailed"]
-    assert warnings
-    assert warnings[0].type == "Warning"
+    wait_for_events(
+        core, namespace, "weak",
+        lambda events: any(e.reason == "GateFailed" and e.type == "Warning" for e in events),
+        "the GateFailed Warning event",
+    )  # fmt: skip
     assert 'mlops_modelversion_gate_failures_total{gate="accuracy"}' in registry_operator.metrics()
 
 
@@ -397,9 +398,11 @@ def test_registry_outage_is_retried_and_a_restart_mid_registration_makes_one_ver
         _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
         down = _wait(custom, namespace, "mv", "Registering", "RegistryUnavailable")
         uid = down["metadata"]["uid"]
-        assert any(
-            e.reason == "RegistryUnavailable" and e.type == "Warning" for e in _events(core, namespace, "mv")
-        )
+        wait_for_events(
+            core, namespace, "mv",
+            lambda events: any(e.reason == "RegistryUnavailable" and e.type == "Warning" for e in events),
+            "the RegistryUnavailable Warning event",
+        )  # fmt: skip
         # The operator dies; the registration it was making reached the registry (the response was
         # lost): the next operator must find it by the UID tag instead of making a second version.
         operator.process.send_signal(signal.SIGKILL)
@@ -464,7 +467,13 @@ def test_stage_and_alias_changes_move_aliases_without_a_new_job(
 
     v1 = wait_for(moved, "v1's status to show champion moved to v2", 30)
     assert v1["status"]["registry"]["aliases"] == ["blessed", "production"]
-    assert any(e.reason == "AliasMoved" for e in _events(core, namespace, "v1"))
+    wait_for_events(
+        core,
+        namespace,
+        "v1",
+        lambda events: any(e.reason == "AliasMoved" for e in events),
+        "the AliasMoved event",
+    )
 
 
 def test_a_compile_relevant_change_after_start_is_refused(

@@ -26,7 +26,7 @@ from mlops_operator.dev.pods import finish_pod
 from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import OperatorProcess, _dataset_body, create_s3_secret, start_operator
 from tests.integration.test_trainingrun import _run, _running_pods, _start, _summary, _wait_phase
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
 MANIFEST_CAP = 4096
@@ -124,8 +124,13 @@ def test_planted_secrets_never_reach_status_events_or_the_log(
     assert [f["attempt"] for f in status["failures"]] == [1, 2]
     assert all("***" in f["message"] for f in status["failures"])  # masked, not dropped
     assert "Traceback" in status["failures"][0]["message"]
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=leaky").items
-    assert any(e.reason == "AttemptFailed" for e in events)
+    events = wait_for_events(
+        core,
+        namespace,
+        "leaky",
+        lambda events: any(e.reason == "AttemptFailed" for e in events),
+        "AttemptFailed",
+    )
     assert _leaks(json.dumps(status)) == []
     assert _leaks(json.dumps([e.message for e in events])) == []
     assert _leaks(operator.log.read_text()) == []
