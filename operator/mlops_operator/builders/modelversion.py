@@ -22,9 +22,8 @@ from ..api.v1alpha1 import API_VERSION, DatasetSpec, ModelVersionSpec
 from ..api.v1alpha1.modelversion import AcceptanceGates
 from ..k8s.naming import common_labels, dns_label, owner_reference
 from .pod import (
-    GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
-    GPU_TOLERATION,
+    apply_scheduling,
     hardened_container,
     hardened_pod_spec,
     s3_env,
@@ -154,16 +153,7 @@ def _env(inputs: StageInputs) -> list[dict[str, Any]]:
 def build_stage_job(inputs: StageInputs) -> dict[str, Any]:
     spec = inputs.spec
     labels = _labels(inputs)
-    resources: dict[str, Any] = {}
-    node_selector = dict(spec.scheduling.node_selector)
-    tolerations = [t.wire() for t in spec.scheduling.tolerations]
-    if inputs.gpus:
-        # An engine is built for, and only runs on, one GPU model: both stages run on that product.
-        resources = {"limits": {GPU_RESOURCE: str(inputs.gpus)}}
-        tolerations.append(dict(GPU_TOLERATION))
-        if inputs.gpu_product:
-            node_selector[GPU_PRODUCT_LABEL] = inputs.gpu_product
-    tolerations += [dict(t) for t in inputs.extra_tolerations]
+    resources = {"limits": {GPU_RESOURCE: str(inputs.gpus)}} if inputs.gpus else {}
     container = hardened_container(
         name=CONTAINER,
         image=spec.compile.image or inputs.image,
@@ -178,12 +168,14 @@ def build_stage_job(inputs: StageInputs) -> dict[str, Any]:
         scratch_size_limit=inputs.scratch_size_limit,
         shm_size_limit=SHM_SIZE_LIMIT,
     )
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    # An engine is built for, and only runs on, one GPU model: both stages run on that product.
+    apply_scheduling(
+        pod_spec,
+        spec.scheduling,
+        uses_gpus=bool(inputs.gpus),
+        gpu_product=inputs.gpu_product if inputs.gpus else None,
+        extra_tolerations=inputs.extra_tolerations,
+    )
     owner = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": inputs.name, "uid": inputs.uid}}
     return {
         "apiVersion": "batch/v1",

@@ -1,4 +1,5 @@
-"""The pod hardening every workload the operator makes shares (training, compile, evaluate).
+"""The pod hardening and scheduling every workload the operator makes shares (training, compile,
+evaluate, serving).
 
 One place, so a Job of any stage runs as the trainer image's non-root user, with a read-only root
 filesystem, no capabilities, no API token, and size-limited scratch volumes.
@@ -10,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlops_contract.result import TERMINATION_MESSAGE_PATH
+
+from ..api.v1alpha1.common import Scheduling
 
 WORKLOAD_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -112,3 +115,30 @@ def s3_env(*, endpoint_url: str | None, region: str | None, credentials: Any | N
             {"name": n, "valueFrom": {"secretKeyRef": {"name": credentials.name, "key": k}}} for n, k in pairs
         ]
     return env
+
+
+def apply_scheduling(
+    pod_spec: dict[str, Any],
+    scheduling: Scheduling,
+    *,
+    uses_gpus: bool,
+    gpu_product: str | None,
+    extra_tolerations: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Add the spec's scheduling to `pod_spec`: its node selector and tolerations, the GPU taint's
+    toleration for pods that use GPUs, the GPU product as a node selector (an engine runs only on
+    the GPU model it was built for), the operator-wide extra tolerations and the priority class."""
+    node_selector = dict(scheduling.node_selector)
+    tolerations = [t.wire() for t in scheduling.tolerations]
+    if uses_gpus:
+        tolerations.append(dict(GPU_TOLERATION))
+    if gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = gpu_product
+    tolerations += [dict(t) for t in extra_tolerations]
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    return pod_spec

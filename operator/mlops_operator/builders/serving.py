@@ -22,7 +22,7 @@ from ..api.v1alpha1 import API_VERSION, DatasetSpec, InferenceDeploymentSpec
 from ..api.v1alpha1.inferencedeployment import RolloutStep
 from ..k8s.naming import common_labels, dns_label, owner_reference
 from . import analysis_queries
-from .pod import GPU_PRODUCT_LABEL, GPU_RESOURCE, GPU_TOLERATION, pod_security_context, s3_env
+from .pod import GPU_RESOURCE, apply_scheduling, pod_security_context, s3_env
 from .triton import GRPC_PORT, HTTP_PORT, METRICS_PORT, tritonserver_args
 
 KIND = "InferenceDeployment"
@@ -188,14 +188,6 @@ def _triton_container(inputs: ServingInputs) -> dict[str, Any]:
 
 def pod_template(inputs: ServingInputs) -> dict[str, Any]:
     spec = inputs.spec
-    node_selector = dict(spec.scheduling.node_selector)
-    tolerations = [t.wire() for t in spec.scheduling.tolerations]
-    if spec.resources.gpus:
-        tolerations.append(dict(GPU_TOLERATION))
-        product = spec.resources.gpu_product or inputs.gpu_product
-        if product:
-            node_selector[GPU_PRODUCT_LABEL] = product
-    tolerations += [dict(t) for t in inputs.extra_tolerations]
     security = pod_security_context() | {
         "runAsUser": TRITON_UID,
         "runAsGroup": TRITON_UID,
@@ -213,12 +205,13 @@ def pod_template(inputs: ServingInputs) -> dict[str, Any]:
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
         ],
     }
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
-    if spec.scheduling.priority_class_name:
-        pod["priorityClassName"] = spec.scheduling.priority_class_name
+    apply_scheduling(
+        pod,
+        spec.scheduling,
+        uses_gpus=bool(spec.resources.gpus),
+        gpu_product=(spec.resources.gpu_product or inputs.gpu_product) if spec.resources.gpus else None,
+        extra_tolerations=inputs.extra_tolerations,
+    )
     labels = _labels(inputs, "serving")
     labels[MODELVERSION_ANNOTATION] = inputs.model_version[:63]
     annotations = {

@@ -24,7 +24,7 @@ from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
 from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference
-from .pod import GPU_TOLERATION, WORKLOAD_UID, hardened_container, hardened_pod_spec, s3_env
+from .pod import WORKLOAD_UID, apply_scheduling, hardened_container, hardened_pod_spec, s3_env
 
 KIND = "TrainingRun"
 RENDEZVOUS_PORT = 29500
@@ -232,20 +232,9 @@ def shm_size_limit(inputs: TrainingInputs) -> str:
     return f"{half // mib}Mi" if half >= mib else str(max(half, 1))
 
 
-def _tolerations(inputs: TrainingInputs) -> list[dict[str, Any]]:
-    tolerations = [t.wire() for t in inputs.spec.scheduling.tolerations]
-    if inputs.spec.resources.gpus_per_worker:
-        tolerations.append(dict(GPU_TOLERATION))
-    tolerations += [dict(t) for t in inputs.extra_tolerations]
-    return tolerations
-
-
 def build_job(inputs: TrainingInputs) -> dict[str, Any]:
     spec = inputs.spec
     labels = _labels(inputs)
-    node_selector = dict(spec.scheduling.node_selector)
-    if spec.resources.gpu_product:
-        node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
     command, args = _command(inputs)
     container = hardened_container(
         name=CONTAINER,
@@ -262,12 +251,13 @@ def build_job(inputs: TrainingInputs) -> dict[str, Any]:
         shm_size_limit=shm_size_limit(inputs),
         termination_grace_seconds=120,  # time to write a checkpoint on SIGTERM
     )
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations := _tolerations(inputs):
-        pod_spec["tolerations"] = tolerations
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    apply_scheduling(
+        pod_spec,
+        spec.scheduling,
+        uses_gpus=bool(spec.resources.gpus_per_worker),
+        gpu_product=spec.resources.gpu_product,
+        extra_tolerations=inputs.extra_tolerations,
+    )
     job_spec: dict[str, Any] = {
         # Attempts are the operator's: it retries with backoff and resumes from the checkpoint.
         "backoffLimit": 0,
