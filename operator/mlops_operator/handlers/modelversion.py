@@ -887,10 +887,14 @@ def _settled(ctx: ReconcileContext, accepted: ConditionUpdate) -> Result:
     ):
         return Unchanged()
     if ready.get("reason") in ENGINE_REASONS or not ready:
+        # An engine error replaced the Ready condition: restate what the phase and status say.
         phase = status["phase"]
-        restated = _ready(
-            "True" if phase == "Ready" else "False", "Registered" if phase == "Ready" else phase, ""
-        )
+        if phase != "Ready":
+            restated = _ready("False", str(phase), "")
+        elif (status.get("registry") or {}).get("version"):
+            restated = _ready("True", "Registered", "")
+        else:
+            restated = _ready("True", "Accepted", "gates passed; not registered (spec.registry is empty)")
     else:
         restated = ConditionUpdate(READY, ready["status"], ready["reason"], ready.get("message", ""))
     return Outcome(str(status["phase"]), (restated, accepted))
