@@ -213,6 +213,9 @@ def _template_version(workload: Mapping[str, Any]) -> str | None:
     return str(version) if version else None
 
 
+UNREADABLE_ANALYSIS = "its AnalysisRun could not be read"
+
+
 def _failed_analysis(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> str:
     """The failed metric of the Rollout's latest failed AnalysisRun, with its last value."""
     # Only the aborted revision's runs (Argo Rollouts labels them with the pod template hash).
@@ -225,7 +228,7 @@ def _failed_analysis(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> str:
             .get("items", [])
         )
     except ApiException:
-        return "the analysis failed (its AnalysisRun could not be read)"
+        return f"the analysis failed ({UNREADABLE_ANALYSIS})"
     uid = rollout["metadata"].get("uid")
     mine = [
         r
@@ -300,9 +303,19 @@ def _observe(
     if kind == "Rollout" and observed.get("abort"):
         if status.get("phase") != "Degraded":
             ROLLOUTS_ABORTED.labels(namespace=ctx.namespace).inc()
-        why = _failed_analysis(ctx, workload)
         fields |= {"canaryVersion": serving, "canaryWeight": 0}
-        message = f"the canary of {serving} was aborted, {stable or 'the stable version'} keeps 100%: {why}"
+        said = find_condition(status.get("conditions", []), READY) or {}
+        if (
+            status.get("phase") == "Degraded"
+            and status.get("canaryVersion") == serving
+            and said.get("reason") == "AnalysisFailed"
+            and UNREADABLE_ANALYSIS not in str(said.get("message"))
+        ):
+            # Already said why: an aborted canary's AnalysisRuns do not change, so read them once.
+            message = str(said.get("message"))
+        else:
+            why = _failed_analysis(ctx, workload)
+            message = f"the canary of {serving} was aborted, {stable or 'the stable version'} keeps 100%: {why}"
         return Outcome("Degraded", (_ready("False", "AnalysisFailed", message), waiting_condition), fields)
     if _settled(kind, workload):
         if stable and stable != serving:

@@ -1,0 +1,58 @@
+"""How an InferenceDeployment reads its aborted Rollout, as data (no clients: a call would raise)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from mlops_operator.api.v1alpha1 import InferenceDeploymentSpec
+from mlops_operator.builders.serving import MODELVERSION_ANNOTATION
+from mlops_operator.handlers import inferencedeployment
+from mlops_operator.handlers.context import ReconcileContext
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SPEC = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v2"}})
+ABORTED = {
+    "metadata": {"name": "digits", "uid": "rollout-uid", "generation": 3},
+    "spec": {"template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: "v2"}}}},
+    "status": {"abort": True, "currentPodHash": "abc", "observedGeneration": "3", "replicas": 2},
+}
+
+
+def _ctx(phase: str, canary: str, reason: str, message: str) -> ReconcileContext:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "stableVersion": "v1",
+        "canaryVersion": canary,
+        "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+    }
+    body = {
+        "metadata": {"name": "digits", "namespace": "ns", "uid": "idep-uid", "generation": 1},
+        "status": status,
+    }
+    return ReconcileContext(body, None, now=lambda: NOW)
+
+
+def test_a_degraded_deployment_does_not_read_its_analysis_runs_again():
+    said = "the canary of v2 was aborted, v1 keeps 100%: latency-p95-ms = 412.0 (Failed, 2 failed)"
+    ctx = _ctx("Degraded", "v2", "AnalysisFailed", said)
+    outcome = inferencedeployment._observe(SPEC, ctx, "Rollout", ABORTED, inputs=None, waiting=None)
+    assert outcome.phase == "Degraded"
+    ready = outcome.conditions[0]
+    assert (ready.reason, ready.message) == ("AnalysisFailed", said)
+
+
+@pytest.mark.parametrize(
+    ("phase", "canary", "message"),
+    [
+        ("Progressing", "v2", "canary v2 at 10% (step 1), v1 stable"),  # the abort is new
+        ("Degraded", "v1b", "the canary of v1b was aborted, ..."),  # another version's abort
+        ("Degraded", "v2", f"the analysis failed ({inferencedeployment.UNREADABLE_ANALYSIS})"),
+    ],
+)
+def test_a_new_abort_or_an_unread_one_reads_the_analysis_runs(phase, canary, message):
+    ctx = _ctx(phase, canary, "AnalysisFailed", message)
+    with pytest.raises(RuntimeError, match="needs API clients"):
+        inferencedeployment._observe(SPEC, ctx, "Rollout", ABORTED, inputs=None, waiting=None)
