@@ -3,12 +3,15 @@ Deployment."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mlops_contract import envvars
 
 from mlops_operator.api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
+from mlops_operator.api.v1alpha1 import kubevalues as kv
 from mlops_operator.builders.serving import (
+    MODELVERSION_ANNOTATION,
     ServingInputs,
     build_analysis_template,
     build_deployment,
@@ -141,3 +144,17 @@ def test_recreate_is_a_deployment_and_services_select_the_pods_by_uid():
 def test_autoscaling_bounds_the_replicas():
     rollout = build_rollout(_inputs(replicas=10, autoscaling={"minReplicas": 2, "maxReplicas": 4}))
     assert rollout["spec"]["replicas"] == 4
+
+
+def test_long_names_make_valid_labels_and_the_analysis_selects_the_pods_own_label():
+    # Object names may be 253 characters, label values only 63: a label cut at 63 can end in "-" or
+    # "." (rejected by the apiserver), and the analysis must query the value the pods really carry.
+    long_idep = "digits-" + "a" * 60 + ".serving"
+    long_mv = "v2-" + "b" * 59 + ".-" + "c" * 100
+    inputs = dataclasses.replace(_inputs(), name=long_idep, model_version=long_mv)
+    template = build_rollout(inputs)["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert all(kv.is_label_value(v) for v in labels.values()), labels
+    query = build_analysis_template(inputs)["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    assert f'inferencedeployment="{labels["mlops.dev/inferencedeployment"]}"' in query
+    assert template["metadata"]["annotations"][MODELVERSION_ANNOTATION] == long_mv  # the full name

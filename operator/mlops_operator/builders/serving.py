@@ -20,7 +20,7 @@ from mlops_contract import envvars
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, InferenceDeploymentSpec
 from ..api.v1alpha1.inferencedeployment import RolloutStep
-from ..k8s.naming import common_labels, dns_label, owner_reference
+from ..k8s.naming import common_labels, dns_label, label_value, owner_reference
 from . import analysis_queries
 from .pod import GPU_RESOURCE, apply_scheduling, pod_security_context, s3_env
 from .triton import GRPC_PORT, HTTP_PORT, METRICS_PORT, tritonserver_args
@@ -213,7 +213,7 @@ def pod_template(inputs: ServingInputs) -> dict[str, Any]:
         extra_tolerations=inputs.extra_tolerations,
     )
     labels = _labels(inputs, "serving")
-    labels[MODELVERSION_ANNOTATION] = inputs.model_version[:63]
+    labels[MODELVERSION_ANNOTATION] = label_value(inputs.model_version)
     annotations = {
         MODELVERSION_ANNOTATION: inputs.model_version,
         REPOSITORY_ANNOTATION: inputs.repository_uri,
@@ -301,11 +301,12 @@ def build_rollout(inputs: ServingInputs) -> dict[str, Any]:
 
 def canary_labels(inputs: ServingInputs, pod_template_hash: str) -> dict[str, str]:
     """Prometheus target labels of one pod template's serving pods: `namespace`,
-    `inferencedeployment` and `rollouts_pod_template_hash` (the local control plane's file discovery
-    gives these; in a cluster, a PodMonitor relabeling the pods' labels does)."""
+    `inferencedeployment` and `rollouts_pod_template_hash`, copied from the pods' namespace and their
+    labels `mlops.dev/inferencedeployment` and `rollouts-pod-template-hash` (by the local control
+    plane's file discovery; in a cluster by the chart's serving PodMonitor)."""
     return {
         "namespace": inputs.namespace,
-        "inferencedeployment": inputs.name,
+        "inferencedeployment": label_value(inputs.name),
         "rollouts_pod_template_hash": pod_template_hash,
     }
 
