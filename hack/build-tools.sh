@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build (from Go modules) and cache the binaries the mlops-operator test/dev
 # harness needs: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, promtool, prometheus, rollouts-controller -- plus the Argo Rollouts CRDs
-# and kwok stage YAMLs.
+# kubectl, etcd, kwok, helm, promtool, prometheus, rollouts-controller -- plus the Argo Rollouts CRDs,
+# the Prometheus Operator's monitoring.coreos.com CRDs the chart's optional objects use, and kwok
+# stage YAMLs.
 #
 # Nothing is downloaded from GitHub releases: every tool is compiled from its Go
 # module (fetched through GOPROXY) inside a small generated wrapper module, one
@@ -28,12 +29,13 @@
 #   bin/helm-<v>/helm
 #   bin/prometheus-<v>/{promtool,prometheus}
 #   bin/argo-rollouts-<v>/{rollouts-controller,argo-rollouts-crds/*.yaml}
+#   bin/monitoring-crds-<v>/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml
 #   bin/current/   symlinks to all of the above + versions.env
 #   bin/env.sh     exports MLOPS_BIN_DIR, MLOPS_KWOK_STAGES_DIR, ... and PATH
 #   build/<tool>-<v>/  generated wrapper modules (go.mod/go.sum), safe to delete
 #
 # Version overrides (environment): K8S_VERSION, ETCD_VERSION, KWOK_VERSION,
-# HELM_VERSION, ARGO_ROLLOUTS_VERSION, PROMETHEUS_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
+# HELM_VERSION, ARGO_ROLLOUTS_VERSION, PROMETHEUS_VERSION, PROMETHEUS_OPERATOR_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
 # to the number of CPUs.
 set -euo pipefail
 
@@ -49,6 +51,9 @@ PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 # v1.10.2 / v1.9.3 declare `go 1.26.10`; v1.10.1 is the newest that a go1.26.8
 # toolchain (GOTOOLCHAIN=local) agrees to download.
 ARGO_ROLLOUTS_VERSION="${ARGO_ROLLOUTS_VERSION:-v1.10.1}"
+# Only its CRD files are used (nothing is built): the ServiceMonitor, PodMonitor and PrometheusRule
+# the chart renders are dry-run against the real schemas.
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 CACHE_ROOT="${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}"
 BIN_ROOT="${CACHE_ROOT}/bin"
@@ -69,7 +74,8 @@ done
 
 # Binaries expected in current/ (entries that must exist for the cache to count as complete).
 CURRENT_ENTRIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm
-                 promtool prometheus rollouts-controller kwok-stages argo-rollouts-crds versions.env)
+                 promtool prometheus rollouts-controller kwok-stages argo-rollouts-crds monitoring-crds
+                 versions.env)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -421,6 +427,30 @@ else
   note argo-rollouts "${ARGO_ROLLOUTS_VERSION}" "built in $(elapsed "${t0}")"
 fi
 
+# ------------------------------------------------- prometheus-operator CRDs ---
+MONITORING_DIR="${BIN_ROOT}/monitoring-crds-${PROMETHEUS_OPERATOR_VERSION}"
+MONITORING_CRDS=(servicemonitors podmonitors prometheusrules)
+monitoring_ok() {
+  local c
+  for c in "${MONITORING_CRDS[@]}"; do [[ -s "${MONITORING_DIR}/monitoring.coreos.com_${c}.yaml" ]] || return 1; done
+}
+if [[ "${FORCE}" == 0 ]] && monitoring_ok; then
+  note monitoring-crds "${PROMETHEUS_OPERATOR_VERSION}" cached
+else
+  [[ "${MODE}" == check ]] && die "monitoring.coreos.com CRDs ${PROMETHEUS_OPERATOR_VERSION} not extracted"
+  t0="$(now)"; log "extracting the monitoring.coreos.com CRDs of prometheus-operator ${PROMETHEUS_OPERATOR_VERSION}"
+  src="$(mod_field "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" Dir)" \
+    || die "cannot download github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}"
+  tmp="$(tmpdir_for "monitoring-crds-${PROMETHEUS_OPERATOR_VERSION}")"
+  for c in "${MONITORING_CRDS[@]}"; do
+    install -m 0644 "${src}/example/prometheus-operator-crd/monitoring.coreos.com_${c}.yaml" "${tmp}/" \
+      || die "prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} has no ${c} CRD"
+  done
+  install_dir "${tmp}" "${MONITORING_DIR}"
+  monitoring_ok || die "monitoring.coreos.com CRDs missing after extraction"
+  note monitoring-crds "${PROMETHEUS_OPERATOR_VERSION}" "extracted in $(elapsed "${t0}")"
+fi
+
 # ----------------------------------------------------------------- current ---
 mkdir -p "${CURRENT_DIR}"
 link() { ln -sfn "$1" "${CURRENT_DIR}/$2"; }
@@ -433,13 +463,15 @@ link "../prometheus-${PROMETHEUS_VERSION}/promtool" promtool
 link "../prometheus-${PROMETHEUS_VERSION}/prometheus" prometheus
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/argo-rollouts-crds" argo-rollouts-crds
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/rollouts-controller" rollouts-controller
+link "../monitoring-crds-${PROMETHEUS_OPERATOR_VERSION}" monitoring-crds
 
 versions="K8S_VERSION=${K8S_VERSION}
 ETCD_VERSION=${ETCD_VERSION}
 KWOK_VERSION=${KWOK_VERSION}
 HELM_VERSION=${HELM_VERSION}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION}
-ARGO_ROLLOUTS_VERSION=${ARGO_ROLLOUTS_VERSION}"
+ARGO_ROLLOUTS_VERSION=${ARGO_ROLLOUTS_VERSION}
+PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION}"
 if [[ "$(cat "${CURRENT_DIR}/versions.env" 2>/dev/null)" != "${versions}" ]]; then
   printf '%s\n' "${versions}" >"${CURRENT_DIR}/versions.env.tmp"
   mv -f "${CURRENT_DIR}/versions.env.tmp" "${CURRENT_DIR}/versions.env"

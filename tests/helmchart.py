@@ -26,8 +26,8 @@ PROMTOOL_TESTS = ROOT / "tests" / "promtool"
 RELEASE = "mlops-operator"
 # The Prometheus job of the metrics Service for RELEASE (what the alert rules select on).
 JOB = f"{RELEASE}-metrics"
-# Kinds whose CRDs (Prometheus Operator) are not installed on the test apiserver.
-MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The chart's optional Prometheus Operator objects; hack/build-tools.sh extracts their CRDs.
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 Manifest = dict[str, Any]
 
@@ -132,4 +132,15 @@ def promtool(
 
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def monitoring_crds() -> Path:
+    """The monitoring.coreos.com CRDs (prometheus-operator's own files) hack/build-tools.sh extracts;
+    the test is skipped, saying how to get them, if absent."""
+    path = default_bin_dir() / "monitoring-crds"
+    if not list(path.glob("*.yaml")):
+        pytest.skip(
+            f"monitoring CRDs not extracted: run hack/build-tools.sh (make tools) to put them in {path}"
+        )
     return path

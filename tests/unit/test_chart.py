@@ -17,6 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from mlops_operator.api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
+from mlops_operator.builders.serving import (
+    ServingInputs,
+    build_analysis_template,
+    build_rollout,
+    canary_labels,
+)
 from mlops_operator.settings import OperatorConfig
 from tests.helmchart import (
     CHART,
@@ -39,6 +46,7 @@ from tests.helmchart import (
 NAMESPACED = {"watch.namespaces": ["team-a", "team-b"]}
 EVERYTHING = {
     "metrics.serviceMonitor.enabled": True,
+    "metrics.servingPodMonitor.enabled": True,
     "metrics.prometheusRule.enabled": True,
     "networkPolicy.enabled": True,
 }
@@ -295,6 +303,54 @@ def test_monitoring_objects_are_optional_and_point_at_the_metrics_service() -> N
     assert service["metadata"]["name"] == JOB  # Prometheus Operator's job label: the Service's name
     rule = one(manifests, "PrometheusRule")
     assert {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]} == ALERTS
+
+
+def _prometheus_meta_label(pod_label: str) -> str:
+    # Prometheus's Kubernetes discovery: every character outside [a-zA-Z0-9_] becomes "_".
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["cluster", "namespaced"])
+def test_serving_pod_monitor_gives_the_serving_pods_the_labels_the_canary_analysis_queries(
+    values: dict[str, Any],
+) -> None:
+    assert not by_kind(render(values), "PodMonitor")
+    monitor = one(render({**values, "metrics.servingPodMonitor.enabled": True}), "PodMonitor")["spec"]
+    inputs = ServingInputs(
+        name="digits",
+        namespace="team-a",
+        uid="1d2e3f4a-0000-1111-2222-333344445555",
+        spec=InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v2"}}),
+        model_version="v2",
+        model_name="digits",
+        repository_uri="s3://data/engines/triton/digits/abcdef0123456789/",
+        dataset=DatasetSpec.model_validate(
+            {"source": {"uri": "s3://data/digits/", "credentialsSecretRef": {"name": "s3"}}}
+        ),
+        fetch_image="trainer:1",
+        gpu_product=None,
+        prometheus_address="http://prometheus:9090",
+    )
+    template = build_rollout(inputs)["spec"]["template"]
+    # Argo Rollouts adds this label to each ReplicaSet's pods.
+    pod_labels = {**template["metadata"]["labels"], "rollouts-pod-template-hash": "6d4f8b9c7"}
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    if values:
+        assert monitor["namespaceSelector"] == {"matchNames": values["watch.namespaces"]}
+    else:
+        assert monitor["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    assert endpoint["port"] in ports
+    # The target labels the relabelings make from a pod are the ones the analysis queries select on.
+    meta = {_prometheus_meta_label(k): v for k, v in pod_labels.items()}
+    meta["__meta_kubernetes_namespace"] = inputs.namespace
+    target = {r["targetLabel"]: meta[r["sourceLabels"][0]] for r in endpoint["relabelings"]}
+    wanted = canary_labels(inputs, "6d4f8b9c7")
+    assert wanted.items() <= target.items()
+    query = build_analysis_template(inputs)["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    for name in wanted:
+        assert f'{name}="' in query
 
 
 def test_alert_rules_pass_promtool_check(tmp_path: Path) -> None:
