@@ -54,6 +54,7 @@ ALERTS = {
     "MlopsOperatorDown",
     "MlopsOperatorReplicaDown",
     "MlopsTrainingRunsStuck",
+    "MlopsInferenceDeploymentsDegraded",
     "MlopsTrainingFailureRateHigh",
     "MlopsReconcileErrorsHigh",
     "MlopsReconcileUnexpectedErrors",

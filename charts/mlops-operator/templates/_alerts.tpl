@@ -56,6 +56,21 @@ nothing, so `max by` keeps one series per kind/phase however many replicas are s
           {{ "{{ $value }}" }} TrainingRun(s) have been {{ "{{ $labels.phase }}" }} for at least
           {{ $r.stuckMinutes }} minutes (no GPU capacity, an unschedulable pod, an image that does not
           pull). See `kubectl get tr -A` and the runs' conditions and events.
+    - alert: MlopsInferenceDeploymentsDegraded
+      expr: max by (kind, phase) (mlops_objects{job="{{ $job }}", kind="InferenceDeployment", phase="Degraded"}) > 0
+      for: 5m
+      labels:
+        severity: warning
+        {{- with $extra }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: Canaries were aborted.
+        description: >-
+          {{ "{{ $value }}" }} InferenceDeployment(s) have been Degraded for 5 minutes: a canary's
+          analysis failed, the Rollout aborted it and the stable version serves all traffic. The
+          Ready condition names the failed metric and its value (`kubectl get idep -A`); point
+          modelVersionRef at a fixed version to start a new canary.
     - alert: MlopsTrainingFailureRateHigh
       expr: |-
         sum(increase(mlops_training_duration_seconds_count{job="{{ $job }}", result="Failed"}[1h]))
