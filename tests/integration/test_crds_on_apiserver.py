@@ -126,6 +126,28 @@ def test_training_run_identity_fields_are_immutable(custom: client.CustomObjects
     assert patched["spec"]["suspend"] is True
 
 
+def test_inference_deployment_strategy_is_immutable(custom: client.CustomObjectsApi, namespace: str):
+    doc = load(next(p for p in valid_samples() if "inferencedeployment" in p.name))
+    _create(custom, namespace, doc)
+    name = doc["metadata"]["name"]
+    with pytest.raises(ApiException) as info:
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "inferencedeployments",
+            name,
+            {"spec": {"rollout": {"strategy": "recreate", "steps": []}}},
+        )
+    assert "rollout.strategy is immutable" in info.value.body
+    # The canary's steps and thresholds stay mutable.
+    patched = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencedeployments", name,
+        {"spec": {"rollout": {"analysis": {"successRateMin": 0.9}}}},
+    )  # fmt: skip
+    assert patched["spec"]["rollout"]["analysis"]["successRateMin"] == 0.9
+
+
 def test_status_is_a_subresource(custom: client.CustomObjectsApi, namespace: str):
     doc = load(valid_samples()[0])
     created = _create(custom, namespace, {**doc, "status": {"phase": "Ready"}})

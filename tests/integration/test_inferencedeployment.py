@@ -213,11 +213,18 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
 ):
     operator, runner = serving
     _ready_version(custom, namespace, "v1", engine)
-    custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", _idep("v1"))
+    idep = custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", _idep("v1"))
+    # What an operator that ran before Argo Rollouts was installed left: a Deployment of this
+    # InferenceDeployment (no pods). Once the Rollout serves, it goes.
+    apps = client.AppsV1Api(core.api_client)
+    apps.create_namespaced_deployment(namespace, _leftover_deployment(idep))
     available = _wait(
         custom, namespace, "inferencedeployments", "digits",
         lambda o: o.get("status", {}).get("phase") == "Available", "v1 Available",
     )  # fmt: skip
+    wait_for(
+        lambda: not apps.list_namespaced_deployment(namespace).items, "the leftover Deployment deleted", 30
+    )
     status = available["status"]
     assert status["workloadKind"] == "Rollout"
     assert status["stableVersion"] == "v1"
@@ -263,14 +270,41 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
         )  # fmt: skip
     assert promoted["status"]["phase"] == "Available"
     assert promoted["status"].get("canaryVersion") is None
-    reasons = {
-        e.reason
-        for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=digits").items
-    }
-    assert {"RolloutStarted", "CanaryStep", "Promoted"} <= reasons
+    expected = {"RolloutStarted", "CanaryStep", "Promoted", "WorkloadReplaced"}
+    wait_for_events(
+        core, namespace, "digits", lambda events: expected <= {e.reason for e in events},
+        "events for the rollout's steps and the replaced Deployment",
+    )  # fmt: skip
     metrics = operator.metrics()
     assert 'mlops_rollouts_started_total{namespace="' + namespace + '"} 1.0' in metrics
     assert 'mlops_rollouts_promoted_total{namespace="' + namespace + '"} 1.0' in metrics
+
+
+def _leftover_deployment(idep: dict[str, Any]) -> dict[str, Any]:
+    meta = idep["metadata"]
+    labels = {
+        "app.kubernetes.io/managed-by": "mlops-operator",
+        "app.kubernetes.io/name": "inferencedeployment",
+        "mlops.dev/inferencedeployment-uid": meta["uid"],
+    }
+    owner = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "InferenceDeployment",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+    pod = {"containers": [{"name": "triton", "image": "nvcr.io/nvidia/tritonserver:24.10-py3"}]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "digits-triton", "labels": labels, "ownerReferences": [owner]},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"mlops.dev/inferencedeployment-uid": meta["uid"]}},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
 
 
 def _try_infer(url: str, batch: np.ndarray) -> list[np.ndarray] | None:
@@ -388,3 +422,56 @@ def test_a_version_not_ready_waits_while_the_old_one_serves_and_recreate_is_a_de
         ]
 
     wait_for(children_gone, "the Deployment and Services to be garbage-collected", 60)
+
+
+def test_autoscaling_hands_replicas_to_an_autoscaler_that_a_new_version_does_not_undo(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    apps = client.AppsV1Api(core.api_client)
+    autoscaling = client.AutoscalingV2Api(core.api_client)
+    scaled = {
+        "rollout": {"strategy": "recreate"},
+        "replicas": 1,
+        "resources": {"gpus": 0, "cpu": "1"},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
+    }
+    available = _serve_v1(custom, namespace, engine, **scaled)
+    assert available["status"]["autoscaler"] == "digits-triton"
+    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("digits-triton", namespace)
+    assert (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) == ("Deployment", "digits-triton")
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 3)
+    assert hpa.spec.metrics[0].resource.name == "cpu"
+    assert apps.read_namespaced_deployment("digits-triton", namespace).spec.replicas == 2  # the minimum
+
+    # The autoscaler scales out (here by hand, through the scale subresource as the HPA controller
+    # writes it: this control plane has no metrics server to drive it).
+    apps.patch_namespaced_deployment_scale(
+        "digits-triton", namespace, {"spec": {"replicas": 3}}, field_manager="horizontal-pod-autoscaler"
+    )
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("readyReplicas") == 3, "3 ready replicas",
+    )  # fmt: skip
+
+    # A new version changes the pod template; the replicas the autoscaler chose stay.
+    _ready_version(custom, namespace, "v2", engine)
+    _point_at(custom, namespace, "v2")
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("stableVersion") == "v2" and o["status"]["phase"] == "Available",
+        "v2 rolled out",
+    )  # fmt: skip
+    assert apps.read_namespaced_deployment("digits-triton", namespace).spec.replicas == 3
+
+    # Autoscaling removed: the autoscaler goes and spec.replicas sizes the workload again.
+    _point_at(custom, namespace, "v2", autoscaling=None, replicas=1)
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: "autoscaler" not in o.get("status", {}) and o["status"].get("replicas") == 1,
+        "one replica, no autoscaler",
+    )  # fmt: skip
+    assert not autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items

@@ -149,8 +149,13 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
         ("get", "trainingruns.mlops.dev"),
         ("patch", "modelversions.mlops.dev"),
         ("list", "pods"),
+        ("patch", "horizontalpodautoscalers.autoscaling"),
+        ("delete", "horizontalpodautoscalers.autoscaling"),
+        ("delete", "deployments.apps"),
     ]
     denied = [
+        ("get", "horizontalpodautoscalers.autoscaling"),  # never read: the status names it
+        ("update", "deployments.apps"),
         ("list", "secrets"),
         ("watch", "secrets"),
         ("create", "secrets"),

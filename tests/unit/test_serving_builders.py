@@ -14,9 +14,11 @@ from mlops_operator.builders.serving import (
     MODELVERSION_ANNOTATION,
     ServingInputs,
     build_analysis_template,
+    build_autoscaler,
     build_deployment,
     build_rollout,
     build_service,
+    replicas_handover,
     weight_of_step,
 )
 
@@ -141,9 +143,53 @@ def test_recreate_is_a_deployment_and_services_select_the_pods_by_uid():
     }
 
 
-def test_autoscaling_bounds_the_replicas():
-    rollout = build_rollout(_inputs(replicas=10, autoscaling={"minReplicas": 2, "maxReplicas": 4}))
-    assert rollout["spec"]["replicas"] == 4
+def test_without_autoscaling_the_spec_sizes_the_workload():
+    assert build_rollout(_inputs(replicas=3))["spec"]["replicas"] == 3
+    existing = dataclasses.replace(_inputs(replicas=5), workload_exists=True)
+    assert build_deployment(existing)["spec"]["replicas"] == 5
+
+
+def test_with_autoscaling_the_workload_starts_at_the_minimum_then_leaves_replicas_to_the_autoscaler():
+    scaled = {"replicas": 10, "resources": {"cpu": "2"}, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}
+    assert build_rollout(_inputs(**scaled))["spec"]["replicas"] == 2
+    existing = dataclasses.replace(_inputs(**scaled), workload_exists=True)
+    assert "replicas" not in build_rollout(existing)["spec"]
+    assert "replicas" not in build_deployment(existing)["spec"]
+    handover = replicas_handover(existing, "Rollout", 3)
+    assert handover == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": build_rollout(existing)["metadata"]["name"], "namespace": "team-a"},
+        "spec": {"replicas": 3},
+    }
+
+
+def test_the_autoscaler_scales_the_workload_on_cpu_or_on_tritons_queued_requests():
+    on_cpu = _inputs(resources={"cpu": "2"}, autoscaling={"minReplicas": 2, "maxReplicas": 6})
+    hpa = build_autoscaler(on_cpu, "Rollout")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "name": build_rollout(on_cpu)["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+        }
+    ]
+    assert hpa["metadata"]["ownerReferences"][0]["uid"] == on_cpu.uid
+
+    queued = _inputs(autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetInflightRequests": 8})
+    hpa = build_autoscaler(queued, "Deployment")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert hpa["spec"]["scaleTargetRef"]["apiVersion"] == "apps/v1"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "nv_inference_pending_request_count"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "8"}
 
 
 def test_long_names_make_valid_labels_and_the_analysis_selects_the_pods_own_label():

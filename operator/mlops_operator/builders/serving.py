@@ -60,6 +60,8 @@ class ServingInputs:
     gpu_product: str | None = None  # the engine's GPU product: where the pods must run
     prometheus_address: str | None = None  # for the AnalysisTemplate
     extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    # The workload exists: with autoscaling, its replicas are the autoscaler's (not applied).
+    workload_exists: bool = False
 
     @property
     def workload_name(self) -> str:
@@ -223,10 +225,74 @@ def pod_template(inputs: ServingInputs) -> dict[str, Any]:
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod}
 
 
-def _replicas(spec: InferenceDeploymentSpec) -> int:
-    if spec.autoscaling:
-        return max(spec.autoscaling.min_replicas, min(spec.replicas, spec.autoscaling.max_replicas))
-    return spec.replicas
+def _replicas(inputs: ServingInputs) -> dict[str, int]:
+    """The workload's `replicas`: the spec's; with autoscaling, the minimum when the workload is
+    created and nothing afterwards, so applying a new version never undoes what the autoscaler
+    chose (the handler hands the field over first: replicas_handover)."""
+    autoscaling = inputs.spec.autoscaling
+    if autoscaling is None:
+        return {"replicas": inputs.spec.replicas}
+    return {} if inputs.workload_exists else {"replicas": autoscaling.min_replicas}
+
+
+def replicas_handover(inputs: ServingInputs, kind: Workload, replicas: int) -> dict[str, Any]:
+    """The workload's current `replicas` alone, applied by a field manager of its own before the
+    workload is applied without the field: server-side apply then keeps the value instead of
+    resetting it (Kubernetes' documented hand-over of replicas to an autoscaler)."""
+    return {
+        "apiVersion": ROLLOUTS_API if kind == "Rollout" else "apps/v1",
+        "kind": kind,
+        "metadata": {"name": inputs.workload_name, "namespace": inputs.namespace},
+        "spec": {"replicas": replicas},
+    }
+
+
+# Triton's gauge of requests queued for the model, per pod: what a custom metrics adapter serves.
+QUEUED_REQUESTS_METRIC = "nv_inference_pending_request_count"
+CPU_UTILIZATION_PERCENT = 80
+
+
+def autoscaler_name(inputs: ServingInputs) -> str:
+    return inputs.workload_name
+
+
+def build_autoscaler(inputs: ServingInputs, kind: Workload) -> dict[str, Any]:
+    """A HorizontalPodAutoscaler (autoscaling/v2) of the workload, Rollout or Deployment (both have
+    the scale subresource): on Triton's queued requests per pod, or on CPU utilization."""
+    autoscaling = inputs.spec.autoscaling
+    if autoscaling is None:
+        raise ValueError("the spec has no autoscaling")
+    if autoscaling.target_inflight_requests is not None:
+        metric: dict[str, Any] = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUED_REQUESTS_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(autoscaling.target_inflight_requests)},
+            },
+        }
+    else:
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": CPU_UTILIZATION_PERCENT},
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(inputs, autoscaler_name(inputs), "autoscaler"),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": ROLLOUTS_API if kind == "Rollout" else "apps/v1",
+                "kind": kind,
+                "name": inputs.workload_name,
+            },
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [metric],
+        },
+    }
 
 
 def build_service(inputs: ServingInputs, *, canary: bool = False) -> dict[str, Any]:
@@ -283,7 +349,7 @@ def build_rollout(inputs: ServingInputs) -> dict[str, Any]:
         "kind": "Rollout",
         "metadata": _metadata(inputs, inputs.workload_name, "rollout"),
         "spec": {
-            "replicas": _replicas(inputs.spec),
+            **_replicas(inputs),
             "selector": {"matchLabels": _selector(inputs)},
             "template": pod_template(inputs),
             "revisionHistoryLimit": 3,
@@ -365,7 +431,7 @@ def build_deployment(inputs: ServingInputs) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _metadata(inputs, inputs.workload_name, "deployment"),
         "spec": {
-            "replicas": _replicas(inputs.spec),
+            **_replicas(inputs),
             "selector": {"matchLabels": _selector(inputs)},
             "template": pod_template(inputs),
             "revisionHistoryLimit": 3,

@@ -33,11 +33,17 @@ from ..api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
 from ..builders.serving import (
     MODELVERSION_ANNOTATION,
     ServingInputs,
+    Workload,
+    analysis_template_name,
+    autoscaler_name,
     build_analysis_template,
+    build_autoscaler,
     build_deployment,
     build_rollout,
     build_service,
+    canary_service_name,
     endpoint,
+    replicas_handover,
     weight_of_step,
 )
 from ..builders.triton import TritonBuildError, build_model_repository
@@ -56,6 +62,7 @@ from .reads import read_object
 from .secrets import CredentialsUnavailableError
 
 CANARY_WAITING = "CanaryWaiting"
+REPLICAS_HANDOVER = "replicas-handover"  # suffix of the field manager that holds replicas for autoscaling
 PROGRESSING = "Progressing"
 METADATA_MAX_BYTES = 1024 * 1024
 
@@ -146,7 +153,12 @@ def _published(
 
 
 def _serving_inputs(
-    spec: InferenceDeploymentSpec, ctx: ReconcileContext, mv: Mapping[str, Any], repository: Mapping[str, str]
+    spec: InferenceDeploymentSpec,
+    ctx: ReconcileContext,
+    mv: Mapping[str, Any],
+    repository: Mapping[str, str],
+    *,
+    workload_exists: bool,
 ) -> ServingInputs:
     status = mv["status"]
     engine = status["engine"]
@@ -164,13 +176,14 @@ def _serving_inputs(
         gpu_product=engine.get("gpuProduct") if engine.get("format") == "tensorrt" else None,
         prometheus_address=ctx.config.prometheus_address,
         extra_tolerations=ctx.config.workload_tolerations,
+        workload_exists=workload_exists,
     )
 
 
 # -- the workload --------------------------------------------------------------------------------------
 
 
-def _workload_kind(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> str:
+def _workload_kind(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Workload:
     return "Rollout" if ctx.require_clients().rollouts and spec.rollout.strategy == "canary" else "Deployment"
 
 
@@ -179,30 +192,78 @@ def _owned(ctx: ReconcileContext, kind: str) -> Mapping[str, Any] | None:
     return owned[0] if owned else None
 
 
-def _children(inputs: ServingInputs, kind: str) -> list[dict[str, Any]]:
+def _children(inputs: ServingInputs, kind: Workload) -> list[dict[str, Any]]:
     if kind == "Rollout":
-        return [
+        children = [
             build_service(inputs),
             build_service(inputs, canary=True),
             build_analysis_template(inputs),
             build_rollout(inputs),
         ]
-    return [build_service(inputs), build_deployment(inputs)]
+    else:
+        children = [build_service(inputs), build_deployment(inputs)]
+    if inputs.spec.autoscaling is not None:
+        children.append(build_autoscaler(inputs, kind))  # after the workload it scales
+    return children
 
 
 def _hash(children: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _apply(ctx: ReconcileContext, children: list[dict[str, Any]], kind: str) -> Mapping[str, Any]:
-    """Server-side apply, one field manager; the workload (last) as the apiserver returned it."""
+def _apply(
+    ctx: ReconcileContext,
+    inputs: ServingInputs,
+    children: list[dict[str, Any]],
+    kind: Workload,
+    workload: Mapping[str, Any] | None,
+) -> Mapping[str, Any]:
+    """Server-side apply, one field manager; the workload as the apiserver returned it."""
     raw, manager = ctx.require_clients().raw, ctx.config.field_manager
+    autoscaler = ctx.status.get("autoscaler")
+    if inputs.spec.autoscaling is None and autoscaler:
+        # First, so it does not scale the workload that spec.replicas sizes again.
+        raw.delete("HorizontalPodAutoscaler", ctx.namespace, str(autoscaler))
+    if inputs.spec.autoscaling is not None and workload is not None:
+        # The workload is applied without replicas: hand the field to a manager of its own first,
+        # or server-side apply would reset it. A 409 means the autoscaler has set replicas since
+        # (it owns the field now): already handed over.
+        current = (workload.get("spec") or {}).get("replicas")
+        try:
+            raw.apply(
+                replicas_handover(inputs, kind, int(current or inputs.spec.autoscaling.min_replicas)),
+                f"{manager}-{REPLICAS_HANDOVER}",
+                force=False,
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
     written: dict[str, Any] = {}
     for child in children:
-        written = raw.apply(child, manager)
+        result = raw.apply(child, manager)
+        if child["kind"] == kind:
+            written = result
     written.setdefault("kind", kind)
     ctx.cache.upsert(kind, written)
     return written
+
+
+def _retire_other_workload(
+    ctx: ReconcileContext, inputs: ServingInputs, kind: Workload, serving: bool
+) -> tuple[Event, ...]:
+    """Delete the workload of the other kind once this one serves: a Deployment made before Argo
+    Rollouts was installed, now replaced by a Rollout (the strategy itself is immutable)."""
+    other: Workload = "Deployment" if kind == "Rollout" else "Rollout"
+    stale = _owned(ctx, other)
+    if stale is None or not serving:
+        return ()
+    raw = ctx.require_clients().raw
+    name = str(stale["metadata"]["name"])
+    raw.delete(other, ctx.namespace, name)
+    if other == "Rollout":
+        raw.delete("Service", ctx.namespace, canary_service_name(inputs))
+        raw.delete("AnalysisTemplate", ctx.namespace, analysis_template_name(inputs))
+    return (Event("WorkloadReplaced", f"the {kind} serves: deleted the {other} {name} it replaces"),)
 
 
 def _template_version(workload: Mapping[str, Any]) -> str | None:
@@ -315,7 +376,9 @@ def _observe(
             message = str(said.get("message"))
         else:
             why = _failed_analysis(ctx, workload)
-            message = f"the canary of {serving} was aborted, {stable or 'the stable version'} keeps 100%: {why}"
+            message = (
+                f"the canary of {serving} was aborted, {stable or 'the stable version'} keeps 100%: {why}"
+            )
         return Outcome("Degraded", (_ready("False", "AnalysisFailed", message), waiting_condition), fields)
     if _settled(kind, workload):
         if stable and stable != serving:
@@ -369,18 +432,24 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
         return _observe(spec, ctx, kind, workload, inputs=None, waiting=problem)
     assert mv is not None
     assert repository is not None
-    inputs = _serving_inputs(spec, ctx, mv, repository)
+    inputs = _serving_inputs(spec, ctx, mv, repository, workload_exists=workload is not None)
     children = _children(inputs, kind)
     applied = _hash(children)
     before = _template_version(workload) if workload else None
     events: tuple[Event, ...] = ()
     if workload is None or status.get("appliedHash") != applied:
-        workload = _apply(ctx, children, kind)
+        workload = _apply(ctx, inputs, children, kind, workload)
         if before is not None and before != inputs.model_version:
             ROLLOUTS_STARTED.labels(namespace=ctx.namespace).inc()
             events = (Event("RolloutStarted", f"rolling out {inputs.model_version}, replacing {before}"),)
     outcome = _observe(spec, ctx, kind, workload, inputs=inputs, waiting=None)
-    fields = {**outcome.fields, "repository": repository, "appliedHash": applied}
+    events += _retire_other_workload(ctx, inputs, kind, outcome.phase == "Available")
+    fields = {
+        **outcome.fields,
+        "repository": repository,
+        "appliedHash": applied,
+        "autoscaler": autoscaler_name(inputs) if spec.autoscaling is not None else None,
+    }
     step, canary = fields.get("currentStep"), fields.get("canaryVersion")
     if canary and step is not None and step != status.get("currentStep") and outcome.phase != "Degraded":
         # Every canary step gets an event (the Ready reason stays CanaryProgressing between steps).

@@ -25,6 +25,7 @@ _PATHS = {
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Event": "/api/v1/namespaces/{namespace}/events",
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers",
     "Rollout": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/rollouts",
     "AnalysisTemplate": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/analysistemplates",
     "AnalysisRun": "/apis/argoproj.io/v1alpha1/namespaces/{namespace}/analysisruns",
@@ -94,11 +95,12 @@ class RawApi:
         result: dict[str, Any] = json.loads(data) if data else {}
         return result
 
-    def apply(self, manifest: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
-        """Server-side apply; `force` takes over fields another manager last set (we own these)."""
+    def apply(self, manifest: Mapping[str, Any], field_manager: str, *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply; `force` takes over fields another manager last set (we own these);
+        without it, a field another manager set to another value is a 409 Conflict."""
         meta = manifest["metadata"]
         path = resource_path(str(manifest["kind"]), meta["namespace"], meta["name"])
-        query = [("fieldManager", field_manager), ("force", "true")]
+        query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
         return self.request("PATCH", path, body=manifest, query=query, content_type=APPLY_PATCH)
 
     def patch_status(

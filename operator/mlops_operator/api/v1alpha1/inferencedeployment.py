@@ -148,7 +148,20 @@ class Rollout(ApiModel):
     )
 
     strategy: Literal["canary", "recreate"] = Field(
-        default="canary", description="canary (Argo Rollouts steps) or recreate."
+        default="canary",
+        description=(
+            "canary (Argo Rollouts steps) or recreate. Immutable: the two are different workloads "
+            "(a Rollout, whose controller owns the Services' selectors, or a Deployment)."
+        ),
+        json_schema_extra={
+            "maxLength": 8,  # bounds the transition rule's CEL cost
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "rollout.strategy is immutable: create a new InferenceDeployment to switch",
+                }
+            ]
+        },
     )
     steps: list[RolloutStep] = Field(
         default_factory=list,
@@ -159,7 +172,7 @@ class Rollout(ApiModel):
 
 
 class Autoscaling(ApiModel):
-    """Horizontal autoscaling bounds."""
+    """Horizontal autoscaling: a HorizontalPodAutoscaler scales the workload between the bounds."""
 
     cel_rules = (
         CelRule(
@@ -169,15 +182,45 @@ class Autoscaling(ApiModel):
         ),
     )
 
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
+    min_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Fewest replicas (at least 1: an autoscaler does not scale to 0).",
+    )
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     target_inflight_requests: int | None = Field(
-        default=None, ge=1, description="Scale to keep this many in-flight requests per replica."
+        default=None,
+        ge=1,
+        le=100000,
+        description=(
+            "Scale to keep this many queued requests per replica on average (Triton's "
+            "nv_inference_pending_request_count, served to the autoscaler by a custom metrics adapter "
+            "such as prometheus-adapter). Empty: scale on CPU, 80% of resources.cpu."
+        ),
     )
 
 
 class InferenceDeploymentSpec(ApiModel):
     """Desired state of an InferenceDeployment."""
+
+    cel_rules = (
+        CelRule(
+            rule=(
+                "!has(self.autoscaling) || has(self.autoscaling.targetInflightRequests) || "
+                "(has(self.resources) && has(self.resources.cpu))"
+            ),
+            message=(
+                "autoscaling on CPU needs resources.cpu (utilization is measured against the request); "
+                "set it, or autoscaling.targetInflightRequests"
+            ),
+            check=lambda s: (
+                s.autoscaling is None
+                or s.autoscaling.target_inflight_requests is not None
+                or s.resources.cpu is not None
+            ),
+        ),
+    )
 
     model_version_ref: LocalObjectReference = Field(
         description="ModelVersion to serve, in the same namespace."
@@ -186,7 +229,9 @@ class InferenceDeploymentSpec(ApiModel):
     replicas: int = Field(default=1, ge=0, le=1000, description="Serving replicas when not autoscaled.")
     resources: ServingResources = nested(ServingResources, "Resources of each serving pod.")
     rollout: Rollout = nested(Rollout, "Progressive rollout.")
-    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; empty keeps replicas.")
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Autoscaling (replicas is then ignored); empty keeps replicas."
+    )
     scheduling: Scheduling = nested(Scheduling, "Scheduling of the serving pods.")
     service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount of the serving pods."
@@ -218,6 +263,10 @@ class InferenceDeploymentStatus(StatusBase):
     canary_weight: int | None = Field(default=None, description="Share of traffic on the canary, percent.")
     workload_kind: Literal["Rollout", "Deployment"] | None = Field(
         default=None, description="Rollout (Argo Rollouts installed) or Deployment."
+    )
+    autoscaler: str | None = Field(
+        default=None,
+        description="The HorizontalPodAutoscaler scaling the workload, while autoscaling is set.",
     )
     replicas: int | None = Field(default=None, description="Pods in all.")
     ready_replicas: int | None = Field(default=None, description="Ready pods.")
