@@ -382,55 +382,14 @@ def test_a_breaching_canary_is_aborted_and_a_newer_version_starts_a_new_canary(
     assert promoted["status"]["phase"] == "Available"
 
 
-def test_a_version_not_ready_waits_while_the_old_one_serves_and_recreate_is_a_deployment(
-    serving: tuple[OperatorProcess, LocalPodRunner],
-    engine: CompiledEngine,
-    custom: client.CustomObjectsApi,
-    namespace: str,
-):
-    _, runner = serving
-    available = _serve_v1(custom, namespace, engine, rollout={"strategy": "recreate"})
-    assert available["status"]["workloadKind"] == "Deployment"
-    deployment = client.AppsV1Api(custom.api_client).read_namespaced_deployment("digits-triton", namespace)
-    assert deployment.spec.strategy.type == "Recreate"
-    url = wait_for(lambda: next(iter(runner.endpoints.values()), None), "a serving pod's server", 60)
-    (answer,) = wait_for(lambda: _try_infer(url, np.zeros((1, 1, 8, 8), np.float32)), "Triton to answer", 60)
-    assert answer.shape == (1, 10)
-
-    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _modelversion("later", engine))
-    _point_at(custom, namespace, "later")
-    waiting = _wait(
-        custom, namespace, "inferencedeployments", "digits",
-        lambda o: _ready(o, "CanaryWaiting").get("status") == "True", "CanaryWaiting while later compiles",
-    )  # fmt: skip
-    assert _ready(waiting, "CanaryWaiting")["reason"] == "ModelVersionNotReady"
-    assert _ready(waiting)["status"] == "True"  # v1 still serves
-    assert waiting["status"]["stableVersion"] == "v1"
-    # Once it is Ready, it rolls out by itself (the ModelVersion's change wakes the deployment).
-    _wait(
-        custom, namespace, "inferencedeployments", "digits",
-        lambda o: o.get("status", {}).get("stableVersion") == "later", "later rolled out", 180,
-    )  # fmt: skip
-
-    custom.delete_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits")
-
-    def children_gone() -> bool:
-        apps = client.AppsV1Api(custom.api_client)
-        core = client.CoreV1Api(custom.api_client)
-        return not apps.list_namespaced_deployment(namespace).items and not [
-            s for s in core.list_namespaced_service(namespace).items if s.metadata.name.startswith("digits-")
-        ]
-
-    wait_for(children_gone, "the Deployment and Services to be garbage-collected", 60)
-
-
-def test_autoscaling_hands_replicas_to_an_autoscaler_that_a_new_version_does_not_undo(
+def test_recreate_is_a_deployment_whose_autoscaled_replicas_a_waiting_then_ready_version_keeps(
     serving: tuple[OperatorProcess, LocalPodRunner],
     engine: CompiledEngine,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
+    _, runner = serving
     apps = client.AppsV1Api(core.api_client)
     autoscaling = client.AutoscalingV2Api(core.api_client)
     scaled = {
@@ -440,12 +399,18 @@ def test_autoscaling_hands_replicas_to_an_autoscaler_that_a_new_version_does_not
         "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
     }
     available = _serve_v1(custom, namespace, engine, **scaled)
+    assert available["status"]["workloadKind"] == "Deployment"
+    deployment = apps.read_namespaced_deployment("digits-triton", namespace)
+    assert deployment.spec.strategy.type == "Recreate"
+    assert deployment.spec.replicas == 2  # autoscaled: created at the minimum
     assert available["status"]["autoscaler"] == "digits-triton"
     hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("digits-triton", namespace)
     assert (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) == ("Deployment", "digits-triton")
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 3)
     assert hpa.spec.metrics[0].resource.name == "cpu"
-    assert apps.read_namespaced_deployment("digits-triton", namespace).spec.replicas == 2  # the minimum
+    url = wait_for(lambda: next(iter(runner.endpoints.values()), None), "a serving pod's server", 60)
+    (answer,) = wait_for(lambda: _try_infer(url, np.zeros((1, 1, 8, 8), np.float32)), "Triton to answer", 60)
+    assert answer.shape == (1, 10)
 
     # The autoscaler scales out (here by hand, through the scale subresource as the HPA controller
     # writes it: this control plane has no metrics server to drive it).
@@ -457,21 +422,39 @@ def test_autoscaling_hands_replicas_to_an_autoscaler_that_a_new_version_does_not
         lambda o: o.get("status", {}).get("readyReplicas") == 3, "3 ready replicas",
     )  # fmt: skip
 
-    # A new version changes the pod template; the replicas the autoscaler chose stay.
-    _ready_version(custom, namespace, "v2", engine)
-    _point_at(custom, namespace, "v2")
+    # A version that is not Ready yet waits while v1 serves...
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _modelversion("later", engine))
+    _point_at(custom, namespace, "later")
+    waiting = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o, "CanaryWaiting").get("status") == "True", "CanaryWaiting while later compiles",
+    )  # fmt: skip
+    assert _ready(waiting, "CanaryWaiting")["reason"] == "ModelVersionNotReady"
+    assert _ready(waiting)["status"] == "True"  # v1 still serves
+    assert waiting["status"]["stableVersion"] == "v1"
+    # ...and rolls out by itself once Ready (the ModelVersion's change wakes the deployment), on the
+    # replicas the autoscaler chose.
     _wait(
         custom, namespace, "inferencedeployments", "digits",
-        lambda o: o.get("status", {}).get("stableVersion") == "v2" and o["status"]["phase"] == "Available",
-        "v2 rolled out",
+        lambda o: o.get("status", {}).get("stableVersion") == "later" and o["status"]["phase"] == "Available",
+        "later rolled out", 180,
     )  # fmt: skip
     assert apps.read_namespaced_deployment("digits-triton", namespace).spec.replicas == 3
 
     # Autoscaling removed: the autoscaler goes and spec.replicas sizes the workload again.
-    _point_at(custom, namespace, "v2", autoscaling=None, replicas=1)
+    _point_at(custom, namespace, "later", autoscaling=None, replicas=1)
     _wait(
         custom, namespace, "inferencedeployments", "digits",
         lambda o: "autoscaler" not in o.get("status", {}) and o["status"].get("replicas") == 1,
         "one replica, no autoscaler",
     )  # fmt: skip
     assert not autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items
+
+    custom.delete_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits")
+
+    def children_gone() -> bool:
+        return not apps.list_namespaced_deployment(namespace).items and not [
+            s for s in core.list_namespaced_service(namespace).items if s.metadata.name.startswith("digits-")
+        ]
+
+    wait_for(children_gone, "the Deployment and Services to be garbage-collected", 60)
