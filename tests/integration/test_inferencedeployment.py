@@ -398,7 +398,23 @@ def test_recreate_is_a_deployment_whose_autoscaled_replicas_a_waiting_then_ready
         "resources": {"gpus": 0, "cpu": "1"},
         "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
     }
-    available = _serve_v1(custom, namespace, engine, **scaled)
+    # First on nodes that do not exist: the real scheduler's verdict reaches Ready (a serving pod's
+    # change wakes its InferenceDeployment), then a fixed spec starts it.
+    _ready_version(custom, namespace, "v1", engine)
+    nowhere = {"scheduling": {"nodeSelector": {"mlops.dev/pool": "nowhere"}}}
+    custom.create_namespaced_custom_object(
+        G, V, namespace, "inferencedeployments", _idep("v1", **scaled, **nowhere)
+    )
+    stuck = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o).get("reason") == "Unschedulable", "Ready=False Unschedulable",
+    )  # fmt: skip
+    assert "node" in _ready(stuck)["message"]
+    _point_at(custom, namespace, "v1", scheduling={"nodeSelector": None})
+    available = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("phase") == "Available", "v1 Available",
+    )  # fmt: skip
     assert available["status"]["workloadKind"] == "Deployment"
     deployment = apps.read_namespaced_deployment("digits-triton", namespace)
     assert deployment.spec.strategy.type == "Recreate"

@@ -9,6 +9,7 @@ import pytest
 
 from mlops_operator.api.v1alpha1 import InferenceDeploymentSpec
 from mlops_operator.builders.serving import MODELVERSION_ANNOTATION
+from mlops_operator.engine.cache import Cache
 from mlops_operator.handlers import inferencedeployment
 from mlops_operator.handlers.context import ReconcileContext
 
@@ -56,3 +57,66 @@ def test_a_new_abort_or_an_unread_one_reads_the_analysis_runs(phase, canary, mes
     ctx = _ctx(phase, canary, "AnalysisFailed", message)
     with pytest.raises(RuntimeError, match="needs API clients"):
         inferencedeployment._observe(SPEC, ctx, "Rollout", ABORTED, inputs=None, waiting=None)
+
+
+def _starting_rollout(template_version: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "digits", "uid": "rollout-uid", "generation": 2},
+        "spec": {"template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: template_version}}}},
+        "status": {"currentPodHash": "new", "observedGeneration": "2", "replicas": 2, "readyReplicas": 0},
+    }
+
+
+def _stuck_pod() -> dict[str, Any]:
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "triton:typo"'}
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": "digits-new-1",
+            "namespace": "ns",
+            "uid": "pod-uid",
+            "labels": {"mlops.dev/inferencedeployment-uid": "idep-uid", "rollouts-pod-template-hash": "new"},
+        },
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "triton", "state": {"waiting": waiting}}],
+        },
+    }
+
+
+def _with_pods(ctx: ReconcileContext) -> ReconcileContext:
+    cache = Cache()
+    cache.upsert("Pod", _stuck_pod())
+    return ReconcileContext(ctx.body, None, now=lambda: NOW, cache=cache)
+
+
+def test_a_first_version_whose_pods_cannot_start_says_why_in_ready():
+    ctx = _with_pods(_ctx("Progressing", "", "Starting", ""))
+    ctx.body["status"].pop("stableVersion")
+    outcome = inferencedeployment._observe(
+        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
+    )
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("False", "ImagePullBackOff")
+    assert "triton:typo" in ready.message
+    assert "digits-new-1" in ready.message
+
+
+def test_a_canary_whose_pods_cannot_start_waits_with_one_warning_while_the_stable_serves():
+    ctx = _with_pods(_ctx("Progressing", "v2", "CanaryProgressing", "canary v2 at 10%"))
+    outcome = inferencedeployment._observe(
+        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
+    )
+    ready, waiting = outcome.conditions
+    assert (ready.status, ready.reason) == ("True", "CanaryProgressing")  # v1 still serves
+    assert (waiting.type, waiting.status, waiting.reason) == ("CanaryWaiting", "True", "ImagePullBackOff")
+    assert [(e.reason, e.type) for e in outcome.events] == [("ImagePullBackOff", "Warning")]
+    # Said once: the next reconcile with the same problem posts no second event.
+    conditions = ctx.body["status"]["conditions"]
+    conditions.append(
+        {"type": "CanaryWaiting", "status": "True", "reason": "ImagePullBackOff", "message": ""}
+    )
+    again = inferencedeployment._observe(
+        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
+    )
+    assert again.events == ()

@@ -20,7 +20,7 @@ from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, ModelVersionSpec
 from ..api.v1alpha1.modelversion import AcceptanceGates
-from ..k8s.naming import common_labels, dns_label, owner_reference
+from ..k8s.naming import common_labels, dns_label, owner_reference, uid_label
 from .pod import (
     GPU_RESOURCE,
     apply_scheduling,
@@ -31,7 +31,7 @@ from .pod import (
 
 KIND = "ModelVersion"
 CONTAINER = "trainer"
-UID_LABEL = "mlops.dev/modelversion-uid"
+UID_LABEL = uid_label(KIND)
 STAGE_LABEL = "mlops.dev/stage"
 Stage = Literal["compile", "evaluate"]
 # Neither stage loads data through DataLoader workers: a small /dev/shm is enough.

@@ -20,13 +20,13 @@ from mlops_contract import envvars
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, InferenceDeploymentSpec
 from ..api.v1alpha1.inferencedeployment import RolloutStep
-from ..k8s.naming import common_labels, dns_label, label_value, owner_reference
+from ..k8s.naming import common_labels, dns_label, label_value, owner_reference, uid_label
 from . import analysis_queries
 from .pod import GPU_RESOURCE, apply_scheduling, pod_security_context, s3_env
 from .triton import GRPC_PORT, HTTP_PORT, METRICS_PORT, tritonserver_args
 
 KIND = "InferenceDeployment"
-UID_LABEL = "mlops.dev/inferencedeployment-uid"
+UID_LABEL = uid_label(KIND)
 MODELVERSION_ANNOTATION = "mlops.dev/modelversion"
 REPOSITORY_ANNOTATION = "mlops.dev/model-repository"
 ROLLOUTS_API = "argoproj.io/v1alpha1"

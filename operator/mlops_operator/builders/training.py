@@ -23,7 +23,7 @@ from mlops_contract import envvars
 from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
-from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference
+from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference, uid_label
 from .pod import WORKLOAD_UID, apply_scheduling, hardened_container, hardened_pod_spec, s3_env
 
 KIND = "TrainingRun"
@@ -35,7 +35,7 @@ CONTAINER = "trainer"
 TRAINER_UID = WORKLOAD_UID
 
 
-RUN_UID_LABEL = "mlops.dev/trainingrun-uid"  # selects the pods of one run, whatever its name
+RUN_UID_LABEL = uid_label(KIND)  # selects the pods of one run, whatever its name
 # An Indexed Job's pod hostname is `<job>-<index>` (index < 256), and it must be a DNS label.
 MAX_JOB_NAME = MAX_NAME - len("-255")
 

@@ -33,6 +33,7 @@ from ..handlers.base import (
 from ..handlers.context import Clients, ReconcileContext
 from ..k8s.conditions import ConditionUpdate
 from ..k8s.events import Event, event_manifest, redact
+from ..k8s.naming import uid_label
 from ..metrics import PHASES, RECONCILE_ERRORS, STATUS_WRITES, observe_reconcile
 from ..settings import OperatorConfig
 from .cache import Cache, Obj, ObjectKey, controller_uid
@@ -41,6 +42,8 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
+# The label a serving pod carries with its InferenceDeployment's UID (builders/serving.py).
+SERVING_OWNER_LABEL = uid_label("InferenceDeployment")
 ERROR_BACKOFF_MIN = 1.0
 ERROR_BACKOFF_MAX = 300.0
 
@@ -123,10 +126,13 @@ class Engine:
         uid = controller_uid(obj)
         if uid is None:
             return None
-        if obj.get("kind") == "Pod":  # pod -> its Job -> the Job's owner
+        if obj.get("kind") == "Pod":
+            # A training pod -> its Job -> the Job's owner. A serving pod's ReplicaSet is not
+            # watched: its InferenceDeployment's UID label names the owner instead.
             job_key = self.cache.key_of_uid(uid)
             job = self.cache.get(*job_key) if job_key else None
-            uid = controller_uid(job) if job else None
+            labels = obj.get("metadata", {}).get("labels") or {}
+            uid = controller_uid(job) if job else labels.get(SERVING_OWNER_LABEL)
             if uid is None:
                 return None
         key = self.cache.key_of_uid(uid)

@@ -38,6 +38,18 @@ ATTENTION_REASONS = frozenset(
         "EngineGPUMismatch",
         "RepositoryUnavailable",
         "InvalidModel",
+        # Pods that do not start (observation/pods.py, observation/serving.py); not Unschedulable:
+        # waiting for GPUs to free up is a queue, not a fault.
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+        "FailedCreate",
+        "ProgressDeadlineExceeded",
     }
 )
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl

@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from ..api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
 from ..builders.serving import (
     MODELVERSION_ANNOTATION,
+    UID_LABEL,
     ServingInputs,
     Workload,
     analysis_template_name,
@@ -55,6 +56,7 @@ from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..k8s.rawapi import resource_path
 from ..metrics import ROLLOUTS_ABORTED, ROLLOUTS_PROMOTED, ROLLOUTS_STARTED
+from ..observation.serving import serving_problem
 from .base import MAX_MESSAGE, READY, Outcome, Result
 from .context import ReconcileContext
 from .dataset import read_credentials
@@ -312,6 +314,18 @@ def _failed_analysis(ctx: ReconcileContext, rollout: Mapping[str, Any]) -> str:
     return "; ".join(parts) or str((latest.get("status") or {}).get("message") or "the analysis failed")
 
 
+def _pods_problem(ctx: ReconcileContext, kind: str, workload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What keeps the workload's current pods from running (observation/serving.py). Read only while
+    the workload has not settled: a serving InferenceDeployment costs no walk over the pods."""
+    pods = (
+        p
+        for p in ctx.cache.in_namespace("Pod", ctx.namespace)
+        if (p["metadata"].get("labels") or {}).get(UID_LABEL) == ctx.uid
+    )
+    current = (workload.get("status") or {}).get("currentPodHash") if kind == "Rollout" else None
+    return serving_problem(workload, pods, current)
+
+
 def _settled(kind: str, workload: Mapping[str, Any]) -> bool:
     """Whether every pod of the workload runs its current template (a finished rollout)."""
     observed = workload.get("status") or {}
@@ -389,21 +403,41 @@ def _observe(
         return Outcome(
             "Available", (_ready("True", "Available", message), waiting_condition), fields, events=events
         )
+    problem = _pods_problem(ctx, kind, workload)
     if not stable:
         fields |= {"canaryVersion": None, "canaryWeight": None}
+        if problem:
+            message = f"{serving} does not start ({ready}/{replicas} replicas ready): {problem[1]}"
+            return Outcome("Progressing", (_ready("False", problem[0], message), waiting_condition), fields)
         message = f"{serving} is starting: {ready}/{replicas} replicas ready"
         return Outcome("Progressing", (_ready("False", "Starting", message), waiting_condition), fields)
+    if problem and not waiting:
+        # The old version serves; what keeps the new pods from running is the canary's wait.
+        said = find_condition(status.get("conditions", []), CANARY_WAITING) or {}
+        message = f"the pods of {serving} do not start: {problem[1]}"[:MAX_MESSAGE]
+        waiting_condition = ConditionUpdate(CANARY_WAITING, "True", problem[0], message)
+        if said.get("status") != "True" or said.get("reason") != problem[0]:
+            events = (Event(problem[0], message, type="Warning"),)
     if stable == serving:
         fields |= {"canaryVersion": None, "canaryWeight": None}
         message = f"{serving} serves; {ready}/{replicas} replicas ready"
-        return Outcome("Progressing", (_ready("True", "Available", message), waiting_condition), fields)
+        return Outcome(
+            "Progressing", (_ready("True", "Available", message), waiting_condition), fields, events=events
+        )
     weight = weight_of_step(inputs, step) if inputs is not None else int(status.get("canaryWeight") or 0)
     fields |= {"canaryVersion": serving, "canaryWeight": weight}
     message = f"canary {serving} at {weight}% (step {step}), {stable} stable"
     if observed.get("phase") == "Paused":
         message += f"; paused: {observed.get('message') or 'waiting to be promoted'}"
-        return Outcome("Paused", (_ready("True", "Paused", message), waiting_condition), fields)
-    return Outcome("Progressing", (_ready("True", "CanaryProgressing", message), waiting_condition), fields)
+        return Outcome(
+            "Paused", (_ready("True", "Paused", message), waiting_condition), fields, events=events
+        )
+    return Outcome(
+        "Progressing",
+        (_ready("True", "CanaryProgressing", message), waiting_condition),
+        fields,
+        events=events,
+    )
 
 
 # -- the reconcile -------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ from ..integrations.s3 import S3Config, S3UnavailableError, split_object_uri
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import MODELVERSION_COMPILE_SECONDS, MODELVERSION_GATE_FAILURES, MODELVERSION_REGISTRATIONS
-from ..observation.training import PERMANENT_START_FAILURES, Observation, finite_metrics, observe
+from ..observation.pods import PERMANENT_START_FAILURES
+from ..observation.training import Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext

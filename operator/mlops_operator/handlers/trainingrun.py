@@ -32,7 +32,8 @@ from ..engine.cache import Cache, ObjectKey
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
-from ..observation.training import PERMANENT_START_FAILURES, Failure, Observation, finite_metrics, observe
+from ..observation.pods import PERMANENT_START_FAILURES
+from ..observation.training import Failure, Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext

@@ -60,6 +60,12 @@ def child_name(parent: str, *parts: str, max_length: int = MAX_NAME) -> str:
     return f"{full[: max_length - 9].rstrip('-.')}-{digest}"
 
 
+def uid_label(kind: str) -> str:
+    """The label that names the UID of the object of `kind` a child belongs to, e.g.
+    `mlops.dev/inferencedeployment-uid`: it survives renames and selects exactly one object's pods."""
+    return f"{GROUP}/{kind.lower()}-uid"
+
+
 def common_labels(kind: str, name: str, component: str | None = None) -> dict[str, str]:
     """Labels every child carries: the app.kubernetes.io set plus `mlops.dev/<kind>: <name>`."""
     labels = {

@@ -16,21 +16,7 @@ from mlops_contract.exitcodes import is_retryable
 
 from ..builders.training import CONTAINER
 from ..redaction import redact
-
-# Why a container has not started, as the kubelet says it. The ones a new attempt with the same spec
-# cannot fix fail the attempt as not retryable once the start deadline passes.
-STUCK_REASONS = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    }
-)
-PERMANENT_START_FAILURES = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+from .pods import stuck_container, unschedulable
 
 State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
 
@@ -138,16 +124,10 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         finished = job_failed.get("lastTransitionTime") if job_failed else None
         return Observation("Failed", failure=failure, started_at=started, finished_at=finished)
     for pod in pods:
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in STUCK_REASONS:
-                message = str(waiting.get("message") or waiting["reason"])
-                return Observation("Pending", started_at=started, stuck=(str(waiting["reason"]), message))
-        for cond in pod.get("status", {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-                return Observation(
-                    "Pending", unschedulable=str(cond.get("message") or "Unschedulable"), started_at=started
-                )
+        if stuck := stuck_container(pod):
+            return Observation("Pending", started_at=started, stuck=stuck)
+        if why := unschedulable(pod):
+            return Observation("Pending", unschedulable=why, started_at=started)
     # A pod that already succeeded while the Job is not Complete yet is still part of a running Job.
     active = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
     if active:

@@ -160,7 +160,7 @@ class Rollout(ApiModel):
                     "rule": "self == oldSelf",
                     "message": "rollout.strategy is immutable: create a new InferenceDeployment to switch",
                 }
-            ]
+            ],
         },
     )
     steps: list[RolloutStep] = Field(
