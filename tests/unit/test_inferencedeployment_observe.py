@@ -120,3 +120,36 @@ def test_a_canary_whose_pods_cannot_start_waits_with_one_warning_while_the_stabl
         SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
     )
     assert again.events == ()
+
+
+def test_the_published_repository_is_reused_only_for_the_same_engine_and_settings():
+    dataset = {"source": {"uri": "s3://data/digits/", "credentialsSecretRef": {"name": "s3"}}}
+    mv = {
+        "metadata": {"name": "v2"},
+        "spec": {"modelName": "digits"},
+        "status": {
+            "engine": {"uri": "s3://b/engines/v2/model.onnx", "metadataURI": "s3://b/engines/v2/m.json"},
+            "pinned": {"datasetSpec": dataset},
+        },
+    }
+    ctx = _ctx("Available", "", "Available", "")
+    known = {"modelVersion": "v2", "engineURI": "s3://b/engines/v2/model.onnx", "uri": "s3://b/triton/abc/"}
+    settings_hash = inferencedeployment._hash_of(
+        {
+            "triton": SPEC.triton.wire(),
+            "gpus": SPEC.resources.gpus,
+            "cpuBackend": ctx.config.triton_cpu_backend,
+        }
+    )
+    ctx.body["status"]["repository"] = known | {"settingsHash": settings_hash}
+    assert inferencedeployment._published(SPEC, ctx, mv)["uri"] == "s3://b/triton/abc/"  # no request
+    # Other Triton settings (or an older operator's status, without the hash): built and published
+    # again, which needs the tenant's S3 (here: no clients, so the attempt shows as this error).
+    bigger = InferenceDeploymentSpec.model_validate(
+        {"modelVersionRef": {"name": "v2"}, "triton": {"maxBatchSize": 64}}
+    )
+    with pytest.raises(RuntimeError, match="needs API clients"):
+        inferencedeployment._published(bigger, ctx, mv)
+    ctx.body["status"]["repository"] = known
+    with pytest.raises(RuntimeError, match="needs API clients"):
+        inferencedeployment._published(SPEC, ctx, mv)

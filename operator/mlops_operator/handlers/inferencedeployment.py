@@ -131,7 +131,18 @@ def _published(
     when it was published for this very engine, else built and published now; or (reason, message)."""
     engine = mv["status"]["engine"]
     known = ctx.status.get("repository") or {}
-    if known.get("modelVersion") == mv["metadata"]["name"] and known.get("engineURI") == engine["uri"]:
+    settings = _hash_of(
+        {
+            "triton": spec.triton.wire(),
+            "gpus": spec.resources.gpus,
+            "cpuBackend": ctx.config.triton_cpu_backend,
+        }
+    )
+    if (
+        known.get("modelVersion") == mv["metadata"]["name"]
+        and known.get("engineURI") == engine["uri"]
+        and known.get("settingsHash") == settings
+    ):
         return dict(known)
     dataset = DatasetSpec.model_validate((mv["status"].get("pinned") or {})["datasetSpec"])
     try:
@@ -151,7 +162,12 @@ def _published(
         return "InvalidModel", f"cannot serve ModelVersion {mv['metadata']['name']}: {error}"
     except (EndpointNotAllowedError, CredentialsUnavailableError, S3UnavailableError, ValueError) as error:
         return "RepositoryUnavailable", f"cannot publish the Triton model repository: {error}"
-    return {"modelVersion": str(mv["metadata"]["name"]), "engineURI": str(engine["uri"]), "uri": prefix}
+    return {
+        "modelVersion": str(mv["metadata"]["name"]),
+        "engineURI": str(engine["uri"]),
+        "uri": prefix,
+        "settingsHash": settings,
+    }
 
 
 def _serving_inputs(
@@ -209,8 +225,8 @@ def _children(inputs: ServingInputs, kind: Workload) -> list[dict[str, Any]]:
     return children
 
 
-def _hash(children: list[dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()[:16]
+def _hash_of(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _apply(
@@ -468,7 +484,7 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     assert repository is not None
     inputs = _serving_inputs(spec, ctx, mv, repository, workload_exists=workload is not None)
     children = _children(inputs, kind)
-    applied = _hash(children)
+    applied = _hash_of(children)
     before = _template_version(workload) if workload else None
     events: tuple[Event, ...] = ()
     if workload is None or status.get("appliedHash") != applied:

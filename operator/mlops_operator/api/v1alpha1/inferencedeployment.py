@@ -246,6 +246,10 @@ class ServedRepository(ApiModel):
     model_version: str = Field(description="The ModelVersion it serves.")
     engine_uri: str = Field(description="The engine it references.")
     uri: str = Field(description="Its content-addressed S3 prefix (repository.json inside).")
+    settings_hash: str | None = Field(
+        default=None,
+        description="Hash of the settings it was built with (triton, resources.gpus, the CPU backend).",
+    )
 
 
 InferenceDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Available", "Degraded", "Failed"]
