@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..k8s.conditions import ConditionUpdate, condition_reason, find_condition, set_conditions
 from ..k8s.events import Event
+from ..observation.serving import SERVING_STUCK_REASONS
 from ..redaction import redact
 
 READY = "Ready"
@@ -38,19 +39,11 @@ ATTENTION_REASONS = frozenset(
         "EngineGPUMismatch",
         "RepositoryUnavailable",
         "InvalidModel",
-        # Pods that do not start (observation/pods.py, observation/serving.py); not Unschedulable:
-        # waiting for GPUs to free up is a queue, not a fault.
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-        "CrashLoopBackOff",
         "FailedCreate",
         "ProgressDeadlineExceeded",
     }
+    # Pods that do not start; not Unschedulable: waiting for GPUs to free up is a queue, not a fault.
+    | SERVING_STUCK_REASONS
 )
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 # Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
