@@ -90,6 +90,10 @@ class LocalPodRunner:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
+        # SIGTERM every process first, then wait for each: servers shut down side by side, not one
+        # grace period after another.
+        for running in self._running.values():
+            self._terminate(running)
         for running in self._running.values():
             self._discard(running)
 
@@ -104,13 +108,15 @@ class LocalPodRunner:
     def _sync(self) -> None:
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
         seen = set()
+        ending: list[_Running] = []
         for pod in pods:
             uid = pod.metadata.uid
             seen.add(uid)
             annotations = pod.metadata.annotations or {}
             if pod.metadata.deletion_timestamp is not None:
                 if uid in self._running:  # the kubelet sends SIGTERM on deletion: so do we
-                    self._discard(self._running.pop(uid))
+                    ending.append(self._running.pop(uid))
+                    self._terminate(ending[-1])  # now; reaped below, all grace periods at once
                 continue
             if uid in self._running:
                 self._reap(pod, uid)
@@ -125,7 +131,10 @@ class LocalPodRunner:
                 else:
                     self._launch(pod)
         for uid in set(self._running) - seen:
-            self._discard(self._running.pop(uid))
+            ending.append(self._running.pop(uid))
+            self._terminate(ending[-1])
+        for running in ending:
+            self._discard(running)
 
     def _runs(self, pod: Any) -> bool:
         return (pod.spec.containers[0].command or [""])[0] in self.executables or self._serves(pod)
@@ -242,12 +251,16 @@ class LocalPodRunner:
         finish_pod(self.core, self.namespace, pod.metadata.name, exit_code=exit_code, message=message[-4096:])
         shutil.rmtree(running.workdir, ignore_errors=True)
 
+    def _terminate(self, running: _Running) -> None:
+        if running.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(running.process.pid, signal.SIGTERM)
+
     def _discard(self, running: _Running) -> None:
         """Stop the process (SIGTERM, then SIGKILL after a grace period) and remove its files."""
         self._unpublish(running)
         if running.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.process.pid, signal.SIGTERM)
+            self._terminate(running)
             try:
                 running.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
