@@ -235,12 +235,16 @@ def _replicas(inputs: ServingInputs) -> dict[str, int]:
     return {} if inputs.workload_exists else {"replicas": autoscaling.min_replicas}
 
 
+def _api_version(kind: Workload) -> str:
+    return ROLLOUTS_API if kind == "Rollout" else "apps/v1"
+
+
 def replicas_handover(inputs: ServingInputs, kind: Workload, replicas: int) -> dict[str, Any]:
     """The workload's current `replicas` alone, applied by a field manager of its own before the
     workload is applied without the field: server-side apply then keeps the value instead of
     resetting it (Kubernetes' documented hand-over of replicas to an autoscaler)."""
     return {
-        "apiVersion": ROLLOUTS_API if kind == "Rollout" else "apps/v1",
+        "apiVersion": _api_version(kind),
         "kind": kind,
         "metadata": {"name": inputs.workload_name, "namespace": inputs.namespace},
         "spec": {"replicas": replicas},
@@ -284,7 +288,7 @@ def build_autoscaler(inputs: ServingInputs, kind: Workload) -> dict[str, Any]:
         "metadata": _metadata(inputs, autoscaler_name(inputs), "autoscaler"),
         "spec": {
             "scaleTargetRef": {
-                "apiVersion": ROLLOUTS_API if kind == "Rollout" else "apps/v1",
+                "apiVersion": _api_version(kind),
                 "kind": kind,
                 "name": inputs.workload_name,
             },

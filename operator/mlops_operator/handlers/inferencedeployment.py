@@ -65,7 +65,6 @@ from .secrets import CredentialsUnavailableError
 
 CANARY_WAITING = "CanaryWaiting"
 REPLICAS_HANDOVER = "replicas-handover"  # suffix of the field manager that holds replicas for autoscaling
-PROGRESSING = "Progressing"
 METADATA_MAX_BYTES = 1024 * 1024
 
 

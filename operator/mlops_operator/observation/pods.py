@@ -31,9 +31,9 @@ def stuck_container(
     reason and the kubelet's message, with the container's last termination message when it has
     one (a crash loop's own words: the log tail, redacted)."""
     status = pod.get("status") or {}
-    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-    if not init_containers:
-        statuses = list(status.get("containerStatuses") or [])
+    statuses = list(status.get("containerStatuses") or [])
+    if init_containers:
+        statuses = [*(status.get("initContainerStatuses") or []), *statuses]
     for container in statuses:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") not in reasons:
