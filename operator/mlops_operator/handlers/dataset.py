@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 from ..api.v1alpha1 import DatasetSpec
-from ..api.v1alpha1.dataset import S3Credentials as CredentialsRef
 from ..builders.dataset import (
     Manifest,
     ManifestFormatError,
@@ -22,7 +21,6 @@ from ..integrations.s3 import (
     ObjectStore,
     ObjectTooLargeError,
     S3Config,
-    S3Credentials,
     S3Location,
     S3UnavailableError,
     split_object_uri,
@@ -32,7 +30,8 @@ from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
 from .base import READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
-from .secrets import CredentialsUnavailableError, read_secret_values
+from .secrets import CredentialsUnavailableError
+from .stores import read_credentials
 
 # While the source is unavailable, retry after half the time it has been failing, within these bounds:
 # quick after a blip, gentle on a long outage, with no retry counter to keep in status.
@@ -42,16 +41,6 @@ RETRY_MAX = timedelta(minutes=5)
 # allow-list refuses (no request is sent, so a retry is free and an administrator's change to the
 # allow-list takes effect within RETRY_MAX).
 RETRIED_REASONS = frozenset({"SourceUnavailable", "EndpointNotAllowed"})
-
-
-def read_credentials(ctx: ReconcileContext, ref: CredentialsRef) -> S3Credentials:
-    """Read the referenced Secret; its values stay in memory, never in status, events or logs."""
-    keys = [ref.access_key_id_key, ref.secret_access_key_key]
-    if ref.session_token_key:
-        keys.append(ref.session_token_key)
-    values = read_secret_values(ctx, ref.name, keys)
-    token = values[ref.session_token_key] if ref.session_token_key else None
-    return S3Credentials(values[ref.access_key_id_key], values[ref.secret_access_key_key], token)
 
 
 def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:

@@ -49,8 +49,8 @@ from ..builders.serving import (
 )
 from ..builders.triton import TritonBuildError, build_model_repository
 from ..engine.cache import Cache, ObjectKey
-from ..integrations.endpoints import EndpointNotAllowedError, require_allowed
-from ..integrations.s3 import ObjectStore, S3Config, S3UnavailableError, split_object_uri
+from ..integrations.endpoints import EndpointNotAllowedError
+from ..integrations.s3 import S3UnavailableError, split_object_uri
 from ..integrations.triton_repository import publish_repository
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
@@ -59,9 +59,9 @@ from ..metrics import ROLLOUTS_ABORTED, ROLLOUTS_PROMOTED, ROLLOUTS_STARTED
 from ..observation.serving import serving_problem
 from .base import MAX_MESSAGE, READY, Outcome, Result
 from .context import ReconcileContext
-from .dataset import read_credentials
 from .reads import read_object
 from .secrets import CredentialsUnavailableError
+from .stores import open_store
 
 CANARY_WAITING = "CanaryWaiting"
 REPLICAS_HANDOVER = "replicas-handover"  # suffix of the field manager that holds replicas for autoscaling
@@ -114,15 +114,6 @@ def _not_servable(
     return None
 
 
-def _store(ctx: ReconcileContext, dataset: DatasetSpec) -> ObjectStore:
-    source = dataset.source
-    require_allowed(
-        source.endpoint_url, ctx.config.s3_endpoint_allowlist, setting="MLOPS_S3_ENDPOINT_ALLOWLIST"
-    )
-    creds = read_credentials(ctx, source.credentials_secret_ref) if source.credentials_secret_ref else None
-    return ctx.require_clients().object_store(S3Config(source.endpoint_url, source.region, creds))
-
-
 def _published(
     spec: InferenceDeploymentSpec, ctx: ReconcileContext, mv: Mapping[str, Any]
 ) -> dict[str, str] | tuple[str, str]:
@@ -145,7 +136,7 @@ def _published(
         return dict(known)
     dataset = DatasetSpec.model_validate((mv["status"].get("pinned") or {})["datasetSpec"])
     try:
-        store = _store(ctx, dataset)
+        store = open_store(ctx, dataset.source)
         bucket, key = split_object_uri(str(engine["metadataURI"]))
         metadata = json.loads(store.get_bytes(bucket, key, max_bytes=METADATA_MAX_BYTES))
         repository = build_model_repository(

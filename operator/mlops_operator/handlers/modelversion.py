@@ -43,7 +43,7 @@ from ..integrations.registry import (
     RegistryUnavailableError,
     VersionRequest,
 )
-from ..integrations.s3 import S3Config, S3UnavailableError, split_object_uri
+from ..integrations.s3 import S3UnavailableError, split_object_uri
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..metrics import MODELVERSION_COMPILE_SECONDS, MODELVERSION_GATE_FAILURES, MODELVERSION_REGISTRATIONS
@@ -52,9 +52,9 @@ from ..observation.training import Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .context import ReconcileContext
-from .dataset import read_credentials
 from .reads import read_object, read_through_job
 from .secrets import CredentialsUnavailableError, read_secret_values
+from .stores import open_store
 
 PLURAL = "modelversions"
 FINALIZER = "mlops.dev/registry"
@@ -273,13 +273,7 @@ def _from_artifact(spec: ModelVersionSpec, ctx: ReconcileContext, uri: str) -> S
     source = DatasetSpec.model_validate(evaluation["spec"]).source
     prefix = uri.rstrip("/") + "/"
     try:
-        require_allowed(
-            source.endpoint_url, ctx.config.s3_endpoint_allowlist, setting="MLOPS_S3_ENDPOINT_ALLOWLIST"
-        )
-        creds = (
-            read_credentials(ctx, source.credentials_secret_ref) if source.credentials_secret_ref else None
-        )
-        store = ctx.require_clients().object_store(S3Config(source.endpoint_url, source.region, creds))
+        store = open_store(ctx, source)
         missing = [key for key in SOURCE_KEYS if not store.exists(*split_object_uri(prefix + key))]
     except (EndpointNotAllowedError, CredentialsUnavailableError, S3UnavailableError, ValueError) as error:
         return _source_unavailable(ctx, f"cannot check {prefix}: {error}")
