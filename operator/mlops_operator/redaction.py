@@ -10,8 +10,9 @@ Patterns, not a list of known values: the operator never reads most of the Secre
 use (a W&B key goes from the Secret straight into the pod), so what is masked is anything shaped
 like a credential: a value after a credential-like key (`password=`, `token:`, `WANDB_API_KEY=`,
 `"SecretAccessKey": "…"`), an `Authorization: Bearer …`/`Basic …` header, a URL's user info, AWS
-access key ids, `wandb login <key>`, a bare 40-hex-character token (a W&B API key) and a bare
-40-character mixed-case base64 token (an AWS secret access key).
+access key ids (also glued to other characters), `wandb login <key>`, a run of exactly 40 hex digits
+(a W&B API key, also inside a path or URI) and a bare 40-character mixed-case base64 token (an AWS
+secret access key). Keys of a mapping a workload fills (`status.metrics`) are redacted like values.
 `redact` is idempotent, so a status that is redacted again compares equal and causes no write.
 """
 
@@ -34,9 +35,11 @@ _KEYED_VALUE = re.compile(
 _BEARER = re.compile(r"(?i)(\b(?:bearer|basic)\s+)([A-Za-z0-9._~+/=-]{8,})")
 _URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)")
 _WANDB_LOGIN = re.compile(r"(?i)(\bwandb\s+login\s+(?:--?[\w-]+\s+)*)([^\s\"'-][^\s\"']*)")
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
-# A W&B API key: 40 hex characters standing alone (not inside a path, a URI or a longer token).
-_HEX40 = re.compile(r"(?<![0-9A-Za-z/._+=-])[0-9a-fA-F]{40}(?![0-9A-Za-z/._+=-])")
+# An AWS access key id, wherever it is: glued to other characters (`id_AKIA…`, `keyAKIA…`) too.
+_AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
+# A W&B API key: a run of exactly 40 hex digits, also as a path segment or glued to a name
+# (`s3://b/<key>/x`, `runs/key_<key>`): a longer run is another digest (a sha256 has 64).
+_HEX40 = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{40}(?![0-9a-fA-F])")
 # An AWS secret access key quoted without its key name ("key wJalr…"): 40 base64 characters standing
 # alone, with upper and lower case letters and a digit (a name, a word or a path segment has not).
 _B64_40 = re.compile(r"(?<![0-9A-Za-z/+=._:-])[0-9A-Za-z][0-9A-Za-z/+]{39}(?![0-9A-Za-z/+=._-])")

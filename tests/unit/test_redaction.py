@@ -65,7 +65,7 @@ def test_redact_masks_credentials(text, leak):
         "attempt 2 failed (OOMKilled: the trainer ran out of memory; raise resources.memory)",
         "Secret s3-credentials has no key AWS_SECRET_ACCESS_KEY",
         "fingerprint sha256:" + "ab" * 32,
-        "s3://bucket/models/" + "0a" * 20 + "/model.onnx",  # a 40-hex path segment is not a key
+        "s3://bucket/models/" + "0a" * 32 + "/model.onnx",  # a sha256 path segment is not a key
         "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
         "s3://bucket/ModelsForTheDigitsCnnRun1/Step0000040Checkpoint",  # path segments stay
         "a-very-long-kubernetes-object-name-of-forty-one",
@@ -165,3 +165,171 @@ def test_secure_logging_keeps_wire_loggers_above_debug():
         assert any(isinstance(f, RedactingFilter) for f in root.handlers[0].filters)
     finally:
         botocore.setLevel(before)
+
+
+# -- planted secrets in everything a workload controls ---------------------------------------------
+# A workload writes its result summary (mlops_contract.result) into its termination message: `reason`,
+# `message`, the names of `metrics`, `checkpoint.uri`, `wandb.path`/`runId`, `artifacts`, `details`.
+# A secret planted in any of them, bare, glued to other characters or inside a path, must not reach
+# status or events.
+
+GLUED_KEY_ID = f"id_{AWS_KEY_ID}"
+RUN_OBJECT = {
+    "apiVersion": "mlops.dev/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {"name": "r", "namespace": "n"},
+}
+PLANTED = (AWS_KEY_ID, WANDB_KEY, AWS_SECRET, BEARER)
+
+
+def _assert_no_secret(text: str) -> None:
+    for secret in PLANTED:
+        assert secret not in text
+        assert secret[4:-4] not in text  # not even most of it
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        (GLUED_KEY_ID, AWS_KEY_ID),
+        (f"key{AWS_KEY_ID}x", AWS_KEY_ID),
+        (f"entity/project/runs/{WANDB_KEY}", WANDB_KEY),
+        (f"s3://bucket/checkpoints/{WANDB_KEY}/step-10.pt", WANDB_KEY),
+        (f"s3://bucket/run_{WANDB_KEY}.pt", WANDB_KEY),
+    ],
+)
+def test_redact_masks_secrets_glued_or_inside_paths(text, leak):
+    out = redact(text)
+    assert leak not in out
+    assert redact(out) == out
+
+
+def test_redact_keeps_other_digests_in_paths():
+    # A sha256 (64 hex digits) or an MLflow run id (32) is not a W&B key, even as a path segment.
+    for text in (f"s3://b/engines/{'ab' * 32}/model.plan", f"mlflow-artifacts:/1/{'0f' * 16}/artifacts"):
+        assert redact(text) == text
+
+
+def _succeeded_run(summary: dict) -> Outcome:
+    from datetime import UTC, datetime
+
+    from mlops_operator.api.v1alpha1 import TrainingRunSpec
+    from mlops_operator.engine.cache import Cache
+    from mlops_operator.handlers import trainingrun
+    from mlops_operator.handlers.context import ReconcileContext
+    from tests.samples import load, valid_samples
+
+    run = load(next(p for p in valid_samples() if "trainingrun" in p.name))
+    spec = TrainingRunSpec.model_validate(run["spec"])
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def owned(kind: str, name: str, owner: str, uid: str, **extra: object) -> dict:
+        meta = {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid,
+            "resourceVersion": "1",
+            "ownerReferences": [{"uid": owner, "controller": True, "kind": "X", "name": "x"}],
+        }
+        return {"kind": kind, "metadata": meta, **extra}
+
+    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(summary)}
+    body = {"metadata": {"name": "r", "namespace": "ns", "uid": "run-uid", "generation": 1}}
+    cache = Cache()
+    cache.upsert("TrainingRun", {"kind": "TrainingRun", **body})  # owners are matched in the cache
+    complete = {"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T12:00:00Z"}
+    cache.upsert("Job", owned("Job", "r-a1", "run-uid", "job-uid", status={"conditions": [complete]}))
+    pod_status = {
+        "phase": "Succeeded",
+        "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+    }
+    cache.upsert("Pod", owned("Pod", "r-a1-x", "job-uid", "pod-uid", status=pod_status))
+    status = {
+        "phase": "Running",
+        "attempt": 1,
+        "jobName": "r-a1",
+        "attemptStartTime": "2026-01-01T11:00:00Z",
+        "startTime": "2026-01-01T11:00:00Z",
+        "specHash": trainingrun.spec_hash(spec),
+        "observedGeneration": 1,
+    }
+    body = {**body, "status": status}
+    outcome = trainingrun.reconcile(spec, ReconcileContext(body, None, now=lambda: now, cache=cache))
+    assert isinstance(outcome, Outcome)
+    return outcome
+
+
+def test_secrets_planted_in_a_succeeded_runs_result_reach_neither_status_nor_events():
+    summary = trainer_result.summary(
+        "train",
+        ExitCode.SUCCESS,
+        message=f"done; debug {GLUED_KEY_ID} {AWS_SECRET} Bearer {BEARER}",
+        metrics={
+            "accuracy": 0.5,
+            f"loss_{AWS_KEY_ID}": 0.1,
+            WANDB_KEY: 0.2,
+            f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}": 0.3,
+        },
+        checkpoint={"uri": f"s3://bucket/checkpoints/{WANDB_KEY}/step-10", "step": 10},
+        wandb={"runId": WANDB_KEY, "path": f"entity/project/runs/{WANDB_KEY}"},
+        artifacts={"model": f"s3://bucket/models/{GLUED_KEY_ID}/model.pt"},
+        details={"note": f"token={BEARER}"},
+    )
+    outcome = _succeeded_run(summary)
+    assert outcome.phase == "Succeeded"
+    patch, transitions = status_patch({}, outcome, 1, now="2026-01-01T12:00:00Z")
+    obj = {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "r", "namespace": "n"},
+    }
+    events = [event_manifest(obj, Event(t.reason, t.message)) for t in transitions]
+    _assert_no_secret(json.dumps(patch) + json.dumps(events))
+    # What is not a secret is still there: the run's accuracy, and a path with its key masked.
+    assert patch["metrics"]["accuracy"] == 0.5
+    assert len(patch["metrics"]) == 4
+    assert patch["checkpointURI"] == "s3://bucket/checkpoints/***/step-10"
+    assert patch["wandbRun"] == "entity/project/runs/***"
+    again, _ = status_patch(patch, outcome, 1, now="2026-01-01T12:00:01Z")
+    assert again == {}  # idempotent: no write loop
+
+
+def test_secrets_planted_in_a_failed_runs_reason_and_message_reach_neither_status_nor_events():
+    summary = trainer_result.summary(
+        "train",
+        ExitCode.CONFIG,
+        reason=f"Leak{AWS_KEY_ID}",
+        message=f"wandb rejected {WANDB_KEY} for s3://b/{GLUED_KEY_ID}/x",
+    )
+    failure = classify_pod_failure(_failed_pod(json.dumps(summary)))
+    outcome = Outcome(
+        phase="Failed",
+        conditions=(ConditionUpdate("Ready", "False", failure.reason, failure.message),),
+        fields={"failures": [{"attempt": 1, "reason": failure.reason, "message": failure.message}]},
+    )
+    patch, transitions = status_patch({}, outcome, 1, now="2026-01-01T12:00:00Z")
+    obj = {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": "r", "namespace": "n"},
+    }
+    events = [event_manifest(obj, Event(t.reason, t.message, "Warning")) for t in transitions]
+    events.append(event_manifest(obj, Event(failure.reason, failure.message, "Warning")))
+    _assert_no_secret(json.dumps(patch) + json.dumps(events))
+    assert patch["conditions"][0]["reason"] == "Leak"
+
+
+def test_status_patch_redacts_the_keys_of_every_mapping():
+    # The ModelVersion's fields from a compile or evaluate result: engine details, metrics, runtime.
+    outcome = Outcome(
+        phase="Evaluating",
+        conditions=(),
+        fields={
+            "engine": {"gpu": GLUED_KEY_ID, "uri": f"s3://b/{WANDB_KEY}/model.plan", "runtime": AWS_SECRET},
+            "metrics": {f"acc_{AWS_KEY_ID}": 1.0, WANDB_KEY: 2.0},
+            "gates": [{"name": f"gate-{WANDB_KEY}", "message": f"{AWS_KEY_ID} >= 0.9"}],
+        },
+    )
+    patch, _ = status_patch({}, outcome, 1, now="2026-01-01T12:00:00Z")
+    _assert_no_secret(json.dumps(patch))
+    assert sorted(patch["metrics"].values()) == [1.0, 2.0]

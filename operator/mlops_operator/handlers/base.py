@@ -102,11 +102,12 @@ def parse_spec(model: type[SpecT], spec: Mapping[str, Any]) -> SpecT | Outcome:
 
 
 def redacted(value: Any) -> Any:
-    """`value` with every string in it (not the keys) passed through `redact`."""
+    """`value` with every string in it passed through `redact`, mapping keys too: a workload names
+    the keys of `status.metrics` and could put a secret there."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {k: redacted(v) for k, v in value.items()}
+        return {redact(k) if isinstance(k, str) else k: redacted(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redacted(v) for v in value]
     return value
@@ -128,7 +129,9 @@ def status_patch(
     status = status or {}
     old_conditions = list(status.get("conditions") or [])
     updates = [
-        ConditionUpdate(u.type, u.status, condition_reason(u.reason), redact(u.message)[:MAX_MESSAGE])
+        ConditionUpdate(
+            u.type, u.status, condition_reason(redact(u.reason)), redact(u.message)[:MAX_MESSAGE]
+        )
         for u in outcome.conditions
     ]
     conditions, conditions_changed = set_conditions(old_conditions, updates, generation=generation, now=now)

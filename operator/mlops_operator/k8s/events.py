@@ -1,6 +1,6 @@
 """Kubernetes events about our objects.
 
-Messages pass through `redact` first: events are readable by anyone who can `kubectl describe`, so
+Reasons and messages pass through `redact` first (a reason can come from a workload's result): events are readable by anyone who can `kubectl describe`, so
 anything that looks like a credential is masked before it leaves the operator (`redaction.redact`,
 re-exported here).
 """
@@ -48,7 +48,7 @@ def event_manifest(obj: Mapping[str, Any], event: Event, *, now: datetime | None
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         },
-        "reason": event.reason[:128],
+        "reason": redact(event.reason)[:128],
         "message": redact(event.message)[:1024],
         "type": event.type,
         "source": {"component": REPORTING_COMPONENT},
