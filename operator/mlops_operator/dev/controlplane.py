@@ -115,8 +115,10 @@ class Component:
     argv: list[str]
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    env: Mapping[str, str] | None = None  # what it was started with: a restart uses it again
 
     def start(self, env: Mapping[str, str]) -> None:
+        self.env = env
         with self.log.open("ab") as out:
             # A session of its own: stop() signals the whole group, so nothing is left behind.
             self.process = subprocess.Popen(
@@ -143,6 +145,14 @@ class Component:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: a crash, with no chance to close connections or flush."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,26 @@ def crd_name(path: Path) -> str:
     return match.group(1).strip("'\"")
 
 
+def listed_items(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The objects of `kubectl get KIND NAME... -o json`: one NAME prints the object itself, several
+    (or none) a List. A `{range .items[*]}` jsonpath sees nothing in the first case."""
+    if str(document.get("kind", "")).endswith("List"):
+        return list(document.get("items") or [])
+    return [dict(document)] if document else []
+
+
+def condition_true(obj: Mapping[str, Any], type_: str) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conditions)
+
+
+def all_conditions_true(document: Mapping[str, Any], names: Sequence[str], type_: str) -> bool:
+    """Whether every object named in `names` is in `document` (kubectl's JSON of them) with condition
+    `type_` True."""
+    found = {str(o["metadata"]["name"]): o for o in listed_items(document)}
+    return all(name in found and condition_true(found[name], type_) for name in names)
+
+
 # Pods must tolerate this to land on the simulated nodes; the operator adds it only when configured
 # to (MLOPS_WORKLOAD_TOLERATIONS), which `mlopsctl dev` and the tests do.
 KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
@@ -263,6 +293,10 @@ class ControlPlane:
         self.rollouts_metrics_port = free_port() if self.argo_rollouts else 0
         self.rollouts_healthz_port = free_port() if self.argo_rollouts else 0
         self._rollouts_crds_apply: subprocess.Popen[str] | None = None
+        # How to tell each component is up again after a restart (URL, TLS context), and which
+        # components a fault has stopped on purpose (not a start-up failure).
+        self._health: dict[str, tuple[str, ssl.SSLContext | None]] = {}
+        self._stopped: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -352,6 +386,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
+        self._health["etcd"] = (f"http://127.0.0.1:{etcd_client}/health", None)
         self._wait_http(f"http://127.0.0.1:{etcd_client}/health", "etcd")
         self._launch(
             "kube-apiserver",
@@ -382,6 +417,7 @@ class ControlPlane:
                 *self.apiserver_args,
             ],
         )
+        self._health["kube-apiserver"] = (f"{self.url}/readyz", self._ssl_context(admin))
         self._wait_http(f"{self.url}/readyz", "kube-apiserver", self._ssl_context(admin))
         if self.argo_rollouts:
             self._begin_rollouts_crds()
@@ -461,16 +497,7 @@ class ControlPlane:
         """Once its CRDs are Established, the rollouts-controller: all namespaces, no leader election;
         up once its /healthz answers (its informers sync right after, well before a test's first
         Rollout could be created and missed: they list what exists when they start)."""
-        assert self._rollouts_crds_apply is not None
-        _, errors = self._rollouts_crds_apply.communicate(timeout=self.startup_timeout)
-        if self._rollouts_crds_apply.returncode != 0:
-            raise ControlPlaneError(f"applying the Argo Rollouts CRDs failed: {errors.strip()}")
-        names = self._rollouts_crd_names
-        query = '{range .items[*]}{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}'
-        for _ in self._deadline_loop("kube-apiserver", f"CRDs {', '.join(names)} to be Established"):
-            result = self.kubectl("get", "crd", *names, "-o", f"jsonpath={query}", check=False)
-            if result.returncode == 0 and result.stdout.split() == ["True"] * len(names):
-                break
+        self._finish_rollouts_crds()
         self._launch(
             ROLLOUTS_CONTROLLER,
             [
@@ -484,7 +511,15 @@ class ControlPlane:
             # It reads its ConfigMaps from $POD_NAMESPACE (else from a pod's service-account mount).
             env={"POD_NAMESPACE": ROLLOUTS_NAMESPACE},
         )
+        self._health[ROLLOUTS_CONTROLLER] = (f"http://127.0.0.1:{self.rollouts_healthz_port}/healthz", None)
         self._wait_http(f"http://127.0.0.1:{self.rollouts_healthz_port}/healthz", ROLLOUTS_CONTROLLER)
+
+    def _finish_rollouts_crds(self) -> None:
+        assert self._rollouts_crds_apply is not None
+        _, errors = self._rollouts_crds_apply.communicate(timeout=self.startup_timeout)
+        if self._rollouts_crds_apply.returncode != 0:
+            raise ControlPlaneError(f"applying the Argo Rollouts CRDs failed: {errors.strip()}")
+        self._wait_conditions("crd", self._rollouts_crd_names, "Established", "kube-apiserver")
 
     def _launch_prometheus(self) -> None:
         directory = self.prometheus_sd_file.parent
@@ -505,6 +540,7 @@ class ControlPlane:
                 "--log.level=warn",
             ],
         )
+        self._health[PROMETHEUS] = (f"{self.prometheus_url}/-/ready", None)
 
     def _launch(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         component = Component(name, argv, self.workdir / f"{name}.log")
@@ -518,7 +554,7 @@ class ControlPlane:
         return next(c for c in self.components if c.name == name)
 
     def _failure(self, name: str, what: str) -> ControlPlaneError:
-        dead = [c for c in self.components if not c.alive()]
+        dead = [c for c in self.components if not c.alive() and c.name not in self._stopped]
         culprit = dead[0] if dead else self._component(name)
         return ControlPlaneError(
             f"{what} (workdir {self.workdir}); last lines of {culprit.name}'s log:\n{culprit.tail()}"
@@ -527,7 +563,7 @@ class ControlPlane:
     def _deadline_loop(self, name: str, what: str) -> Iterator[None]:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if any(not c.alive() for c in self.components):
+            if any(not c.alive() and c.name not in self._stopped for c in self.components):
                 raise self._failure(name, f"{name} exited while waiting for {what}")
             yield
             time.sleep(0.2)
@@ -588,17 +624,96 @@ class ControlPlane:
             return
         self.kubectl_apply(nodes)
         names = [str(n["metadata"]["name"]) for n in nodes]  # type: ignore[index]
-        for _ in self._deadline_loop("kwok", f"nodes {', '.join(names)} to become Ready"):
-            result = self.kubectl(
-                "get",
-                "nodes",
-                *names,
-                "-o",
-                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
-                check=False,
-            )
-            if result.returncode == 0 and result.stdout.split() == ["True"] * len(names):
+        self._wait_conditions("nodes", names, "Ready", "kwok")
+
+    def _wait_conditions(self, kind: str, names: Sequence[str], type_: str, component: str) -> None:
+        """Until every object `names` names has condition `type_` True (one name works as several)."""
+        for _ in self._deadline_loop(component, f"{kind} {', '.join(names)} to be {type_}"):
+            result = self.kubectl("get", kind, *names, "-o", "json", check=False)
+            if result.returncode == 0 and all_conditions_true(json.loads(result.stdout), names, type_):
                 return
+
+    # -- faults: components stopped and started again, as an outage would (tests/integration/faults)
+
+    def stop_component(self, name: str, *, kill: bool = False) -> None:
+        """Stop one component (SIGTERM, or SIGKILL with `kill`); the rest keep running. Its data
+        directory, ports and arguments stay: start_component() brings the same one back."""
+        component = self._component(name)
+        self._stopped.add(name)
+        if kill:
+            component.kill()
+        else:
+            component.stop()
+
+    def start_component(self, name: str) -> float:
+        """Start a stopped component again, exactly as before, and wait until it answers (after etcd,
+        until the apiserver is ready again too); the seconds that took."""
+        started = time.monotonic()
+        component = self._component(name)
+        if not component.alive():
+            component.start(component.env or {})
+        self._stopped.discard(name)
+        self._wait_healthy(name)
+        if name == "etcd":
+            self._wait_healthy("kube-apiserver")
+        return time.monotonic() - started
+
+    def restart_component(self, name: str, *, kill: bool = False, down_for: float = 0) -> float:
+        """Stop `name`, leave it down `down_for` seconds, start it again; the seconds from the stop
+        until it (and what depends on it) answers again."""
+        started = time.monotonic()
+        self.stop_component(name, kill=kill)
+        try:
+            time.sleep(down_for)
+        finally:
+            self.start_component(name)
+        return time.monotonic() - started
+
+    def restart_apiserver(self, *, kill: bool = False, down_for: float = 0) -> float:
+        """kube-apiserver stopped and started again (same port, certificates, flags): every watch
+        and connection to it breaks; its watch cache starts afresh from etcd."""
+        return self.restart_component("kube-apiserver", kill=kill, down_for=down_for)
+
+    def restart_etcd(self, *, kill: bool = False, down_for: float = 0) -> float:
+        """etcd stopped and started again on the same data directory: the apiserver keeps running
+        but can neither read nor write meanwhile; returns once the apiserver is ready again."""
+        return self.restart_component("etcd", kill=kill, down_for=down_for)
+
+    def stop_prometheus(self) -> None:
+        self.stop_component(PROMETHEUS)
+
+    def start_prometheus(self) -> float:
+        return self.start_component(PROMETHEUS)
+
+    def stop_rollouts_controller(self) -> None:
+        self.stop_component(ROLLOUTS_CONTROLLER)
+
+    def start_rollouts_controller(self) -> float:
+        return self.start_component(ROLLOUTS_CONTROLLER)
+
+    def uninstall_argo_rollouts(self) -> None:
+        """As `kubectl delete -f install.yaml` does: the controller stops and its CRDs go, and with
+        them every Rollout, AnalysisTemplate and AnalysisRun in the cluster."""
+        if not self.argo_rollouts:
+            raise ControlPlaneError("this control plane runs without Argo Rollouts")
+        self.stop_component(ROLLOUTS_CONTROLLER)
+        self.kubectl("delete", "crd", *self._rollouts_crd_names, "--wait=true", "--timeout=120s")
+
+    def install_argo_rollouts(self) -> float:
+        """Argo Rollouts back: its CRDs applied and Established, then its controller; the seconds
+        that took."""
+        if not self.argo_rollouts:
+            raise ControlPlaneError("this control plane runs without Argo Rollouts")
+        started = time.monotonic()
+        self._begin_rollouts_crds()
+        self._finish_rollouts_crds()
+        self.start_component(ROLLOUTS_CONTROLLER)
+        return time.monotonic() - started
+
+    def _wait_healthy(self, name: str) -> None:
+        if name in self._health:
+            url, context = self._health[name]
+            self._wait_http(url, name, context)
 
     # -- conveniences --------------------------------------------------------------------------
 
