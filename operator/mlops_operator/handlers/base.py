@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from ..k8s.conditions import ConditionUpdate, condition_reason, find_condition, 
 from ..k8s.events import Event
 from ..observation.serving import SERVING_STUCK_REASONS
 from ..redaction import redact
+from ..timeutil import from_rfc3339
 
 READY = "Ready"
 # Ready reasons that only the engine sets, on an unexpected error; a handler restating its own Ready
@@ -177,3 +179,17 @@ def not_implemented(kind: str) -> Outcome:
             ),
         ),
     )
+
+def ready(status: str, reason: str, message: str) -> ConditionUpdate:
+    """The Ready condition of an outcome, its message cut to MAX_MESSAGE."""
+    return ConditionUpdate(READY, status, reason, message[:MAX_MESSAGE])  # type: ignore[arg-type]
+
+
+def outage_retry_delay(
+    failing_since: str | None, now: datetime, *, minimum: timedelta, maximum: timedelta
+) -> timedelta:
+    """When to look again at something unavailable since `failing_since` (RFC 3339; None: since
+    now): after half the time it has been failing, within minimum..maximum. Quick after a blip,
+    gentle on a long outage, and no retry counter to keep in status."""
+    failing_for = now - from_rfc3339(failing_since) if failing_since else timedelta(0)
+    return min(max(failing_for / 2, minimum), maximum)

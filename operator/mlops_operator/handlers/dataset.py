@@ -28,13 +28,12 @@ from ..integrations.s3 import (
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
-from .base import READY, Outcome, Result, Unchanged
+from .base import READY, Outcome, Result, Unchanged, outage_retry_delay
 from .context import ReconcileContext
 from .secrets import CredentialsUnavailableError
 from .stores import read_credentials
 
-# While the source is unavailable, retry after half the time it has been failing, within these bounds:
-# quick after a blip, gentle on a long outage, with no retry counter to keep in status.
+# While the source is unavailable, retry with `outage_retry_delay` within these bounds.
 RETRY_MIN = timedelta(seconds=15)
 RETRY_MAX = timedelta(minutes=5)
 # Ready reasons looked at again with that backoff: an outage, and an endpoint the operator's
@@ -52,15 +51,12 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
     elapsed = ctx.now() - from_rfc3339(checked)
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
     if ready.get("reason") in RETRIED_REASONS:
-        return max(0.0, (_retry_delay(ctx, ready, checked) - elapsed).total_seconds())
+        since = ready.get("lastTransitionTime") or checked
+        delay = outage_retry_delay(since, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX)
+        return max(0.0, (delay - elapsed).total_seconds())
     if spec.refresh_interval is None:
         return None
     return max(0.0, (parse_duration(spec.refresh_interval) - elapsed).total_seconds())
-
-
-def _retry_delay(ctx: ReconcileContext, ready: Mapping[str, Any], checked: str) -> timedelta:
-    failing_for = ctx.now() - from_rfc3339(ready.get("lastTransitionTime") or checked)
-    return min(max(failing_for / 2, RETRY_MIN), RETRY_MAX)
 
 
 def _unavailable(
@@ -77,7 +73,9 @@ def _unavailable(
         phase=phase,
         conditions=(ConditionUpdate(READY, "False", reason, message),),
         fields={"lastCheckedTime": checked},
-        requeue_after=_retry_delay(ctx, {"lastTransitionTime": since}, checked).total_seconds(),
+        requeue_after=outage_retry_delay(
+            since or checked, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX
+        ).total_seconds(),
     )
 
 

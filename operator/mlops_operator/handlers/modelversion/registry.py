@@ -1,0 +1,181 @@
+"""A ModelVersion in the model registry: opening the tenant's registry, registering the version
+(idempotent by the UID tag), and pointing the spec's and the stage's aliases at it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...api.v1alpha1 import ModelVersionSpec
+from ...integrations.endpoints import EndpointNotAllowedError, require_allowed
+from ...integrations.registry import (
+    ModelRegistry,
+    RegisteredVersion,
+    RegistryRejectedError,
+    RegistryTarget,
+    RegistryUnavailableError,
+    VersionRequest,
+)
+from ...k8s.conditions import ConditionUpdate
+from ...metrics import MODELVERSION_REGISTRATIONS
+from ...timeutil import to_rfc3339
+from ..base import Outcome, Result, Unchanged, ready
+from ..context import ReconcileContext
+from ..secrets import CredentialsUnavailableError, read_secret_values
+from .common import finalizers, patch_finalizers, retry_after
+
+# Held from registration on, so that deletion can archive the version (deletionPolicy Archive).
+FINALIZER = "mlops.dev/registry"
+STAGE_ALIASES = {"Development": "development", "Staging": "staging", "Production": "production"}
+
+
+class RegistryProblemError(Exception):
+    """The registry cannot be asked at all: an endpoint the allow-list refuses, a missing Secret."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+REGISTRY_ERRORS = (RegistryProblemError, RegistryUnavailableError, RegistryRejectedError)
+
+
+def open_registry(spec: ModelVersionSpec, ctx: ReconcileContext) -> ModelRegistry:
+    """The client of the registry `spec.registry` names, with the tenant's credential."""
+    registry = spec.registry
+    assert registry is not None
+    try:
+        require_allowed(
+            registry.tracking_uri,
+            ctx.config.registry_endpoint_allowlist,
+            setting="MLOPS_REGISTRY_ENDPOINT_ALLOWLIST",
+        )
+    except EndpointNotAllowedError as error:
+        raise RegistryProblemError("EndpointNotAllowed", str(error)) from None
+    credential = None
+    if registry.credentials_secret_ref:
+        ref = registry.credentials_secret_ref
+        try:
+            credential = read_secret_values(ctx, ref.name, [ref.key])[ref.key]
+        except CredentialsUnavailableError as error:
+            raise RegistryProblemError("CredentialsUnavailable", str(error)) from None
+    target = RegistryTarget(
+        provider=registry.provider,
+        model_name=registry.collection or spec.model_name,
+        project=registry.project,
+        entity=registry.entity,
+        tracking_uri=registry.tracking_uri,
+        credential=credential,
+    )
+    return ctx.require_clients().registry(target, ctx.config.registry_timeout_seconds)
+
+
+def registry_problem(error: Exception, doing: str) -> tuple[str, str]:
+    """(Ready reason, message) of a registry error while `doing` something."""
+    if isinstance(error, RegistryProblemError):
+        return error.reason, f"{doing}: {error.message}"
+    if isinstance(error, RegistryUnavailableError):
+        return "RegistryUnavailable", f"{doing}: the registry is unavailable ({error}); retrying"
+    return "RegistryRejected", f"{doing}: the registry refused the request ({error})"
+
+
+def desired_aliases(spec: ModelVersionSpec) -> list[str]:
+    aliases = list(spec.registry.aliases) if spec.registry else []
+    stage_alias = STAGE_ALIASES.get(spec.stage)
+    if stage_alias and stage_alias not in aliases:
+        aliases.append(stage_alias)
+    return sorted(aliases)
+
+
+def registry_status(
+    spec: ModelVersionSpec, ctx: ReconcileContext, version: RegisteredVersion, applied: Sequence[str]
+) -> dict[str, Any]:
+    assert spec.registry is not None
+    return {
+        "provider": spec.registry.provider,
+        "modelName": spec.registry.collection or spec.model_name,
+        "version": version.version,
+        "url": version.url,
+        "aliases": sorted(version.aliases),
+        "appliedAliases": sorted(applied),
+        "archived": version.archived,
+        "promotedGeneration": ctx.generation,
+    }
+
+
+def _tags(ctx: ReconcileContext, spec: ModelVersionSpec) -> dict[str, str]:
+    status = ctx.status
+    lineage: Mapping[str, Any] = status.get("lineage") or {}
+    engine: Mapping[str, Any] = status.get("engine") or {}
+    tags = {
+        "mlops.dev/namespace": ctx.namespace,
+        "mlops.dev/modelversion": ctx.name,
+        "mlops.dev/trainingrun": lineage.get("trainingRun"),
+        "mlops.dev/dataset": lineage.get("dataset"),
+        "mlops.dev/dataset-fingerprint": lineage.get("datasetFingerprint"),
+        "mlops.dev/trainer-image": lineage.get("trainerImage"),
+        "mlops.dev/hyperparameters-sha256": lineage.get("hyperparametersSha256"),
+        "mlops.dev/source-uri": lineage.get("sourceURI"),
+        "mlops.dev/engine-format": engine.get("format"),
+        "mlops.dev/engine-precision": engine.get("precision"),
+        "mlops.dev/engine-gpu": engine.get("gpu"),
+        "mlops.dev/stage": spec.stage,
+    }
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+def apply_aliases(
+    spec: ModelVersionSpec, registry: ModelRegistry, version: str, applied_before: Sequence[str]
+) -> tuple[RegisteredVersion, list[str]]:
+    """Stage Archived archives the version; otherwise the spec's aliases and the stage's alias point
+    at it, and aliases the operator put there before and the spec no longer names come off."""
+    if spec.stage == "Archived":
+        return registry.archive(version), []
+    desired = desired_aliases(spec)
+    removed = sorted(set(applied_before) - set(desired))
+    return registry.set_aliases(version, add=desired, remove=removed), desired
+
+
+def register(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: ConditionUpdate) -> Result:
+    assert spec.registry is not None
+    status = ctx.status
+    engine: Mapping[str, Any] = status.get("engine") or {}
+    held = finalizers(ctx)
+    if FINALIZER not in held:
+        # First the finalizer, in a reconcile of its own: the patch changes the resourceVersion the
+        # status write of this reconcile would be conditioned on. Its watch event brings us back.
+        patch_finalizers(ctx, [*held, FINALIZER])
+        return Unchanged(requeue_after=1.0)
+    try:
+        registry = open_registry(spec, ctx)
+        registered = registry.register(
+            VersionRequest(
+                uid=ctx.uid,
+                source_uri=str(engine.get("uri") or ""),
+                tags=_tags(ctx, spec),
+                description=f"ModelVersion {ctx.namespace}/{ctx.name}",
+                metrics=dict(status.get("metrics") or {}),
+            )
+        )
+        version, applied = apply_aliases(spec, registry, registered.version, [])
+    except REGISTRY_ERRORS as error:
+        reason, message = registry_problem(error, f"registering {spec.model_name}")
+        return Outcome(
+            "Registering", (ready("False", reason, message), accepted), requeue_after=retry_after(ctx, reason)
+        )
+    MODELVERSION_REGISTRATIONS.labels(provider=spec.registry.provider).inc()
+    aliases = ", ".join(version.aliases) or "none"
+    return Outcome(
+        "Ready",
+        (
+            ready(
+                "True",
+                "Registered",
+                f"registered in {spec.registry.provider} as {spec.registry.collection or spec.model_name} "
+                f"version {version.version} (aliases: {aliases})",
+            ),
+            accepted,
+        ),
+        {"registry": registry_status(spec, ctx, version, applied), "completionTime": to_rfc3339(ctx.now())},
+    )

@@ -1,0 +1,323 @@
+"""The compile and evaluate stages of a ModelVersion: one Job per stage and attempt, built from the
+pin (`status.pinned`), observed through the Job and its pods, retried with backoff when the failure
+is retryable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from ...api.v1alpha1 import DatasetSpec, ModelVersionSpec
+from ...builders.modelversion import (
+    Stage,
+    StageInputs,
+    build_stage_job,
+    compile_hash,
+    default_engine_uri,
+    job_name,
+)
+from ...builders.training import backoff_seconds
+from ...k8s.conditions import ConditionUpdate, find_condition
+from ...k8s.events import Event
+from ...metrics import MODELVERSION_COMPILE_SECONDS
+from ...observation.pods import PERMANENT_START_FAILURES
+from ...observation.training import Observation, finite_metrics, observe
+from ...timeutil import from_rfc3339, to_rfc3339
+from ..base import MAX_MESSAGE, READY, Outcome, Result, Unchanged, ready
+from ..context import ReconcileContext
+from ..reads import read_through_job
+from .common import SPEC_ACCEPTED, with_status
+from .gates import judge
+from .source import resolve_source
+
+MAX_ATTEMPTS = 3  # per stage, for retryable failures (eviction, node loss, S3 blips)
+RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 10, 300
+ARTIFACT_KEYS = {"tensorrt": "model.plan", "onnx": "model.onnx"}
+STAGE_PHASES: dict[str, Stage] = {"Compiling": "compile", "Evaluating": "evaluate"}
+
+
+def _stage_inputs(ctx: ReconcileContext, spec: ModelVersionSpec, stage: Stage, attempt: int) -> StageInputs:
+    pinned = ctx.status["pinned"]
+    engine = ctx.status.get("engine") or {}
+    return StageInputs(
+        name=ctx.name,
+        namespace=ctx.namespace,
+        uid=ctx.uid,
+        spec=spec,
+        stage=stage,
+        attempt=attempt,
+        image=str(pinned["image"]),
+        model_uri=str(pinned["modelURI"]),
+        engine_uri=str(pinned["engineURI"]),
+        dataset=DatasetSpec.model_validate(pinned["datasetSpec"]),
+        calibration_uri=pinned.get("calibrationURI"),
+        gpu_product=engine.get("gpuProduct") if stage == "evaluate" else spec.compile.gpu_product,
+        extra_tolerations=ctx.config.workload_tolerations,
+        scratch_size_limit=ctx.config.scratch_size_limit,
+    )
+
+
+def _start_job(ctx: ReconcileContext, inputs: StageInputs) -> None:
+    created = ctx.require_clients().raw.apply(build_stage_job(inputs), ctx.config.field_manager)
+    ctx.cache.upsert("Job", created)  # the next reconcile sees it before its watch event arrives
+
+
+def start_compile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
+    source = resolve_source(spec, ctx)
+    if isinstance(source, Outcome):
+        return source
+    now = to_rfc3339(ctx.now())
+    pinned = {
+        "spec": spec.wire(),
+        "modelURI": source.model_uri,
+        "engineURI": default_engine_uri(source.model_uri, ctx.name, ctx.uid),
+        "datasetSpec": dict(source.dataset_spec),
+        "image": spec.compile.image or ctx.config.trainer_image,
+    }
+    if source.calibration_uri:
+        pinned["calibrationURI"] = source.calibration_uri
+    fields: dict[str, Any] = {
+        "pinned": pinned,
+        "specHash": compile_hash(spec),
+        "lineage": dict(source.lineage),
+        "attempt": 1,
+        "jobName": job_name(ctx.name, "compile", 1),
+        "compileStartTime": now,
+    }
+    # The pin goes into status with the Job: the next reconcile builds every attempt from it.
+    _start_job(ctx, _stage_inputs(with_status(ctx, fields), spec, "compile", 1))
+    target = f"{spec.compile.target} ({spec.compile.precision})"
+    return Outcome(
+        "Compiling",
+        (
+            ready(
+                "False",
+                "Compiling",
+                f"attempt 1: Job {fields['jobName']} compiles {source.model_uri} for {target}",
+            ),
+            ConditionUpdate(SPEC_ACCEPTED, "True", "Accepted", ""),
+        ),
+        fields,
+    )
+
+
+def _stage_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
+    job = next((j for j in ctx.cache.owned("Job", ctx.uid) if j["metadata"]["name"] == name), None)
+    return job if job is not None else read_through_job(ctx, name)
+
+
+def _gfd_product(gpu_name: str | None) -> str | None:
+    """The nvidia.com/gpu.product label GPU Feature Discovery gives a GPU of this name."""
+    if not gpu_name:
+        return None
+    product = "-".join(gpu_name.split())
+    return product[:63].rstrip("-_.") or None
+
+
+def _seconds_between(start: str | None, end: str) -> float | None:
+    if not start:
+        return None
+    return round(max(0.0, (from_rfc3339(end) - from_rfc3339(start)).total_seconds()), 3)
+
+
+def _compiled(
+    spec: ModelVersionSpec, ctx: ReconcileContext, seen: Observation, accepted: ConditionUpdate, now: str
+) -> Outcome:
+    status, result = ctx.status, seen.result or {}
+    engine_result = result.get("engine") if isinstance(result.get("engine"), Mapping) else {}
+    artifacts = result.get("artifacts") if isinstance(result.get("artifacts"), Mapping) else {}
+    pinned = status["pinned"]
+    target = spec.compile.target
+    gpu = (engine_result or {}).get("gpu")
+    engine = {
+        "uri": (artifacts or {}).get("engine") or f"{pinned['engineURI']}{ARTIFACT_KEYS[target]}",
+        "metadataURI": (artifacts or {}).get("metadata") or f"{pinned['engineURI']}metadata.json",
+        "format": (engine_result or {}).get("format") or target,
+        "precision": (engine_result or {}).get("precision"),
+        "tensorrtVersion": (engine_result or {}).get("tensorrtVersion"),
+        "gpu": gpu,
+        "gpuProduct": spec.compile.gpu_product or _gfd_product(gpu) if target == "tensorrt" else None,
+        "computeCapability": (engine_result or {}).get("computeCapability"),
+        "sizeBytes": (engine_result or {}).get("sizeBytes"),
+    }
+    engine = {k: v for k, v in engine.items() if v is not None}
+    finished = seen.finished_at or now
+    seconds = _seconds_between(status.get("compileStartTime"), finished)
+    if seconds is not None:
+        MODELVERSION_COMPILE_SECONDS.labels(target=target).observe(seconds)
+    fields = {
+        "engine": engine,
+        "compileSeconds": seconds,
+        "attempt": 1,
+        "jobName": job_name(ctx.name, "evaluate", 1),
+        "nextAttemptTime": None,
+    }
+    _start_job(ctx, _stage_inputs(with_status(ctx, fields), spec, "evaluate", 1))
+    where = f" on {engine['gpu']}" if engine.get("gpu") else ""
+    return Outcome(
+        "Evaluating",
+        (
+            ready(
+                "False",
+                "Evaluating",
+                f"compiled {engine['format']}{where} in {seconds}s; Job {fields['jobName']} evaluates it "
+                f"on the {spec.evaluation.split} split",
+            ),
+            accepted,
+        ),
+        {k: v for k, v in fields.items() if v is not None or k == "nextAttemptTime"},
+    )
+
+
+def _evaluated(
+    spec: ModelVersionSpec, ctx: ReconcileContext, seen: Observation, accepted: ConditionUpdate, now: str
+) -> Outcome:
+    status, result = ctx.status, seen.result or {}
+    metrics = finite_metrics(result.get("metrics"))
+    evaluation = result.get("evaluation") if isinstance(result.get("evaluation"), Mapping) else {}
+    engine = dict(status.get("engine") or {})
+    if (evaluation or {}).get("runtime"):
+        engine["runtime"] = str(evaluation["runtime"])[:256]  # type: ignore[index]
+    finished = seen.finished_at or now
+    started = (find_condition(status.get("conditions", []), READY) or {}).get("lastTransitionTime")
+    fields: dict[str, Any] = {
+        "metrics": metrics,
+        "engine": engine,
+        "evaluationSeconds": _seconds_between(started, finished),
+        "nextAttemptTime": None,
+    }
+    return judge(spec, metrics, fields, finished, accepted)
+
+
+def _stage_failed(
+    spec: ModelVersionSpec,
+    ctx: ReconcileContext,
+    stage: Stage,
+    *,
+    reason: str,
+    message: str,
+    retryable: bool,
+    exit_code: int | None,
+    finished: str,
+    accepted: ConditionUpdate,
+) -> Outcome:
+    status = ctx.status
+    attempt = int(status.get("attempt") or 1)
+    failures: list[Mapping[str, Any]] = list(status.get("failures") or [])
+    if not any(f.get("stage") == stage and f.get("attempt") == attempt for f in failures):
+        entry = {
+            "stage": stage,
+            "attempt": attempt,
+            "reason": reason[:128],
+            "message": message[:MAX_MESSAGE],
+            "retryable": retryable,
+            "exitCode": exit_code,
+            "time": finished,
+        }
+        failures.append({k: v for k, v in entry.items() if v is not None})
+    failures = failures[-20:]
+    phase = status["phase"]
+    if retryable and attempt < MAX_ATTEMPTS:
+        delay = backoff_seconds(attempt, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
+        at = to_rfc3339(ctx.now() + timedelta(seconds=delay))
+        return Outcome(
+            phase,
+            (
+                ready(
+                    "False",
+                    "BackoffBeforeRetry",
+                    f"{stage} attempt {attempt} failed ({reason}: {message}); "
+                    f"attempt {attempt + 1} starts at {at}",
+                ),
+                accepted,
+            ),
+            {
+                "attempt": attempt + 1,
+                "jobName": job_name(ctx.name, stage, attempt + 1),
+                "nextAttemptTime": at,
+                "failures": failures,
+            },
+            events=(
+                Event(
+                    "AttemptFailed",
+                    f"{stage} attempt {attempt} failed, retrying: {reason}: {message}"[:MAX_MESSAGE],
+                    "Warning",
+                ),
+            ),
+            requeue_after=float(delay),
+        )
+    why = "not retryable" if not retryable else f"{MAX_ATTEMPTS} attempts used"
+    return Outcome(
+        "Failed",
+        (ready("False", reason, f"{stage} attempt {attempt} failed ({why}): {message}"), accepted),
+        {"failures": failures, "completionTime": finished, "nextAttemptTime": None},
+    )
+
+
+def run_stage(
+    spec: ModelVersionSpec, ctx: ReconcileContext, stage: Stage, accepted: ConditionUpdate
+) -> Result:
+    status = ctx.status
+    now = to_rfc3339(ctx.now())
+    attempt = int(status.get("attempt") or 1)
+    name = str(status.get("jobName") or job_name(ctx.name, stage, attempt))
+    phase = str(status["phase"])
+    progress = "Compiling" if stage == "compile" else "Evaluating"
+    job = _stage_job(ctx, name)
+    if job is None:
+        next_attempt = status.get("nextAttemptTime")
+        if next_attempt and ctx.now() < from_rfc3339(next_attempt):
+            return Unchanged(max(0.0, (from_rfc3339(next_attempt) - ctx.now()).total_seconds()))
+        _start_job(ctx, _stage_inputs(ctx, spec, stage, attempt))
+        return Outcome(
+            phase,
+            (ready("False", progress, f"{stage} attempt {attempt}: Job {name} created"), accepted),
+            {"jobName": name, "nextAttemptTime": None},
+        )
+    seen = observe(job, ctx.cache.owned("Pod", str(job["metadata"]["uid"])))
+    if seen.state == "Succeeded":
+        return (_compiled if stage == "compile" else _evaluated)(spec, ctx, seen, accepted, now)
+    if seen.state == "Failed":
+        assert seen.failure is not None
+        failure = seen.failure
+        return _stage_failed(
+            spec,
+            ctx,
+            stage,
+            reason=failure.reason,
+            message=failure.message,
+            retryable=failure.retryable,
+            exit_code=failure.exit_code,
+            finished=seen.finished_at or now,
+            accepted=accepted,
+        )
+    if seen.stuck:
+        reason, message = seen.stuck
+        created = from_rfc3339(job["metadata"].get("creationTimestamp") or now)
+        deadline = created + timedelta(seconds=ctx.config.start_deadline_seconds)
+        if reason in PERMANENT_START_FAILURES or ctx.now() >= deadline:
+            ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Foreground")
+            return _stage_failed(
+                spec,
+                ctx,
+                stage,
+                reason=reason,
+                message=f"the {stage} pod cannot start: {message}",
+                retryable=reason not in PERMANENT_START_FAILURES,
+                exit_code=None,
+                finished=now,
+                accepted=accepted,
+            )
+        return Outcome(
+            phase,
+            (
+                ready("False", reason, f"{stage} attempt {attempt}: the pod cannot start yet: {message}"),
+                accepted,
+            ),
+            requeue_after=(deadline - ctx.now()).total_seconds(),
+        )
+    doing = "running" if seen.state == "Running" else (seen.unschedulable or "starting")
+    return Outcome(
+        phase, (ready("False", progress, f"{stage} attempt {attempt} of {MAX_ATTEMPTS}: {doing}"), accepted)
+    )
