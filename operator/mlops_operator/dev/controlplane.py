@@ -297,6 +297,7 @@ class ControlPlane:
         # components a fault has stopped on purpose (not a start-up failure).
         self._health: dict[str, tuple[str, ssl.SSLContext | None]] = {}
         self._stopped: set[str] = set()
+        self._rollouts_uninstalled = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -697,6 +698,7 @@ class ControlPlane:
         if not self.argo_rollouts:
             raise ControlPlaneError("this control plane runs without Argo Rollouts")
         self.stop_component(ROLLOUTS_CONTROLLER)
+        self._rollouts_uninstalled = True
         self.kubectl("delete", "crd", *self._rollouts_crd_names, "--wait=true", "--timeout=120s")
 
     def install_argo_rollouts(self) -> float:
@@ -707,8 +709,23 @@ class ControlPlane:
         started = time.monotonic()
         self._begin_rollouts_crds()
         self._finish_rollouts_crds()
+        self._rollouts_uninstalled = False
         self.start_component(ROLLOUTS_CONTROLLER)
         return time.monotonic() - started
+
+    @property
+    def stopped(self) -> list[str]:
+        """The components a fault stopped and nothing started again yet."""
+        return [c.name for c in self.components if c.name in self._stopped]
+
+    def restore(self) -> None:
+        """Undo every fault: stopped components start again (etcd before the apiserver, in start-up
+        order), and Argo Rollouts is installed again if it was uninstalled."""
+        for name in self.stopped:
+            if not (name == ROLLOUTS_CONTROLLER and self._rollouts_uninstalled):
+                self.start_component(name)
+        if self._rollouts_uninstalled:
+            self.install_argo_rollouts()
 
     def _wait_healthy(self, name: str) -> None:
         if name in self._health:
