@@ -66,6 +66,19 @@ class ModelSource(ApiModel):
     )
 
 
+# A TensorRT optimization profile dimension: concrete and non-negative (-1, ONNX's "any", is not one).
+ShapeDimension = Annotated[int, Field(ge=0)]
+# Dimension by dimension, min <= opt <= max (a list of at most 8 dimensions, see DynamicShape).
+SHAPE_ORDER_CEL = (
+    "[0, 1, 2, 3, 4, 5, 6, 7].all(i, i >= size(self.min) || i >= size(self.opt) || i >= size(self.max) "
+    "|| (self.min[i] <= self.opt[i] && self.opt[i] <= self.max[i]))"
+)
+
+
+def _shape_ordered(d: DynamicShape) -> bool:
+    return all(lo <= opt <= hi for lo, opt, hi in zip(d.min, d.opt, d.max, strict=False))
+
+
 class DynamicShape(ApiModel):
     """Optimization-profile shape range of one input (TensorRT min/opt/max; batch dimension first)."""
 
@@ -75,12 +88,19 @@ class DynamicShape(ApiModel):
             message="min, opt and max must have the same number of dimensions",
             check=lambda d: len(d.min) == len(d.opt) == len(d.max),
         ),
+        CelRule(
+            rule=SHAPE_ORDER_CEL,
+            message="every dimension must satisfy min <= opt <= max",
+            check=_shape_ordered,
+        ),
     )
 
     input: str = Field(description="Input tensor name.", min_length=1, max_length=128)
-    min: list[int] = Field(description="Smallest shape.", min_length=1, max_length=8)
-    opt: list[int] = Field(description="Shape the engine is tuned for.", min_length=1, max_length=8)
-    max: list[int] = Field(description="Largest shape.", min_length=1, max_length=8)
+    min: list[ShapeDimension] = Field(description="Smallest shape.", min_length=1, max_length=8)
+    opt: list[ShapeDimension] = Field(
+        description="Shape the engine is tuned for.", min_length=1, max_length=8
+    )
+    max: list[ShapeDimension] = Field(description="Largest shape.", min_length=1, max_length=8)
 
 
 class Calibration(ApiModel):
