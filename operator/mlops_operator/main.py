@@ -1,12 +1,13 @@
 """kopf wiring only: what feeds the engine, and when it starts and stops.
 
-- Our four kinds come from kopf's watch-streams as raw events (no per-object progress annotations,
-  no finalizers): each event stores the object in the engine's cache and queues it.
-- Our children (Jobs, Pods) come from the engine's own informers, filtered by label on the server,
-  started and synced before kopf lists our kinds, so the first reconcile after a restart already
-  sees every child.
+- Our children (Jobs, Pods, Services, Deployments, autoscalers; Rollouts and AnalysisTemplates while
+  Argo Rollouts is installed) come from the engine's own informers, filtered by label on the server,
+  started and synced before our kinds are listed, so the first reconcile after a restart already
+  sees every child. Secrets are watched as metadata only (a named Secret appearing wakes its user).
+- Our four kinds come from informers of the same engine (not kopf's watch-streams): a re-list after
+  a cut watch reports deletions and changes missed meanwhile, which kopf's re-list does not.
 - The engine's workers reconcile from the cache and wake an object again only when it said
-  something is due.
+  something is due. kopf runs the process: startup and cleanup, probes, and peering.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ import prometheus_client
 
 from .api.v1alpha1 import GROUP, KINDS, VERSION, KindInfo
 from .engine.controller import Engine
-from .engine.informer import DEPLOYMENTS, JOBS, PODS, ROLLOUTS, Informer, wait_all
+from .engine.discovery import RolloutsDiscovery
+from .engine.informer import (
+    AUTOSCALERS,
+    DEPLOYMENTS,
+    JOBS,
+    PODS,
+    SECRETS,
+    SERVICES,
+    Informer,
+    WatchedResource,
+    wait_all,
+)
 from .handlers.context import Clients
 from .k8s.naming import MANAGED_BY_SELECTOR
 from .settings import OperatorConfig, configure_kopf
@@ -32,23 +44,21 @@ class Runtime:
 
     engine: Engine | None = None
     informers: list[Informer] = []
+    discovery: RolloutsDiscovery | None = None
 
 
 RUNTIME = Runtime()
 
 
-def _register(info: KindInfo) -> None:
-    async def changed(event: kopf.RawEvent, **_: Any) -> None:
-        # Cheap and non-blocking: store and queue; the engine's workers do the reconciling.
-        if RUNTIME.engine is not None:
-            RUNTIME.engine.object_event(info, event.get("type"), event["object"])
-
-    changed.__name__ = changed.__qualname__ = f"{info.singular}_changed"
-    kopf.on.event(GROUP, VERSION, info.plural, id="cache")(changed)
+def _our_kind(info: KindInfo) -> WatchedResource:
+    return WatchedResource(info.kind, f"/apis/{GROUP}/{VERSION}", info.plural)
 
 
-for _info in KINDS:
-    _register(_info)
+def _object_events(engine: Engine, info: KindInfo) -> Any:
+    def changed(kind: str, event_type: str, body: Any) -> None:
+        engine.object_event(info, event_type, body)
+
+    return changed
 
 
 def _load_clients() -> Clients:
@@ -71,21 +81,42 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     engine = Engine(config, _load_clients())
     scopes: list[str | None] = list(config.namespaces) or [None]
     # InferenceDeployments run as Argo Rollouts where its CRDs are installed, as Deployments elsewhere.
-    engine.clients.rollouts = engine.clients.raw.has_resource(ROLLOUTS.group_version_path, ROLLOUTS.plural)
-    children = (JOBS, PODS, DEPLOYMENTS, *((ROLLOUTS,) if engine.clients.rollouts else ()))
-    RUNTIME.informers = [
-        Informer(
+    children = [JOBS, PODS, DEPLOYMENTS, SERVICES, AUTOSCALERS]
+    if config.watch_secrets:
+        children.append(SECRETS)
+
+    def informer(resource: WatchedResource, namespace: str | None) -> Informer:
+        return Informer(
             engine.clients.raw,
             resource,
             namespace,
-            label_selector=MANAGED_BY_SELECTOR,
+            label_selector=None if resource is SECRETS else MANAGED_BY_SELECTOR,
             cache=engine.cache,
             on_event=engine.child_event,
+            watch_timeout=config.watch_timeout_seconds,
         )
-        for resource in children
+
+    RUNTIME.informers = [informer(resource, namespace) for resource in children for namespace in scopes]
+    wait_all(RUNTIME.informers, timeout=120)
+    # InferenceDeployments run as Argo Rollouts while its CRDs are installed, as Deployments otherwise.
+    RUNTIME.discovery = RolloutsDiscovery(engine, scopes, informer)
+    wait_all([RUNTIME.discovery.crd_informer], timeout=120)
+    # Our kinds last: their first list queues every object, whose reconcile then sees all children.
+    ours = [
+        Informer(
+            engine.clients.raw,
+            _our_kind(info),
+            namespace,
+            label_selector=None,
+            cache=engine.cache,
+            on_event=_object_events(engine, info),
+            watch_timeout=config.watch_timeout_seconds,
+        )
+        for info in KINDS
         for namespace in scopes
     ]
-    wait_all(RUNTIME.informers, timeout=120)
+    wait_all(ours, timeout=120)
+    RUNTIME.informers += ours
     if config.peering_name:
         _follow_peering(engine, config.peering_name, cluster_wide=not config.namespaces)
     engine.start()
@@ -135,6 +166,8 @@ def _follow_peering(engine: Engine, name: str, *, cluster_wide: bool) -> None:
 def cleanup(**_: Any) -> None:
     for informer in RUNTIME.informers:
         informer.stop()
+    if RUNTIME.discovery is not None:
+        RUNTIME.discovery.stop()
     if RUNTIME.engine is not None:
         RUNTIME.engine.stop()
 

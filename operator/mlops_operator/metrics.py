@@ -26,6 +26,17 @@ RECONCILE_ERRORS = Counter(
     "Reconciles that ended in an unexpected error (turned into Ready=False), by kind and error type.",
     ["kind", "reason"],
 )
+FOREIGN_OWNER_CLAIMS = Counter(
+    "mlops_foreign_owner_claims_total",
+    "Children (by kind) whose controller ownerReference names one of our objects in another "
+    "namespace: a forged claim, ignored (never matched to that object).",
+    ["kind"],
+)
+RELIST_CHANGES = Counter(
+    "mlops_relist_changes_total",
+    "Changes a re-list found that the broken watch had not delivered, by kind and event type.",
+    ["kind", "type"],
+)
 EVENTS_DROPPED = Counter(
     "mlops_events_dropped_total",
     "Kubernetes events not posted because the operator's event queue was full.",
@@ -124,13 +135,10 @@ REGISTRY.register(PHASES)
 
 @contextmanager
 def observe_reconcile(kind: str) -> Iterator[None]:
+    """Time one reconcile. Its result (ok, error) is counted by the engine once the outcome is
+    written: an exception the engine turns into a condition, or a refused status write, is an error."""
     started = time.perf_counter()
     try:
         yield
-    except Exception:
-        RECONCILE_TOTAL.labels(kind=kind, result="error").inc()
-        raise
-    else:
-        RECONCILE_TOTAL.labels(kind=kind, result="ok").inc()
     finally:
         RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import kopf
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .api.v1alpha1 import GROUP
@@ -64,6 +65,49 @@ class OperatorConfig(BaseSettings):
             "changes to one object is coalesced into one reconcile."
         ),
     )
+    # -- the reconcile engine (README "Failure modes") --
+    resync_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "Every object is reconciled again from the cache about this often (jittered by +-10%, no "
+            "API request): the last line of defence behind the watches, as controller-runtime's "
+            "SyncPeriod. 0 disables."
+        ),
+    )
+    watch_timeout_seconds: int = Field(
+        default=300,
+        ge=5,
+        le=3600,
+        description="Server-side timeout of one watch request; the informer re-watches after it.",
+    )
+    retry_min_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "First retry of a reconcile that failed, or that reported a transient reason (an outage, "
+            "a missing Secret); later retries wait half the time it has been failing, or double."
+        ),
+    )
+    retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries of a failing or waiting object."
+    )
+    max_workers_per_namespace: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Reconcile workers one namespace may hold at once, so one tenant's slow S3 or registry "
+            "never takes every worker; 0: half the workers (at least 1)."
+        ),
+    )
+    watch_secrets: bool = Field(
+        default=True,
+        description=(
+            "Watch Secrets' metadata (never their data) so a Secret a resource names wakes it when it "
+            "appears or changes. Off: such a resource is retried with backoff instead, and the "
+            "operator needs no list/watch on Secrets."
+        ),
+    )
     start_deadline_seconds: int = Field(
         default=600,
         ge=10,
@@ -107,10 +151,39 @@ class OperatorConfig(BaseSettings):
     prometheus_address: str | None = Field(
         default=None,
         description=(
-            "Prometheus the canary analysis queries (an InferenceDeployment's "
-            "rollout.analysis.prometheusAddress overrides it); read by Argo Rollouts, not the operator."
+            "Prometheus the canary analysis queries (an http(s) URL with a host; checked at startup), "
+            "read by Argo Rollouts, not the operator. Unset or empty: canaries run without analysis "
+            "(each analysis step holds the canary for its duration, unmeasured; the InferenceDeployment "
+            "says AnalysisDisabled) unless the spec names an allowed rollout.analysis.prometheusAddress."
         ),
     )
+    prometheus_endpoint_allowlist: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Prometheus endpoints (JSON list, the S3 allow-list's patterns) an InferenceDeployment's "
+            "rollout.analysis.prometheusAddress may name: the cluster-wide Argo Rollouts controller "
+            "queries it. MLOPS_PROMETHEUS_ADDRESS is always allowed; empty allows only that one."
+        ),
+    )
+
+    @field_validator("prometheus_address", mode="after")
+    @classmethod
+    def _prometheus_url(cls, value: str | None) -> str | None:
+        """Empty is unset; anything else must be an http(s) URL with a host, or the operator refuses
+        to start (an AnalysisTemplate with a bad address aborts every canary)."""
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as error:
+            raise ValueError(f"MLOPS_PROMETHEUS_ADDRESS {value!r}: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"MLOPS_PROMETHEUS_ADDRESS {value!r} is not an http(s) URL with a host "
+                "(e.g. http://prometheus.monitoring.svc:9090); leave it empty to run canaries unmeasured"
+            )
+        return value.strip()
     triton_cpu_backend: Literal["onnxruntime", "python"] = Field(
         default="onnxruntime",
         description=(
@@ -125,6 +198,15 @@ class OperatorConfig(BaseSettings):
         description=(
             "Largest Dataset manifest (manifestURI) the operator reads; a larger one is refused "
             "(Ready=False, ManifestTooLarge) before it is downloaded."
+        ),
+    )
+    dataset_max_objects: int = Field(
+        default=1_000_000,
+        ge=1,
+        description=(
+            "Most objects the operator lists for one Dataset; past it the listing stops (Ready=False, "
+            "TooManyObjects) and is not tried again until the Dataset's spec or this setting changes. "
+            "Listing streams in bounded memory; this bounds the time one Dataset holds a worker."
         ),
     )
     scratch_size_limit: str = Field(

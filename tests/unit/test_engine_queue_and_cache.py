@@ -107,6 +107,7 @@ def test_a_paused_queue_hands_out_nothing():
 
 def test_children_are_found_by_owner_uid_and_an_older_copy_never_wins():
     cache = Cache()
+    cache.upsert("TrainingRun", _obj("run", 1, uid="run-uid", kind="TrainingRun"))
     cache.upsert("Job", _obj("run-a1", 10, owner="run-uid"))
     cache.upsert("Job", _obj("copycat", 11, owner="someone-else"))
     assert [j["metadata"]["name"] for j in cache.owned("Job", "run-uid")] == ["run-a1"]
@@ -120,13 +121,41 @@ def test_children_are_found_by_owner_uid_and_an_older_copy_never_wins():
     assert cache.key_of_uid("uid-run-a1") is None
 
 
-def test_a_relist_drops_what_is_gone():
+def test_a_relist_drops_what_is_gone_and_reports_what_changed():
     cache = Cache()
+    cache.upsert("Job", _obj("j", 1, uid="job"))
     cache.upsert("Pod", _obj("p1", 1, owner="job", kind="Pod"))
     cache.upsert("Pod", _obj("p2", 2, owner="job", kind="Pod"))
-    cache.replace_scope("Pod", "ns", [_obj("p2", 3, owner="job", kind="Pod")])
-    assert [p["metadata"]["name"] for p in cache.owned("Pod", "job")] == ["p2"]
-    assert cache.count("Pod") == 1
+    cache.upsert("Pod", _obj("p3", 2, owner="job", kind="Pod"))
+    changes = cache.replace_scope(
+        "Pod",
+        "ns",
+        [
+            _obj("p2", 3, owner="job", kind="Pod"),
+            _obj("p3", 2, owner="job", kind="Pod"),
+            _obj("p4", 4, kind="Pod"),
+        ],
+    )
+    assert sorted((t, o["metadata"]["name"]) for t, o in changes) == [
+        ("ADDED", "p4"),
+        ("DELETED", "p1"),
+        ("MODIFIED", "p2"),
+    ]  # p3 is as it was: not reported, so it wakes nobody
+    assert sorted(p["metadata"]["name"] for p in cache.owned("Pod", "job")) == ["p2", "p3"]
+    assert cache.count("Pod") == 3
+
+
+def test_a_child_in_another_namespace_never_reaches_the_owner():
+    cache = Cache()
+    cache.upsert("TrainingRun", _obj("run", 1, uid="run-uid", kind="TrainingRun"))  # namespace "ns"
+    forged = _obj("forged", 2, owner="run-uid")
+    forged["metadata"]["namespace"] = "attacker"
+    cache.upsert("Job", forged)
+    cache.upsert("Job", _obj("run-a1", 3, owner="run-uid"))
+    assert [j["metadata"]["name"] for j in cache.owned("Job", "run-uid")] == ["run-a1"]
+    assert cache.owner_of(forged) is None
+    assert cache.foreign_claim(forged)
+    assert cache.owner_of(_obj("run-a1", 3, owner="run-uid")) == ("TrainingRun", "ns", "run")
 
 
 def test_the_cache_keeps_no_managed_fields():

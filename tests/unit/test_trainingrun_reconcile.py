@@ -64,7 +64,10 @@ def _ctx(cache: Cache, started_ago: timedelta, spec: TrainingRunSpec = SPEC) -> 
 
 
 def _cache(*objects: dict[str, Any]) -> Cache:
-    cache = Cache()
+    cache = Cache()  # as the engine's: the run itself, its Job, and whatever pods the test adds
+    cache.upsert(
+        "TrainingRun", {"kind": "TrainingRun", "metadata": {"name": "r", "namespace": "ns", "uid": "run-uid"}}
+    )
     cache.upsert("Job", _owned("Job", "r-a1", "run-uid", "job-uid", status={}))
     for obj in objects:
         cache.upsert(obj["kind"], obj)

@@ -1,9 +1,12 @@
 """What the watches delivered: our objects and their children, in memory, indexed by owner UID.
 
 Reconciles read from here instead of the apiserver, so a settled object costs no request. Children
-are matched to their parent by the controller ownerReference's UID, never by a label a user can
-copy onto their own pod. A write's response goes in too ("write-through"): the next reconcile sees
-what it just did even before the watch event arrives. An older copy never replaces a newer one.
+are matched to their parent by the controller ownerReference's UID within the parent's own
+namespace, never by a label a user can copy onto their own pod: an ownerReference is only a claim,
+and one from another namespace (Kubernetes' garbage collector ignores those too) is a forgery that
+must not reach another tenant's reconcile. A write's response goes in too ("write-through"): the
+next reconcile sees what it just did even before the watch event arrives. An older copy never
+replaces a newer one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ def _newer_or_equal(new: Obj, old: Obj) -> bool:
         return True  # opaque versions: the latest delivery wins
 
 
+def _version(obj: Obj) -> str | None:
+    version = obj.get("metadata", {}).get("resourceVersion")
+    return None if version is None else str(version)
+
+
 def _slim(obj: Obj) -> Obj:
     """The object without metadata.managedFields: often half its size, and never read here."""
     meta = obj.get("metadata")
@@ -46,7 +54,8 @@ class Cache:
         self._lock = threading.Lock()
         self._objects: dict[ObjectKey, Obj] = {}
         self._by_uid: dict[str, ObjectKey] = {}
-        self._by_owner: dict[tuple[str, str], set[ObjectKey]] = {}  # (kind, owner uid) -> children
+        # (kind, namespace, owner uid) -> children in that namespace
+        self._by_owner: dict[tuple[str, str, str], set[ObjectKey]] = {}
 
     def upsert(self, kind: str, obj: Obj) -> bool:
         """Store `obj` unless a newer copy is already held; True when stored."""
@@ -63,7 +72,7 @@ class Cache:
             if uid := meta.get("uid"):
                 self._by_uid[str(uid)] = key
             if owner := controller_uid(obj):
-                self._by_owner.setdefault((kind, owner), set()).add(key)
+                self._by_owner.setdefault((kind, key[1], owner), set()).add(key)
             return True
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -79,15 +88,24 @@ class Cache:
         if (uid := meta.get("uid")) and self._by_uid.get(str(uid)) == key:
             del self._by_uid[str(uid)]
         if owner := controller_uid(old):
-            children = self._by_owner.get((key[0], owner))
+            index = (key[0], key[1], owner)
+            children = self._by_owner.get(index)
             if children is not None:
                 children.discard(key)
                 if not children:
-                    del self._by_owner[(key[0], owner)]
+                    del self._by_owner[index]
 
-    def replace_scope(self, kind: str, namespace: str | None, objects: Sequence[Obj]) -> None:
-        """After a (re)list: the listed objects are the truth for that kind in that namespace."""
-        listed = {(kind, str(o["metadata"]["namespace"]), str(o["metadata"]["name"])) for o in objects}
+    def replace_scope(
+        self, kind: str, namespace: str | None, objects: Sequence[Obj]
+    ) -> list[tuple[str, Obj]]:
+        """After a (re)list: the listed objects are the truth for that kind in that namespace.
+
+        Returns what the list changed, as watch events would have said it (client-go's Replace):
+        ("ADDED", obj), ("MODIFIED", obj) for a new resourceVersion, ("DELETED", last copy) for an
+        object the list no longer has. Unchanged objects are not returned: they wake nobody.
+        """
+        listed = {(kind, str(o["metadata"].get("namespace")), str(o["metadata"]["name"])): o for o in objects}
+        changes: list[tuple[str, Obj]] = []
         with self._lock:
             stale = [
                 k
@@ -95,9 +113,18 @@ class Cache:
                 if k[0] == kind and (namespace is None or k[1] == namespace) and k not in listed
             ]
             for key in stale:
-                self._unindex(key, self._objects.pop(key))
-        for obj in objects:
-            self.upsert(kind, obj)
+                old = self._objects.pop(key)
+                self._unindex(key, old)
+                changes.append(("DELETED", old))
+            before = {key: self._objects.get(key) for key in listed}
+        for key, obj in listed.items():
+            held = before[key]
+            if held is None:
+                if self.upsert(kind, obj):
+                    changes.append(("ADDED", self.get(*key) or obj))
+            elif _version(held) != _version(obj) and self.upsert(kind, obj):
+                changes.append(("MODIFIED", self.get(*key) or obj))
+        return changes
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -110,10 +137,40 @@ class Cache:
             return self._by_uid.get(uid)
 
     def owned(self, kind: str, owner_uid: str) -> list[Obj]:
-        """Children of `kind` whose controller is the object with `owner_uid`."""
+        """Children of `kind` whose controller is the object with `owner_uid`, in its namespace.
+
+        A child in another namespace claiming that owner is never returned (see `foreign_claim`).
+        """
         with self._lock:
-            keys = list(self._by_owner.get((kind, owner_uid), ()))
+            owner = self._by_uid.get(owner_uid)
+            if owner is None:
+                return []
+            keys = list(self._by_owner.get((kind, owner[1], owner_uid), ()))
             return [self._objects[k] for k in keys if k in self._objects]
+
+    def owner_of(self, obj: Obj) -> ObjectKey | None:
+        """The key of `obj`'s controller, when that controller is held here and in `obj`'s namespace."""
+        uid = controller_uid(obj)
+        if uid is None:
+            return None
+        with self._lock:
+            owner = self._by_uid.get(uid)
+        if owner is None or owner[1] != str(obj.get("metadata", {}).get("namespace")):
+            return None
+        return owner
+
+    def foreign_claim(self, obj: Obj) -> bool:
+        """Whether `obj` names as its controller an object held here in another namespace."""
+        uid = controller_uid(obj)
+        if uid is None:
+            return False
+        with self._lock:
+            owner = self._by_uid.get(uid)
+        return owner is not None and owner[1] != str(obj.get("metadata", {}).get("namespace"))
+
+    def keys(self, kind: str) -> list[ObjectKey]:
+        with self._lock:
+            return [k for k in self._objects if k[0] == kind]
 
     def in_namespace(self, kind: str, namespace: str) -> Iterator[Obj]:
         with self._lock:

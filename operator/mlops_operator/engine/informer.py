@@ -1,11 +1,15 @@
-"""List-then-watch of our children (Jobs, Pods) with a server-side label selector.
+"""List-then-watch of our objects and our children, children with a server-side label selector.
 
-Only objects carrying `app.kubernetes.io/managed-by=mlops-operator` ever reach the operator: the
+Only children carrying `app.kubernetes.io/managed-by=mlops-operator` ever reach the operator: the
 apiserver filters, so 10,000 unrelated pods cost nothing here. Objects are kept as plain JSON
-(no client model classes), which keeps memory and CPU per event small.
+(no client model classes), which keeps memory and CPU per event small. Secrets are watched as
+metadata only (PartialObjectMetadata): their values never enter the operator's memory this way.
 
 `start()` returns once the first list is in the cache ("synced"): reconciles that start afterwards
-never mistake a not-yet-listed Job for a missing one.
+never mistake a not-yet-listed Job for a missing one. The first list reports every object as
+`SYNC`; a later re-list (after a watch error, an expired resourceVersion, an apiserver restart)
+reports what changed while the watch was down, as client-go's Replace does: `ADDED`, `MODIFIED`,
+and `DELETED` (with the last copy held) for objects that vanished. Nothing is lost in a gap.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..k8s.rawapi import RawApi
+from ..metrics import RELIST_CHANGES
 from .cache import Cache, Obj
 
 log = logging.getLogger(__name__)
@@ -26,11 +31,16 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[[str, str, Obj], None]  # (kind, event type, object)
 
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+METADATA_ONLY_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
 @dataclass(frozen=True)
 class WatchedResource:
     kind: str
     group_version_path: str  # "/api/v1" or "/apis/batch/v1"
     plural: str
+    metadata_only: bool = False  # PartialObjectMetadata: labels, owners, versions; no spec or data
 
     def path(self, namespace: str | None) -> str:
         if namespace is None:
@@ -41,8 +51,16 @@ class WatchedResource:
 JOBS = WatchedResource("Job", "/apis/batch/v1", "jobs")
 PODS = WatchedResource("Pod", "/api/v1", "pods")
 DEPLOYMENTS = WatchedResource("Deployment", "/apis/apps/v1", "deployments")
-# Only where Argo Rollouts' CRDs are installed (main.py asks discovery first).
+SERVICES = WatchedResource("Service", "/api/v1", "services")
+AUTOSCALERS = WatchedResource("HorizontalPodAutoscaler", "/apis/autoscaling/v2", "horizontalpodautoscalers")
+# Only while Argo Rollouts' CRDs are installed (engine/rollouts.py follows their CRD).
 ROLLOUTS = WatchedResource("Rollout", "/apis/argoproj.io/v1alpha1", "rollouts")
+ANALYSIS_TEMPLATES = WatchedResource("AnalysisTemplate", "/apis/argoproj.io/v1alpha1", "analysistemplates")
+# Tenants' Secrets, metadata only: a Secret a resource names wakes it when it appears or changes.
+SECRETS = WatchedResource("Secret", "/api/v1", "secrets", metadata_only=True)
+CRDS = WatchedResource(
+    "CustomResourceDefinition", "/apis/apiextensions.k8s.io/v1", "customresourcedefinitions"
+)
 
 
 class _ExpiredError(Exception):
@@ -58,16 +76,19 @@ class Informer:
         resource: WatchedResource,
         namespace: str | None,
         *,
-        label_selector: str,
+        label_selector: str | None,
         cache: Cache,
         on_event: EventCallback,
         page_size: int = 500,
         watch_timeout: int = 300,
+        field_selector: str | None = None,
     ) -> None:
         self._raw = raw
         self._resource = resource
         self._namespace = namespace
         self._selector = label_selector
+        self._field_selector = field_selector
+        self._listed_once = False
         self._cache = cache
         self._on_event = on_event
         self._page_size = page_size
@@ -86,15 +107,32 @@ class Informer:
     def stop(self) -> None:
         self._stopped.set()
 
+    @property
+    def resource(self) -> WatchedResource:
+        return self._resource
+
+    def _selectors(self) -> list[tuple[str, str]]:
+        params = []
+        if self._selector:
+            params.append(("labelSelector", self._selector))
+        if self._field_selector:
+            params.append(("fieldSelector", self._field_selector))
+        return params
+
     def _request(self, params: list[tuple[str, str]], *, stream: bool) -> Any:
         timeout = (10, self._watch_timeout + 30) if stream else 60
-        return self._raw.open("GET", self._resource.path(self._namespace), query=params, timeout=timeout)
+        accept = "application/json"
+        if self._resource.metadata_only:
+            accept = METADATA_ONLY_WATCH if stream else METADATA_ONLY
+        return self._raw.open(
+            "GET", self._resource.path(self._namespace), query=params, timeout=timeout, accept=accept
+        )
 
     def _list(self) -> str:
         objects: list[dict[str, Any]] = []
         token = ""
         while True:
-            params = [("labelSelector", self._selector), ("limit", str(self._page_size))]
+            params = [*self._selectors(), ("limit", str(self._page_size))]
             if token:
                 params.append(("continue", token))
             body = json.loads(self._request(params, stream=False).data)
@@ -105,9 +143,19 @@ class Informer:
         kind = self._resource.kind
         for obj in objects:  # list items carry no kind; the cache and handlers want it
             obj["kind"] = kind
-        self._cache.replace_scope(kind, self._namespace, objects)
-        for obj in objects:
-            self._on_event(kind, "SYNC", obj)
+        changes = self._cache.replace_scope(kind, self._namespace, objects)
+        if not self._listed_once:
+            self._listed_once = True
+            for obj in objects:
+                self._on_event(kind, "SYNC", obj)
+        else:  # a re-list: what changed meanwhile, as the lost watch events would have said it
+            if changes:
+                log.info(
+                    "re-listing %s found %d change(s) missed meanwhile", self._resource.plural, len(changes)
+                )
+            for event_type, changed in changes:
+                RELIST_CHANGES.labels(kind=kind, type=event_type).inc()
+                self._on_event(kind, event_type, changed)
         return str(body["metadata"]["resourceVersion"])
 
     def _lines(self, response: Any) -> Iterator[bytes]:
@@ -123,7 +171,7 @@ class Informer:
 
     def _watch(self, version: str) -> str:
         params = [
-            ("labelSelector", self._selector),
+            *self._selectors(),
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
             ("resourceVersion", version),
@@ -141,10 +189,10 @@ class Informer:
                 version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
-                obj.setdefault("kind", self._resource.kind)
+                obj["kind"] = self._resource.kind  # PartialObjectMetadata says its own kind
                 meta = obj["metadata"]
                 if kind == "DELETED":
-                    self._cache.delete(self._resource.kind, meta["namespace"], meta["name"])
+                    self._cache.delete(self._resource.kind, str(meta.get("namespace")), meta["name"])
                 else:
                     self._cache.upsert(self._resource.kind, obj)
                 self._on_event(self._resource.kind, str(kind), obj)

@@ -8,6 +8,9 @@
 - `add_after` schedules a key for a due time; only the earliest due time per key is kept, so the
   delayed set holds at most one entry per live object.
 - `forget` drops a key's error backoff and any delayed wake-up (the object was deleted).
+- Fairness: with `group` (the key's namespace) and `max_per_group`, one group never holds more than
+  that many workers at once; its other keys wait while other groups' keys are handed out, so one
+  tenant's slow S3 or registry cannot take the whole pool.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ class WorkQueue(Generic[K]):
         workers: int,
         name: str = "reconcile",
         clock: Callable[[], float] = time.monotonic,
+        group: Callable[[K], Hashable] | None = None,
+        max_per_group: int = 0,
     ) -> None:
         """`process(key)` reconciles one key and returns the seconds until it is due again, or None."""
         self._process = process
         self._workers = workers
+        self._group = group
+        self._max_per_group = max_per_group if group is not None and max_per_group > 0 else 0
+        self._busy_groups: dict[Hashable, int] = {}
         self._name = name
         self._clock = clock
         self._cond = threading.Condition()
@@ -125,13 +133,37 @@ class WorkQueue(Generic[K]):
     def _next_locked(self) -> K | None:
         while not self._stopping:
             wait = self._promote_due_locked()
-            if self._ready and not self._paused:
-                key = self._ready.popleft()
+            key = self._pop_allowed_locked() if self._ready and not self._paused else None
+            if key is not None:
                 self._queued.discard(key)
                 self._active.add(key)
+                if self._max_per_group:
+                    group = self._group(key) if self._group else None
+                    self._busy_groups[group] = self._busy_groups.get(group, 0) + 1
                 return key
             self._cond.wait(timeout=wait if wait is not None else 1.0)
         return None
+
+    def _pop_allowed_locked(self) -> K | None:
+        """The first ready key whose group has a worker to spare (all of them without groups)."""
+        if not self._max_per_group:
+            return self._ready.popleft()
+        for index, key in enumerate(self._ready):
+            if self._busy_groups.get(self._group(key) if self._group else None, 0) < self._max_per_group:
+                del self._ready[index]
+                return key
+        return None
+
+    def _release_group_locked(self, key: K) -> None:
+        if not self._max_per_group:
+            return
+        group = self._group(key) if self._group else None
+        left = self._busy_groups.get(group, 0) - 1
+        if left > 0:
+            self._busy_groups[group] = left
+        else:
+            self._busy_groups.pop(group, None)
+        self._cond.notify_all()  # a key of that group may be handed out now
 
     def _work(self) -> None:
         while True:
@@ -147,6 +179,7 @@ class WorkQueue(Generic[K]):
                 requeue = 5.0
             with self._cond:
                 self._active.discard(key)
+                self._release_group_locked(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self._add_locked(key)

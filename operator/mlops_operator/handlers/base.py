@@ -47,6 +47,24 @@ ATTENTION_REASONS = frozenset(
     # Pods that do not start; not Unschedulable: waiting for GPUs to free up is a queue, not a fault.
     | SERVING_STUCK_REASONS
 )
+# Ready=False reasons that a later look may heal with no change to the object or its children: an
+# outage, a Secret not created yet, an allow-list an administrator may widen, an API error. The engine
+# requeues every outcome with one of these that names no due time of its own, with the same backoff
+# (half the time it has been failing, within the retry settings): one rule for all kinds.
+TRANSIENT_REASONS = frozenset(
+    {
+        "SourceUnavailable",
+        "RegistryUnavailable",
+        "RegistryBusy",
+        "RepositoryUnavailable",
+        "CredentialsUnavailable",
+        "EndpointNotAllowed",
+        "MetricsUnavailable",
+        "AnalysisError",
+        "RolloutsUnavailable",
+    }
+    | ENGINE_REASONS
+)
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 # Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
 # Secret references, never values) that retries are built from; masking it would change a retry.
@@ -131,9 +149,7 @@ def status_patch(
     status = status or {}
     old_conditions = list(status.get("conditions") or [])
     updates = [
-        ConditionUpdate(
-            u.type, u.status, condition_reason(redact(u.reason)), redact(u.message)[:MAX_MESSAGE]
-        )
+        ConditionUpdate(u.type, u.status, condition_reason(redact(u.reason)), redact(u.message)[:MAX_MESSAGE])
         for u in outcome.conditions
     ]
     conditions, conditions_changed = set_conditions(old_conditions, updates, generation=generation, now=now)
@@ -179,6 +195,7 @@ def not_implemented(kind: str) -> Outcome:
             ),
         ),
     )
+
 
 def ready(status: str, reason: str, message: str) -> ConditionUpdate:
     """The Ready condition of an outcome, its message cut to MAX_MESSAGE."""

@@ -62,9 +62,10 @@ class RawApi:
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
         timeout: float | tuple[float, float] = 30,
+        accept: str = "application/json",
     ) -> Any:
         """Send a request; the urllib3 response, unread (`.data` or `.stream()`), or ApiException."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         method, url, headers, _, _ = self._api.param_serialize(
