@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mlops_operator.dev.s3 import DEV_SECRET_ACCESS_KEY, LocalS3
+from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
+from mlops_operator.integrations import s3 as s3_module
 from tests.integration.conftest import OperatorProcess, create_s3_secret
 from tests.waiting import wait_for, wait_for_events
 
@@ -188,3 +189,37 @@ def test_data_change_updates_the_fingerprint_on_refresh(
         30,
     )
     assert first in events[0].message
+
+
+def test_a_large_manifest_is_streamed_in_parts_and_a_failed_stream_leaves_nothing(
+    s3: LocalS3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's store writes what it is given part by part (S3's multipart upload, on moto's
+    real S3 server): about one part in memory, however large the manifest."""
+    monkeypatch.setattr(s3_module, "PART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
+    store = s3_module.Boto3ObjectStore(
+        s3_module.S3Config(
+            s3.endpoint_url,
+            DEV_REGION,
+            s3_module.S3Credentials(DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY),
+        )
+    )
+    chunk = b"x" * (1024 * 1024 - 1) + b"\n"
+    store.put_stream(bucket, "big.jsonl", (chunk for _ in range(11)), "application/jsonl")
+    body = s3.client().get_object(Bucket=bucket, Key="big.jsonl")["Body"].read()
+    assert body == chunk * 11
+    head = s3.client().head_object(Bucket=bucket, Key="big.jsonl")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 1 MiB
+
+    def breaks() -> Any:
+        for _ in range(7):
+            yield chunk
+        raise RuntimeError("the data changed")
+
+    with pytest.raises(RuntimeError, match="the data changed"):
+        store.put_stream(bucket, "broken.jsonl", breaks(), "application/jsonl")
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=bucket, Prefix="broken")
+    assert not s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    store.put_stream(bucket, "small.jsonl", iter([b"a\n", b"b\n"]), "application/jsonl")
+    assert s3.client().get_object(Bucket=bucket, Key="small.jsonl")["Body"].read() == b"a\nb\n"

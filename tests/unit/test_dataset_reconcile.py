@@ -7,10 +7,11 @@ reconcile runs against moto's real S3 server in tests/integration/test_dataset.p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from mlops_contract import dataset as shared
 
 from mlops_operator.api.v1alpha1 import DatasetSpec
 from mlops_operator.api.v1alpha1.dataset import DataContract
@@ -20,7 +21,7 @@ from mlops_operator.builders.dataset import (
     contract_violations,
     manifest_from_jsonl,
     manifest_from_listing,
-    missing_from_listing,
+    summarize,
 )
 from mlops_operator.handlers import dataset
 from mlops_operator.handlers.base import Outcome, Unchanged
@@ -62,6 +63,9 @@ class InMemoryStore:
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.objects[f"{bucket}/{key}"] = data
+
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], content_type: str) -> None:
+        self.objects[f"{bucket}/{key}"] = b"".join(chunks)  # an exception from `chunks` writes nothing
 
     def exists(self, bucket: str, key: str) -> bool:
         return f"{bucket}/{key}" in self.objects
@@ -135,21 +139,21 @@ def test_contract_violations_are_precise():
             "expectedFingerprint": "sha256:" + "0" * 64,
         }
     )
-    violations = contract_violations(contract, manifest)
+    violations = contract_violations(contract, summarize(manifest.entries, contract))
     assert violations[0] == "2 objects, the contract wants at least 3"
     assert "20 bytes, the contract wants at least 100" in violations
     assert "required file schema.json is missing" in violations
     assert "b.txt does not end with one of .npz" in violations
     assert any(v.startswith("fingerprint sha256:") for v in violations)
-    assert contract_violations(DataContract(), manifest) == []
+    assert contract_violations(DataContract(), summarize(manifest.entries)) == []
 
 
 def test_user_manifest_is_checked_against_the_bucket():
     manifest = manifest_from_jsonl(
         '{"key": "a", "size": 1, "sha256": "s"}\n{"key": "b", "size": 5, "sha256": "t"}\n'
     )
-    listed = Manifest((ManifestEntry("a", 2, "e"),))
-    assert missing_from_listing(manifest, listed) == [
+    listed = summarize([ManifestEntry("a", 2, "e")], expected=manifest)
+    assert list(listed.differences) == [
         "a has 2 bytes, the manifest says 1",
         "b is in the manifest but not in the bucket",
     ]
@@ -254,12 +258,14 @@ def test_a_settled_dataset_is_not_listed_again_until_its_refresh_is_due():
     first = dataset.reconcile(spec, _ctx(store))
     assert isinstance(first, Outcome)
     assert first.requeue_after == 600
+    # Listed twice: to fingerprint, and again to stream the new manifest to S3.
+    assert CountingStore.lists == 2
     status = {**first.fields, "observedGeneration": 1, "phase": first.phase}
     # A restart (or our own status write) delivers the object again: nothing is listed.
     again = dataset.reconcile(spec, _ctx(store, status))
     assert isinstance(again, Unchanged)
     assert again.requeue_after == 600
-    assert CountingStore.lists == 1
+    assert CountingStore.lists == 2
 
 
 def test_a_manifest_that_is_not_utf8_is_a_contract_violation():
@@ -374,3 +380,124 @@ def test_a_manifest_over_the_size_cap_is_refused_unread():
     assert f"is {len(manifest)} bytes, over the operator's limit of 1024 bytes" in ready.message
     roomy = OperatorConfig(manifest_max_bytes=len(manifest))
     assert dataset.reconcile(spec, _ctx(store, config=roomy)).conditions[0].reason != "ManifestTooLarge"
+
+
+# -- one tenant's huge prefix: streamed, capped ----------------------------------------------------
+
+
+def test_the_streamed_fingerprint_is_the_contracts_formula():
+    entries = [("a", 1, "e1"), ("a/b", 2, "e2"), ("b", 3, "e3"), ("é", 4, "e4")]
+    hasher = shared.Fingerprinter()
+    for entry in entries:
+        hasher.add(*entry)
+    assert hasher.value == shared.fingerprint(reversed(entries))
+    assert summarize(ManifestEntry(*e) for e in entries).fingerprint == shared.fingerprint(entries)
+    with pytest.raises(shared.UnsortedError):
+        summarize(ManifestEntry(*e) for e in reversed(entries))
+
+
+def test_s3_key_order_is_the_order_the_fingerprint_sorts_by():
+    # ListObjectsV2 returns keys in UTF-8 byte order; the fingerprint sorts `str`s by code point.
+    # The two agree, also past the BMP, so a listing can be hashed page by page as it arrives.
+    keys = ["a", "a b", "a/b", "a0", "z", "~", "\u00e9", "\u20ac", "\uffff", "\U0001f600", "\U0010fffd"]
+    assert sorted(keys) == sorted(keys, key=lambda k: k.encode())
+
+
+class EndlessStore(InMemoryStore):
+    """A prefix with more objects than anyone would list: listing past `stop` fails the test."""
+
+    def __init__(self, stop: int) -> None:
+        super().__init__({})
+        self.stop = stop
+        self.listed = 0
+
+    def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+        for n in range(10**12):
+            self.listed += 1
+            assert n < self.stop, "listed past the operator's limit"
+            yield ObjectInfo(f"{location.prefix}part-{n:012d}.npz", 1, f"etag-{n}")
+
+
+def test_a_prefix_over_the_object_limit_is_refused_without_listing_all_of_it():
+    store = EndlessStore(stop=1_000)
+    config = OperatorConfig(dataset_max_objects=100)
+    outcome = dataset.reconcile(SPEC, _ctx(store, config=config))
+    assert isinstance(outcome, Outcome)
+    (ready,) = outcome.conditions
+    assert (outcome.phase, ready.status, ready.reason) == ("Failed", "False", "TooManyObjects")
+    assert "more than 100 objects" in ready.message
+    assert "MLOPS_DATASET_MAX_OBJECTS" in ready.message
+    assert store.listed == 101
+    assert outcome.requeue_after is None
+    assert outcome.fields["objectLimit"] == 100
+    # Not listed again (not even on refresh) until the spec or the limit changes.
+    status = {
+        **outcome.fields,
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "TooManyObjects"}],
+    }
+    refreshing = SPEC.model_copy(update={"refresh_interval": "1m"})
+    later = _ctx(store, status, config=config)
+    later.now = lambda: NOW + timedelta(hours=1)
+    assert dataset.due_in(refreshing, later) is None
+    assert dataset.due_in(refreshing, _ctx(store, status, generation=2, config=config)) == 0
+    assert (
+        dataset.due_in(refreshing, _ctx(store, status, config=OperatorConfig(dataset_max_objects=10**6))) == 0
+    )
+
+
+def test_a_prefix_within_the_limit_passes_and_clears_the_limit():
+    store = InMemoryStore(dict(DATA))
+    status = {"objectLimit": 1}
+    outcome = dataset.reconcile(SPEC, _ctx(store, status, config=OperatorConfig(dataset_max_objects=2)))
+    assert outcome.phase == "Ready"
+    assert outcome.fields["objectLimit"] is None  # removed from status
+
+
+def test_a_store_that_lists_out_of_key_order_gets_the_same_fingerprint():
+    class ReversedStore(InMemoryStore):
+        def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+            return reversed(list(super().list_objects(location)))
+
+    data = {**DATA, "data/digits/part-1.npz": b"y" * 3}
+    ordered = dataset.reconcile(SPEC, _ctx(InMemoryStore(dict(data))))
+    unordered_store = ReversedStore(dict(data))
+    unordered = dataset.reconcile(SPEC, _ctx(unordered_store))
+    assert unordered.phase == ordered.phase == "Ready"
+    assert unordered.fields["fingerprint"] == ordered.fields["fingerprint"]
+    written = unordered_store.objects[str(unordered.fields["manifestURI"]).removeprefix("s3://")]
+    assert written == manifest_from_jsonl(written.decode()).to_jsonl().encode()  # sorted by key
+
+
+def test_the_manifest_is_not_recorded_under_a_fingerprint_its_lines_do_not_have():
+    class ChangingStore(InMemoryStore):
+        """The data changes between the fingerprint's listing and the manifest's."""
+
+        lists = 0
+
+        def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+            self.lists += 1
+            if self.lists == 2:
+                self.objects["data/digits/late.npz"] = b"z"
+            return super().list_objects(location)
+
+    store = ChangingStore(dict(DATA))
+    outcome = dataset.reconcile(SPEC, _ctx(store))
+    assert outcome.phase == "Ready"
+    assert "manifestURI" not in outcome.fields
+    assert "the data changed while its manifest was written" in outcome.conditions[0].message
+    assert not any(".mlops/" in key for key in store.objects)
+
+
+def test_a_long_list_of_manifest_differences_is_counted_not_kept():
+    lines = "".join(f'{{"key": "missing-{n:04d}", "size": 1, "sha256": "s"}}\n' for n in range(500))
+    store = InMemoryStore({**DATA, "data/digits/manifest.jsonl": lines.encode()})
+    spec = SPEC.model_copy(
+        update={"source": SPEC.source.model_copy(update={"manifest_uri": "s3://data/digits/manifest.jsonl"})}
+    )
+    outcome = dataset.reconcile(spec, _ctx(store))
+    assert isinstance(outcome, Outcome)
+    assert outcome.conditions[0].reason == "ContractViolated"
+    assert len(outcome.fields["violations"]) == 20
+    # 500 missing objects, and the contract's required schema.json is not in the manifest.
+    assert "(+498 more)" in outcome.conditions[0].message

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple, Protocol
 
 FINGERPRINT_PREFIX = "sha256:"
@@ -62,10 +62,41 @@ def _by_key(entry: ManifestEntry) -> tuple[str, int, str]:
     return entry.key, entry.size, entry.checksum
 
 
+class UnsortedError(ValueError):
+    """Entries given to a `Fingerprinter` out of order."""
+
+
+class Fingerprinter:
+    """The fingerprint computed as a stream, in constant memory, from entries given in sorted order.
+
+    A listing comes sorted: S3's ListObjectsV2 returns keys in UTF-8 binary order, which is the
+    order of Python's `str` comparison (code points), and keys under one prefix keep that order
+    with the prefix removed. So a listing can be hashed page by page. An entry out of order raises
+    `UnsortedError` (the caller sorts and starts again): the value never depends on the order given.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._last: tuple[str, int, str] | None = None
+
+    def add(self, key: str, size: int, checksum: str) -> None:
+        entry = (key, size, checksum)
+        if self._last is not None and entry < self._last:
+            raise UnsortedError(f"{key!r} comes after {self._last[0]!r}")
+        self._last = entry
+        self._hash.update(f"{key}\t{size}\t{checksum}\n".encode())
+
+    @property
+    def value(self) -> str:
+        return FINGERPRINT_PREFIX + self._hash.hexdigest()
+
+
 def fingerprint(entries: Iterable[tuple[str, int, str]]) -> str:
     """The fingerprint of (key, size, checksum) triples, in any order."""
-    lines = "".join(f"{key}\t{size}\t{checksum}\n" for key, size, checksum in sorted(entries))
-    return FINGERPRINT_PREFIX + hashlib.sha256(lines.encode()).hexdigest()
+    hasher = Fingerprinter()
+    for key, size, checksum in sorted(entries):
+        hasher.add(key, size, checksum)
+    return hasher.value
 
 
 def is_data_key(relative_key: str) -> bool:
@@ -75,14 +106,18 @@ def is_data_key(relative_key: str) -> bool:
     )
 
 
+def iter_listing_entries(objects: Iterable[ListedObject], prefix: str = "") -> Iterator[ManifestEntry]:
+    """The data of a listing, one at a time in the listing's order; `prefix` is removed from keys
+    that still carry it."""
+    for o in objects:
+        key = o.key.removeprefix(prefix)
+        if is_data_key(key):
+            yield ManifestEntry(key, o.size, o.etag)
+
+
 def listing_entries(objects: Iterable[ListedObject], prefix: str = "") -> list[ManifestEntry]:
     """The data of a listing, sorted by key; `prefix` is removed from keys that still carry it."""
-    entries = [
-        ManifestEntry(o.key.removeprefix(prefix), o.size, o.etag)
-        for o in objects
-        if is_data_key(o.key.removeprefix(prefix))
-    ]
-    return sorted(entries, key=_by_key)
+    return sorted(iter_listing_entries(objects, prefix), key=_by_key)
 
 
 def listing_fingerprint(objects: Iterable[ListedObject], prefix: str = "") -> str:
@@ -97,15 +132,17 @@ def operator_manifest_key(prefix: str, fingerprint_value: str) -> str:
     )
 
 
+def encode_manifest_line(entry: ManifestEntry, checksum_field: str = SHA256_FIELD) -> str:
+    """One line of a manifest; `records` only where known. A manifest is these lines sorted by key."""
+    row: dict[str, object] = {"key": entry.key, "size": entry.size, checksum_field: entry.checksum}
+    if entry.records is not None:
+        row["records"] = entry.records
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
 def encode_manifest(entries: Iterable[ManifestEntry], checksum_field: str = SHA256_FIELD) -> str:
     """JSON lines sorted by key; `records` only where known."""
-    lines = []
-    for entry in sorted(entries, key=_by_key):
-        row: dict[str, object] = {"key": entry.key, "size": entry.size, checksum_field: entry.checksum}
-        if entry.records is not None:
-            row["records"] = entry.records
-        lines.append(json.dumps(row, sort_keys=True) + "\n")
-    return "".join(lines)
+    return "".join(encode_manifest_line(e, checksum_field) for e in sorted(entries, key=_by_key))
 
 
 def parse_manifest(

@@ -6,8 +6,9 @@ records its manifest are shared with the workloads: `mlops_contract.dataset`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from mlops_contract import dataset as shared
 
@@ -17,6 +18,8 @@ from ..integrations.s3 import ObjectInfo
 # The operator's own files live under this folder of the data prefix and are not part of the data.
 OPERATOR_FOLDER = shared.OPERATOR_FOLDER
 MAX_VIOLATIONS = 5
+# Differences between a manifest and the bucket kept word for word (the rest are counted).
+MAX_DIFFERENCES = 20
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,13 @@ def _manifest(rows: Iterable[shared.ManifestEntry]) -> Manifest:
 
 
 def manifest_from_listing(objects: Iterable[ObjectInfo], prefix: str) -> Manifest:
+    """A whole listing in memory: for small listings and tests (the reconcile streams, `summarize`)."""
     return _manifest(shared.listing_entries(objects, prefix))
+
+
+def listing_entries(objects: Iterable[ObjectInfo], prefix: str) -> Iterator[shared.ManifestEntry]:
+    """The data of a listing, one entry at a time in the listing's (sorted) order."""
+    return shared.iter_listing_entries(objects, prefix)
 
 
 class ManifestFormatError(ValueError):
@@ -70,42 +79,147 @@ def manifest_from_jsonl(text: str) -> Manifest:
         raise ManifestFormatError(str(error)) from None
 
 
-def missing_from_listing(manifest: Manifest, listed: Manifest) -> list[str]:
-    """Objects a user-supplied manifest names that the listing lacks or has at another size."""
-    sizes = {e.key: e.size for e in listed.entries}
-    problems = []
-    for entry in manifest.entries:
-        if entry.key not in sizes:
-            problems.append(f"{entry.key} is in the manifest but not in the bucket")
-        elif sizes[entry.key] != entry.size:
-            problems.append(f"{entry.key} has {sizes[entry.key]} bytes, the manifest says {entry.size}")
-    return problems
+class Entry(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def checksum(self) -> str: ...
 
 
-def contract_violations(contract: DataContract, manifest: Manifest) -> list[str]:
-    """Every way `manifest` breaks `contract`, most telling first."""
+class TooManyObjectsError(Exception):
+    """More objects than the operator reads for one Dataset; listing stopped at `limit` + 1."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} objects")
+        self.limit = limit
+
+
+# Unsorted entries (a store that does not list in key order): the fingerprint needs them sorted.
+UnsortedError = shared.UnsortedError
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the reconcile needs of a data set, gathered in one pass in bounded memory: counts, the
+    fingerprint, the contract's facts, and how a listing differs from an expected manifest."""
+
+    object_count: int
+    total_bytes: int
+    fingerprint: str
+    present_files: frozenset[str] = frozenset()  # of the contract's required files
+    odd_keys: tuple[str, ...] = ()  # the first keys without a required suffix, in key order
+    odd_count: int = 0
+    differences: tuple[str, ...] = ()  # the first ways the listing differs from an expected manifest
+    difference_count: int = 0
+
+
+def summarize(
+    entries: Iterable[Entry],
+    contract: DataContract | None = None,
+    *,
+    limit: int | None = None,
+    expected: Manifest | None = None,
+) -> DataSummary:
+    """One pass over `entries` in key order (a listing, page by page): memory does not grow with
+    their number. Raises `TooManyObjectsError` past `limit` entries, `UnsortedError` when they come
+    out of order (sort them and call again). With `expected` (a manifest sorted by key), the
+    differences are its objects the entries lack or hold at another size."""
+    contract = contract or DataContract()
+    required = set(contract.required_files)
+    suffixes = tuple(contract.required_suffixes)
+    hasher = shared.Fingerprinter()
+    count = total = odd_count = 0
+    present: set[str] = set()
+    odd: list[str] = []
+    differences: list[str] = []
+    difference_count = 0
+    wanted = expected.entries if expected is not None else ()
+    at = 0
+
+    def differ(problem: str) -> None:
+        nonlocal difference_count
+        difference_count += 1
+        if len(differences) < MAX_DIFFERENCES:
+            differences.append(problem)
+
+    for entry in entries:
+        count += 1
+        if limit is not None and count > limit:
+            raise TooManyObjectsError(limit)
+        hasher.add(entry.key, entry.size, entry.checksum)
+        total += entry.size
+        if entry.key in required:
+            present.add(entry.key)
+        if suffixes and not entry.key.endswith(suffixes):
+            odd_count += 1
+            if len(odd) < MAX_VIOLATIONS:
+                odd.append(entry.key)
+        while at < len(wanted) and wanted[at].key < entry.key:
+            differ(f"{wanted[at].key} is in the manifest but not in the bucket")
+            at += 1
+        while at < len(wanted) and wanted[at].key == entry.key:
+            if wanted[at].size != entry.size:
+                differ(f"{entry.key} has {entry.size} bytes, the manifest says {wanted[at].size}")
+            at += 1
+    for rest in wanted[at:]:
+        differ(f"{rest.key} is in the manifest but not in the bucket")
+    return DataSummary(
+        count,
+        total,
+        hasher.value,
+        frozenset(present),
+        tuple(odd),
+        odd_count,
+        tuple(differences),
+        difference_count,
+    )
+
+
+def contract_violations(contract: DataContract, data: DataSummary) -> list[str]:
+    """Every way the data breaks `contract`, most telling first."""
     violations: list[str] = []
-    if contract.min_objects is not None and manifest.object_count < contract.min_objects:
-        violations.append(
-            f"{manifest.object_count} objects, the contract wants at least {contract.min_objects}"
-        )
-    if contract.min_bytes is not None and manifest.total_bytes < contract.min_bytes:
-        violations.append(f"{manifest.total_bytes} bytes, the contract wants at least {contract.min_bytes}")
-    if contract.max_bytes is not None and manifest.total_bytes > contract.max_bytes:
-        violations.append(f"{manifest.total_bytes} bytes, the contract allows at most {contract.max_bytes}")
-    keys = {e.key for e in manifest.entries}
-    violations += [f"required file {f} is missing" for f in contract.required_files if f not in keys]
+    if contract.min_objects is not None and data.object_count < contract.min_objects:
+        violations.append(f"{data.object_count} objects, the contract wants at least {contract.min_objects}")
+    if contract.min_bytes is not None and data.total_bytes < contract.min_bytes:
+        violations.append(f"{data.total_bytes} bytes, the contract wants at least {contract.min_bytes}")
+    if contract.max_bytes is not None and data.total_bytes > contract.max_bytes:
+        violations.append(f"{data.total_bytes} bytes, the contract allows at most {contract.max_bytes}")
+    violations += [
+        f"required file {f} is missing" for f in contract.required_files if f not in data.present_files
+    ]
     if contract.required_suffixes:
-        suffixes = tuple(contract.required_suffixes)
-        odd = sorted(k for k in keys if not k.endswith(suffixes))
-        violations += [f"{k} does not end with one of {', '.join(suffixes)}" for k in odd[:MAX_VIOLATIONS]]
-        if len(odd) > MAX_VIOLATIONS:
-            violations.append(f"... and {len(odd) - MAX_VIOLATIONS} more objects with other suffixes")
-    if contract.expected_fingerprint and manifest.fingerprint != contract.expected_fingerprint:
+        suffixes = ", ".join(contract.required_suffixes)
+        violations += [f"{k} does not end with one of {suffixes}" for k in data.odd_keys]
+        if data.odd_count > len(data.odd_keys):
+            violations.append(
+                f"... and {data.odd_count - len(data.odd_keys)} more objects with other suffixes"
+            )
+    if contract.expected_fingerprint and data.fingerprint != contract.expected_fingerprint:
         violations.append(
-            f"fingerprint {manifest.fingerprint} differs from the expected {contract.expected_fingerprint}"
+            f"fingerprint {data.fingerprint} differs from the expected {contract.expected_fingerprint}"
         )
     return violations
+
+
+class DataChangedError(Exception):
+    """The objects listed for the manifest are not the ones fingerprinted: the data changed between."""
+
+
+def manifest_lines(entries: Iterable[Entry], fingerprint: str) -> Iterator[bytes]:
+    """The operator's manifest of a listing (JSON lines, ETags as `checksum`), a line at a time, in
+    the listing's order. Raises `DataChangedError` after the last line when those entries do not
+    have `fingerprint`, so that a writer aborts instead of recording another listing under it."""
+    hasher = shared.Fingerprinter()
+    for entry in entries:
+        hasher.add(entry.key, entry.size, entry.checksum)
+        row = shared.ManifestEntry(entry.key, entry.size, entry.checksum)
+        yield shared.encode_manifest_line(row, checksum_field=shared.CHECKSUM_FIELD).encode()
+    if hasher.value != fingerprint:
+        raise DataChangedError(f"the listing changed from {fingerprint} to {hasher.value}")
 
 
 def manifest_key(prefix: str, fingerprint: str) -> str:

@@ -1,20 +1,32 @@
-"""Dataset reconcile: list the S3 prefix, fingerprint it, check the contract, record the manifest."""
+"""Dataset reconcile: list the S3 prefix, fingerprint it, check the contract, record the manifest.
+
+A prefix may hold millions of objects and the reconcile runs in a worker every tenant shares, so the
+listing is never held whole: it is fingerprinted and checked page by page as it arrives (bounded
+memory), stops at the operator's object limit (`TooManyObjects`), and the manifest is streamed to S3.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from itertools import islice
 from typing import Any
 
 from ..api.v1alpha1 import DatasetSpec
+from ..api.v1alpha1.dataset import DataContract
 from ..builders.dataset import (
+    DataChangedError,
+    DataSummary,
     Manifest,
     ManifestFormatError,
+    TooManyObjectsError,
+    UnsortedError,
     contract_violations,
+    listing_entries,
     manifest_from_jsonl,
-    manifest_from_listing,
     manifest_key,
-    missing_from_listing,
+    manifest_lines,
+    summarize,
 )
 from ..integrations.endpoints import EndpointNotAllowedError, require_allowed
 from ..integrations.s3 import (
@@ -40,6 +52,8 @@ RETRY_MAX = timedelta(minutes=5)
 # allow-list refuses (no request is sent, so a retry is free and an administrator's change to the
 # allow-list takes effect within RETRY_MAX).
 RETRIED_REASONS = frozenset({"SourceUnavailable", "EndpointNotAllowed"})
+# More objects than the operator lists: listing again finds as many, so only a new spec or limit helps.
+TOO_MANY_OBJECTS = "TooManyObjects"
 
 
 def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
@@ -50,6 +64,8 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
         return 0.0
     elapsed = ctx.now() - from_rfc3339(checked)
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
+    if ready.get("reason") == TOO_MANY_OBJECTS:
+        return 0.0 if status.get("objectLimit") != ctx.config.dataset_max_objects else None
     if ready.get("reason") in RETRIED_REASONS:
         since = ready.get("lastTransitionTime") or checked
         delay = outage_retry_delay(since, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX)
@@ -93,22 +109,78 @@ def _refused(
 
 
 def _read_manifest(
-    store: ObjectStore, spec: DatasetSpec, listed: Manifest, max_bytes: int
-) -> tuple[Manifest, list[str]]:
-    """The data's manifest: the user's (checked against the listing) or the listing itself.
+    store: ObjectStore, spec: DatasetSpec, max_bytes: int
+) -> tuple[Manifest | None, list[str]]:
+    """The user's manifest (None without one, or when it cannot be read: the problem says why).
     Raises `ObjectTooLargeError` for a manifest over `max_bytes`, before downloading it."""
     if not spec.source.manifest_uri:
-        return listed, []
+        return None, []
     bucket, key = split_object_uri(spec.source.manifest_uri)
     try:
-        manifest = manifest_from_jsonl(store.get_bytes(bucket, key, max_bytes=max_bytes).decode())
+        return manifest_from_jsonl(store.get_bytes(bucket, key, max_bytes=max_bytes).decode()), []
     except UnicodeDecodeError as error:
-        return listed, [
+        return None, [
             f"manifest {spec.source.manifest_uri} is not UTF-8 text ({error.reason} at byte {error.start})"
         ]
     except ManifestFormatError as error:
-        return listed, [str(error)]
-    return manifest, missing_from_listing(manifest, listed)
+        return None, [str(error)]
+
+
+def _sorted_listing(store: ObjectStore, source: S3Location, limit: int) -> list[Any]:
+    """For a store that does not list in key order: the listing sorted, at most `limit` entries."""
+    entries = list(islice(listing_entries(store.list_objects(source), source.prefix), limit + 1))
+    if len(entries) > limit:
+        raise TooManyObjectsError(limit)
+    return sorted(entries)
+
+
+def _summarize_listing(
+    store: ObjectStore, source: S3Location, contract: DataContract, limit: int, expected: Manifest | None
+) -> tuple[DataSummary, bool]:
+    """The listing's summary, streamed; and whether the store lists in key order (S3 does)."""
+    try:
+        entries = listing_entries(store.list_objects(source), source.prefix)
+        return summarize(entries, contract, limit=limit, expected=expected), True
+    except UnsortedError:
+        ordered = _sorted_listing(store, source, limit)
+        return summarize(ordered, contract, limit=limit, expected=expected), False
+
+
+def _write_manifest(
+    store: ObjectStore, source: S3Location, fingerprint: str, limit: int, in_order: bool
+) -> str:
+    """Record the listing under its fingerprint, listed again and streamed (a multipart upload):
+    its URI, or "" when the data changed in between (written at the next check)."""
+    key = manifest_key(source.prefix, fingerprint)
+    if store.exists(source.bucket, key):
+        return source.uri(key)
+    entries: Iterable[Any] = (
+        islice(listing_entries(store.list_objects(source), source.prefix), limit + 1)
+        if in_order
+        else _sorted_listing(store, source, limit)
+    )
+    try:
+        store.put_stream(source.bucket, key, manifest_lines(entries, fingerprint), "application/jsonl")
+    except (DataChangedError, UnsortedError, TooManyObjectsError):
+        return ""
+    return source.uri(key)
+
+
+def _too_many(limit: int, checked: str) -> Outcome:
+    return Outcome(
+        phase="Failed",
+        conditions=(
+            ConditionUpdate(
+                READY,
+                "False",
+                TOO_MANY_OBJECTS,
+                f"the prefix holds more than {limit} objects, the operator's limit "
+                "(MLOPS_DATASET_MAX_OBJECTS); listing stopped there and is not tried again until the "
+                "Dataset's spec or the limit changes. Split the data set into smaller prefixes",
+            ),
+        ),
+        fields={"lastCheckedTime": checked, "objectLimit": limit},
+    )
 
 
 def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
@@ -145,11 +217,18 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
         )
     except ValueError as error:  # botocore refuses an endpoint it cannot parse
         return _unavailable(ctx, f"InvalidEndpoint: {error}", checked)
+    limit = ctx.config.dataset_max_objects
     try:
-        listed = manifest_from_listing(store.list_objects(source), source.prefix)
-        manifest, manifest_problems = _read_manifest(store, spec, listed, ctx.config.manifest_max_bytes)
+        expected, manifest_problems = _read_manifest(store, spec, ctx.config.manifest_max_bytes)
+        # With the user's manifest, the contract is checked on it, and the listing against it.
+        listed, in_order = _summarize_listing(
+            store, source, spec.contract if expected is None else DataContract(), limit, expected
+        )
+        data = listed if expected is None else summarize(expected.entries, spec.contract, limit=limit)
     except S3UnavailableError as error:
         return _unavailable(ctx, f"{error.reason}: {error.message}", checked)
+    except TooManyObjectsError as error:
+        return _too_many(error.limit, checked)
     except ObjectTooLargeError as error:
         return _refused(
             ctx,
@@ -161,33 +240,37 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
             requeue_after=refresh,
         )
 
-    violations = manifest_problems + contract_violations(spec.contract, manifest)
+    violations = manifest_problems + list(listed.differences) + contract_violations(spec.contract, data)
+    unlisted = listed.difference_count - len(listed.differences)  # counted, not kept
     fields: dict[str, object] = {
-        "objectCount": manifest.object_count,
-        "totalBytes": manifest.total_bytes,
-        "fingerprint": manifest.fingerprint,
+        "objectCount": data.object_count,
+        "totalBytes": data.total_bytes,
+        "fingerprint": data.fingerprint,
         "lastCheckedTime": checked,
         "violations": violations[:20],
+        "objectLimit": None,
     }
     events: list[Event] = []
     previous = ctx.status.get("fingerprint")
-    if previous and previous != manifest.fingerprint:
+    if previous and previous != data.fingerprint:
         events.append(
-            Event("FingerprintChanged", f"the data changed: fingerprint {previous} -> {manifest.fingerprint}")
+            Event("FingerprintChanged", f"the data changed: fingerprint {previous} -> {data.fingerprint}")
         )
     manifest_note = ""
     if spec.source.manifest_uri:
         fields["manifestURI"] = spec.source.manifest_uri
     else:
-        key = manifest_key(source.prefix, manifest.fingerprint)
         try:
-            if not store.exists(source.bucket, key):
-                store.put_bytes(source.bucket, key, manifest.to_jsonl().encode(), "application/jsonl")
-            fields["manifestURI"] = source.uri(key)
+            written = _write_manifest(store, source, data.fingerprint, limit, in_order)
         except S3UnavailableError as error:
-            manifest_note = f"; the manifest could not be written ({error.reason})"
+            written, manifest_note = "", f"; the manifest could not be written ({error.reason})"
+        if written:
+            fields["manifestURI"] = written
+        elif not manifest_note:
+            manifest_note = "; the data changed while its manifest was written (written at the next check)"
     if violations:
-        shown = "; ".join(violations[:3]) + (f" (+{len(violations) - 3} more)" if len(violations) > 3 else "")
+        more = len(violations) + unlisted - 3
+        shown = "; ".join(violations[:3]) + (f" (+{more} more)" if more > 0 else "")
         return Outcome(
             phase="Failed",
             conditions=(ConditionUpdate(READY, "False", "ContractViolated", shown),),
@@ -195,7 +278,7 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
             events=tuple(events),
             requeue_after=refresh,
         )
-    message = f"{manifest.object_count} objects, {manifest.total_bytes} bytes, {manifest.fingerprint}"
+    message = f"{data.object_count} objects, {data.total_bytes} bytes, {data.fingerprint}"
     return Outcome(
         phase="Ready",
         conditions=(ConditionUpdate(READY, "True", "Validated", message + manifest_note),),

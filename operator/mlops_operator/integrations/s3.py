@@ -1,4 +1,5 @@
-"""S3 access behind a small interface: list a prefix, read and write small objects.
+"""S3 access behind a small interface: list a prefix, read small objects, write objects (large ones
+as a stream).
 
 boto3 is synchronous: callers run in kopf's thread pool (sync handlers), never on the event loop.
 Errors come back as `S3UnavailableError` with a message a person can act on and no credential in it.
@@ -6,7 +7,8 @@ Errors come back as `S3UnavailableError` with a message a person can act on and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,6 +93,12 @@ class ObjectStore(Protocol):
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
 
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], content_type: str) -> None:
+        """Write the concatenated `chunks` as one object, holding about one part in memory (a
+        multipart upload past the first part); an exception from `chunks` aborts it, and leaves
+        no object behind."""
+        ...
+
     def exists(self, bucket: str, key: str) -> bool: ...
 
 
@@ -110,6 +118,22 @@ def _unavailable(error: Exception, what: str) -> S3UnavailableError:
         return S3UnavailableError(_REASONS.get(code, "S3Error"), f"{what}: {code}")
     # BotoCoreError messages name the endpoint, never the credentials.
     return S3UnavailableError("EndpointUnreachable", f"{what}: {type(error).__name__}: {error}")
+
+
+# Parts of a streamed upload: S3 wants at least 5 MiB for every part but the last.
+PART_BYTES = 8 * 1024 * 1024
+
+
+def _parts(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """`chunks` regrouped into parts of at least `size` bytes (the last one may be smaller)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 class Boto3ObjectStore:
@@ -180,6 +204,40 @@ class Boto3ObjectStore:
             self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
         except (ClientError, BotoCoreError) as error:
             raise _unavailable(error, f"cannot write s3://{bucket}/{key}") from None
+
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], content_type: str) -> None:
+        uri = f"s3://{bucket}/{key}"
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            for part in _parts(chunks, PART_BYTES):
+                if upload_id is None and len(part) < PART_BYTES:  # all of it in one part: one PUT
+                    self._client.put_object(Bucket=bucket, Key=key, Body=part, ContentType=content_type)
+                    return
+                if upload_id is None:
+                    created = self._client.create_multipart_upload(
+                        Bucket=bucket, Key=key, ContentType=content_type
+                    )
+                    upload_id = str(created["UploadId"])
+                number = len(parts) + 1
+                sent = self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part
+                )
+                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            if upload_id is None:  # no bytes at all
+                self._client.put_object(Bucket=bucket, Key=key, Body=b"", ContentType=content_type)
+                return
+            self._client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+            upload_id = None
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(error, f"cannot write {uri}") from None
+        finally:
+            if upload_id is not None:  # failed or aborted by the caller: no half object, no parts kept
+                # A part left behind when even this fails: a bucket lifecycle rule is the last resort.
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
     def exists(self, bucket: str, key: str) -> bool:
         try:

@@ -158,6 +158,13 @@ class DatasetStatus(StatusBase):
     violations: list[str] = Field(
         default_factory=list, description="First contract violations found, if any.", max_length=20
     )
+    object_limit: int | None = Field(
+        default=None,
+        description=(
+            "The operator's object limit (MLOPS_DATASET_MAX_OBJECTS) when the listing stopped at it "
+            "(Ready=False, TooManyObjects); the Dataset is listed again when the limit or its spec changes."
+        ),
+    )
 
 
 __all__ = [
