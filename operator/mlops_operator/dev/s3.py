@@ -38,7 +38,13 @@ class LocalS3:
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def stop(self) -> None:
+        """Stop serving: new connections are refused, pooled ones fail. The data stays (moto keeps it
+        in this process): `start()` serves the same buckets on the same port again."""
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -1,0 +1,182 @@
+"""Faults of the stores the operator reads and writes (issue 15, "The fault suite"): S3 down while a
+Dataset refreshes, the model registry (a real MLflow server) down while a ModelVersion registers.
+
+The session's own S3 and MLflow servers are stopped and started again (same port, same data); a
+`finally` brings them back for the tests after these.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.mlflow import LocalMlflow
+from mlops_operator.dev.s3 import LocalS3
+from tests.integration.conftest import create_s3_secret
+from tests.integration.faults.conftest import Healed, start_fast_operator
+from tests.integration.test_modelversion import (
+    REGISTRY_ENV,
+    _finish_stage,
+    _model_name,
+    _mv,
+    _versions,
+    compiled,
+    evaluated,
+    source,  # noqa: F401 - a fixture
+)
+from tests.integration.test_modelversion import _wait as _wait_mv
+from tests.waiting import wait_for, wait_for_events
+
+G, V = "mlops.dev", "v1alpha1"
+# The Dataset retries an outage after half its length, at least 15 s (handlers/dataset.py); the
+# ModelVersion at least 5 s: a fault healed must show within these.
+DATASET_HEAL_BOUND = 45
+REGISTRY_HEAL_BOUND = 45
+
+
+def _ready(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def _dataset(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, namespace, "datasets", name)  # type: ignore[no-any-return]
+
+
+def _wait_dataset(
+    custom: client.CustomObjectsApi, namespace: str, name: str, reason: str, timeout: float
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = _dataset(custom, namespace, name)
+        return obj if _ready(obj).get("reason") == reason else None
+
+    try:
+        return wait_for(probe, f"Dataset {name} to have Ready reason {reason}", timeout)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nstatus: {_dataset(custom, namespace, name).get('status')}") from None
+
+
+def test_s3_down_during_a_dataset_refresh_is_source_unavailable_then_ready(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    heal_record: list[Healed],
+):
+    bucket = f"flaky-{namespace}"
+    s3.client().create_bucket(Bucket=bucket)
+    s3.client().put_object(Bucket=bucket, Key="data/a.bin", Body=b"a" * 10)
+    create_s3_secret(core, namespace)
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "Dataset",
+        "metadata": {"name": "flaky"},
+        "spec": {
+            "source": {
+                "uri": f"s3://{bucket}/data/",
+                "endpointURL": s3.endpoint_url,
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            },
+            "refreshInterval": "2s",
+        },
+    }
+    operator = start_fast_operator(control_plane, namespace, tmp_path / "operator.log")
+    try:
+        custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
+        ready = _wait_dataset(custom, namespace, "flaky", "Validated", 60)
+        fingerprint = ready["status"]["fingerprint"]
+        down_at = time.monotonic()
+        s3.stop()
+        try:
+            down = _wait_dataset(custom, namespace, "flaky", "SourceUnavailable", 30)
+            assert down["status"]["phase"] == "Pending"
+            assert _ready(down)["message"]
+            time.sleep(5)  # an outage of some seconds, retried meanwhile
+        finally:
+            s3.start()
+        back_at = time.monotonic()
+        healed = _wait_dataset(custom, namespace, "flaky", "Validated", DATASET_HEAL_BOUND)
+        heal_record.append(
+            Healed(
+                "S3 down during a Dataset refresh",
+                "Ready=False SourceUnavailable (phase Pending) and a Warning event, then Ready again",
+                back_at - down_at,
+                time.monotonic() - back_at,
+                "test_s3_down_during_a_dataset_refresh_is_source_unavailable_then_ready",
+            )
+        )
+        assert healed["status"]["phase"] == "Ready"
+        assert healed["status"]["fingerprint"] == fingerprint, "the data did not change"
+        wait_for_events(
+            core, namespace, "flaky",
+            lambda events: any(e.reason == "SourceUnavailable" and e.type == "Warning" for e in events),
+            "the SourceUnavailable Warning event",
+        )  # fmt: skip
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=flaky").items
+        assert not [e for e in events if e.reason == "FingerprintChanged"], "an outage is not a data change"
+    finally:
+        operator.stop()
+        if not s3.running:
+            s3.start()
+
+
+def test_registry_down_while_registering_is_registry_unavailable_then_one_version(
+    control_plane: ControlPlane,
+    mlflow_server: LocalMlflow,
+    source: str,  # noqa: F811 - the fixture imported above
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    heal_record: list[Healed],
+):
+    model = _model_name()
+    operator = start_fast_operator(control_plane, namespace, tmp_path / "operator.log", **REGISTRY_ENV)
+    try:
+        body = _mv("reg", source, mlflow_server)
+        body["spec"]["registry"]["collection"] = model
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+        _finish_stage(core, namespace, "reg-compile-a1", compiled())
+        down_at = time.monotonic()
+        mlflow_server.stop()
+        try:
+            _finish_stage(core, namespace, "reg-evaluate-a1", evaluated())
+            down = _wait_mv(custom, namespace, "reg", "Registering", "RegistryUnavailable")
+            uid = down["metadata"]["uid"]
+            wait_for_events(
+                core, namespace, "reg",
+                lambda events: any(e.reason == "RegistryUnavailable" and e.type == "Warning" for e in events),
+                "the RegistryUnavailable Warning event",
+            )  # fmt: skip
+            time.sleep(3)  # retried meanwhile
+        finally:
+            mlflow_server.start()
+        back_at = time.monotonic()
+        ready = _wait_mv(custom, namespace, "reg", "Ready", timeout=REGISTRY_HEAL_BOUND)
+        heal_record.append(
+            Healed(
+                "model registry (MLflow) down while a ModelVersion registers",
+                "phase Registering, Ready=False RegistryUnavailable and a Warning event, then Ready with one "
+                "registry version",
+                back_at - down_at,
+                time.monotonic() - back_at,
+                "test_registry_down_while_registering_is_registry_unavailable_then_one_version",
+            )
+        )
+        assert ready["status"]["registry"]["version"] == "1"
+        assert len(_versions(mlflow_server, uid)) == 1, "registered once"
+        assert set(_jobs(core, namespace)) <= {"reg-compile-a1", "reg-evaluate-a1"}, "one attempt each"
+        time.sleep(3)  # later retries (if any were still queued) must not register again
+        assert len(_versions(mlflow_server, uid)) == 1
+    finally:
+        operator.stop()
+        mlflow_server.start()  # a no-op when it runs
+
+
+def _jobs(core: client.CoreV1Api, namespace: str) -> list[str]:
+    return [j.metadata.name for j in client.BatchV1Api(core.api_client).list_namespaced_job(namespace).items]
