@@ -63,6 +63,7 @@ def _object_events(engine: Engine, info: KindInfo) -> Any:
 
 def _load_clients() -> Clients:
     from kubernetes import client, config  # noqa: PLC0415
+    from kubernetes.utils.keepalive import tcp_keepalive_socket_options  # noqa: PLC0415
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -71,6 +72,9 @@ def _load_clients() -> Clients:
     configuration = client.Configuration.get_default_copy()
     # Worker threads and informers share one client: give it a connection per thread.
     configuration.connection_pool_maxsize = 32
+    # A watch through a NAT, proxy or load balancer that dropped it silently would wait for data that
+    # never comes: TCP keepalive finds the dead peer in about 30 s, and the informer re-lists.
+    configuration.socket_options = tcp_keepalive_socket_options(idle=15, interval=5, count=3)
     return Clients(api=client.ApiClient(configuration))
 
 
