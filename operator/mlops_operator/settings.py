@@ -117,6 +117,15 @@ class OperatorConfig(BaseSettings):
             "spec.scheduling.startDeadlineSeconds overrides it."
         ),
     )
+    stage_deadline_seconds: int = Field(
+        default=4 * 3600,
+        ge=1,
+        description=(
+            "Default time one compile or evaluate attempt of a ModelVersion may run, from its Job's "
+            "start (activeDeadlineSeconds), before it fails with StageDeadlineExceeded; the spec's "
+            "compile.deadlineSeconds and evaluation.deadlineSeconds override it."
+        ),
+    )
     trainer_image: str = Field(
         default="ghcr.io/mlops-operator/trainer:0.1.0",
         description="Image of training, compile and evaluate workloads when a spec names none.",

@@ -187,3 +187,15 @@ def test_a_gate_on_a_metric_the_evaluator_did_not_report_fails(metrics: dict[str
 def test_gate_operators_compare_the_observed_value_with_the_threshold(op: str, observed: float, passed: bool):
     gates = AcceptanceGates.model_validate({"metrics": [{"name": "m", "op": op, "threshold": 0.5}]})
     assert check_gates(gates, {"m": observed})[0].passed is passed
+
+
+def test_a_stage_job_has_the_deadline_it_is_given():
+    job = build_stage_job(_inputs(_spec(), deadline_seconds=900))
+    assert job["spec"]["activeDeadlineSeconds"] == 900
+
+
+def test_a_deadline_is_not_part_of_what_the_artifact_depends_on():
+    # A deadline may change after compile started: it is not refused as a compile-relevant change.
+    before = compile_hash(_spec())
+    compile_ = {"target": "onnx", "precision": "fp32", "maxBatchSize": 16, "deadlineSeconds": 60}
+    assert compile_hash(_spec(compile=compile_, evaluation={"deadlineSeconds": 30})) == before

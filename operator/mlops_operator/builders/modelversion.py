@@ -34,6 +34,8 @@ CONTAINER = "trainer"
 UID_LABEL = uid_label(KIND)
 STAGE_LABEL = "mlops.dev/stage"
 Stage = Literal["compile", "evaluate"]
+# The spec section of each stage (its deadlineSeconds).
+STAGE_SECTIONS: dict[Stage, str] = {"compile": "compile", "evaluate": "evaluation"}
 # Neither stage loads data through DataLoader workers: a small /dev/shm is enough.
 SHM_SIZE_LIMIT = "256Mi"
 # The compile/evaluate stages never change what they produce between attempts; a retried attempt is
@@ -50,10 +52,13 @@ def job_name(modelversion: str, stage: Stage, attempt: int) -> str:
 
 def compile_hash(spec: ModelVersionSpec) -> str:
     """Hash of what the compiled and evaluated artifact depends on: everything but the stage, the
-    registry's aliases, credentials and deletion policy (promotion), and where the Jobs run."""
+    registry's aliases, credentials and deletion policy (promotion), where the Jobs run and how long
+    they may run."""
     wire = spec.wire()
     for name in ("stage", "scheduling", "serviceAccountName"):
         wire.pop(name, None)
+    for section in STAGE_SECTIONS.values():
+        wire[section] = {k: v for k, v in wire[section].items() if k != "deadlineSeconds"}
     registry = dict(wire.get("registry") or {})
     for name in ("aliases", "credentialsSecretRef", "deletionPolicy"):
         registry.pop(name, None)
@@ -85,6 +90,7 @@ class StageInputs:
     gpu_product: str | None = None  # where the GPU stage must run (the engine's product, for evaluate)
     extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     scratch_size_limit: str = "20Gi"
+    deadline_seconds: int | None = None  # the Job's activeDeadlineSeconds
 
     @property
     def job_name(self) -> str:
@@ -191,6 +197,8 @@ def build_stage_job(inputs: StageInputs) -> dict[str, Any]:
             "backoffLimit": 0,
             "completions": 1,
             "parallelism": 1,
+            # A hung build must not hold a GPU forever: the Job controller stops it past its deadline.
+            **({"activeDeadlineSeconds": inputs.deadline_seconds} if inputs.deadline_seconds else {}),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }

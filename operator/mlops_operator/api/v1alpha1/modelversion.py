@@ -148,6 +148,16 @@ class Compile(ApiModel):
     image: Image | None = Field(
         default=None, description="Compiler image (no whitespace); unset uses the operator's default."
     )
+    deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description=(
+            "Longest one compile attempt may run, from its Job's start (the Job's activeDeadlineSeconds); "
+            "past it the attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
+            "Unset: the operator's MLOPS_STAGE_DEADLINE_SECONDS. May change after compile started."
+        ),
+    )
 
 
 class Evaluation(ApiModel):
@@ -175,6 +185,16 @@ class Evaluation(ApiModel):
     )
     warmup_batches: int = Field(default=10, ge=0, le=10000, description="Untimed warm-up batches.")
     latency_batches: int = Field(default=100, ge=1, le=100000, description="Timed batches.")
+    deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description=(
+            "Longest one evaluate attempt may run, from its Job's start (the Job's activeDeadlineSeconds); "
+            "past it the attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
+            "Unset: the operator's MLOPS_STAGE_DEADLINE_SECONDS. May change after compile started."
+        ),
+    )
 
 
 class MetricGate(ApiModel):

@@ -31,7 +31,7 @@ from .deletion import SKIP_CLEANUP_ANNOTATION, deleting
 from .dependents import sharing_a_model, waiting_on_dataset, waiting_on_training
 from .promotion import SETTLED_PHASES, promote, restate
 from .registry import FINALIZER, register
-from .stages import STAGE_PHASES, run_stage, start_compile
+from .stages import STAGE_PHASES, clean_up_finished_jobs, run_stage, start_compile
 
 __all__ = [
     "FINALIZER",
@@ -62,6 +62,7 @@ def _accepted(spec: ModelVersionSpec, status: Mapping[str, Any]) -> ConditionUpd
 def reconcile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
     if ctx.body["metadata"].get("deletionTimestamp"):
         return deleting(pinned_spec(ctx, spec), ctx)
+    clean_up_finished_jobs(ctx)
     status = ctx.status
     phase = status.get("phase")
     if not status.get("specHash"):

@@ -1,15 +1,28 @@
 """The compile and evaluate stages of a ModelVersion: one Job per stage and attempt, built from the
 pin (`status.pinned`), observed through the Job and its pods, retried with backoff when the failure
-is retryable."""
+is retryable.
+
+Every stage Job has a deadline (activeDeadlineSeconds: the spec's compile/evaluation.deadlineSeconds,
+else MLOPS_STAGE_DEADLINE_SECONDS), counted from the Job's start (Kueue's admission, for a queued
+Job). A stage past it fails with StageDeadlineExceeded, not retried: a build that ran past its
+deadline will most likely do so again (the model, the workspace or the GPU make it slow, or it hangs),
+and every further attempt would hold a GPU for the whole deadline once more. The operator enforces
+the deadline itself too (the Job is deleted), for a Job the Job controller has not stopped, and
+looks again at the deadline, so a running stage is never left without a due time.
+
+A finished stage Job is deleted (propagation Background) once its result is in status: the next
+reconcile after the status write finds it finished and no longer the current stage's Job.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ...api.v1alpha1 import DatasetSpec, ModelVersionSpec
 from ...builders.modelversion import (
+    STAGE_SECTIONS,
     Stage,
     StageInputs,
     build_stage_job,
@@ -35,6 +48,63 @@ MAX_ATTEMPTS = 3  # per stage, for retryable failures (eviction, node loss, S3 b
 RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 10, 300
 ARTIFACT_KEYS = {"tensorrt": "model.plan", "onnx": "model.onnx"}
 STAGE_PHASES: dict[str, Stage] = {"Compiling": "compile", "Evaluating": "evaluate"}
+STAGE_DEADLINE_EXCEEDED = "StageDeadlineExceeded"
+# After the deadline, the operator waits this long for the Job controller to stop the Job before it
+# deletes the Job itself.
+DEADLINE_GRACE = timedelta(seconds=2)
+
+
+def deadline_seconds(spec: ModelVersionSpec, ctx: ReconcileContext, stage: Stage) -> int:
+    """How long one attempt of `stage` may run: the spec's, else the operator's default."""
+    section = spec.compile if stage == "compile" else spec.evaluation
+    return section.deadline_seconds or ctx.config.stage_deadline_seconds
+
+
+def _job_finished(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Job's Complete or Failed condition, when it has one that is True."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+def deadline_of(job: Mapping[str, Any], default_seconds: int) -> tuple[int, datetime | None]:
+    """(The Job's deadline in seconds, when it is reached): activeDeadlineSeconds counts from the
+    Job's startTime, so a Job that has not started (queued, suspended) has no due time yet. A Job made
+    without one (by an older operator) gets `default_seconds`."""
+    seconds = int((job.get("spec") or {}).get("activeDeadlineSeconds") or default_seconds)
+    started = (job.get("status") or {}).get("startTime")
+    return seconds, (from_rfc3339(started) + timedelta(seconds=seconds) if started else None)
+
+
+def past_deadline(job: Mapping[str, Any], default_seconds: int, now: datetime) -> bool:
+    """Whether the Job ran past its deadline: the Job controller says so (Failed, DeadlineExceeded),
+    or it is still unfinished a grace period after the deadline."""
+    finished = _job_finished(job)
+    if finished is not None:
+        return finished.get("type") == "Failed" and finished.get("reason") == "DeadlineExceeded"
+    _, due = deadline_of(job, default_seconds)
+    return due is not None and now >= due + DEADLINE_GRACE
+
+
+def finished_jobs(ctx: ReconcileContext) -> list[str]:
+    """This ModelVersion's finished stage Jobs whose result is in status: every finished Job but the
+    one the current stage is waiting on (status.jobName while Compiling or Evaluating)."""
+    current = ctx.status.get("jobName") if ctx.status.get("phase") in STAGE_PHASES else None
+    return sorted(
+        str(job["metadata"]["name"])
+        for job in ctx.cache.owned("Job", ctx.uid)
+        if job["metadata"]["name"] != current
+        and _job_finished(job) is not None
+        and not job["metadata"].get("deletionTimestamp")
+    )
+
+
+def clean_up_finished_jobs(ctx: ReconcileContext) -> None:
+    """Delete the finished stage Jobs whose result is recorded (their pods go with them)."""
+    for name in finished_jobs(ctx):
+        ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Background")
+        ctx.cache.delete("Job", ctx.namespace, name)
 
 
 def _stage_inputs(ctx: ReconcileContext, spec: ModelVersionSpec, stage: Stage, attempt: int) -> StageInputs:
@@ -55,6 +125,7 @@ def _stage_inputs(ctx: ReconcileContext, spec: ModelVersionSpec, stage: Stage, a
         gpu_product=engine.get("gpuProduct") if stage == "evaluate" else spec.compile.gpu_product,
         extra_tolerations=ctx.config.workload_tolerations,
         scratch_size_limit=ctx.config.scratch_size_limit,
+        deadline_seconds=deadline_seconds(spec, ctx, stage),
     )
 
 
@@ -276,6 +347,28 @@ def run_stage(
             {"jobName": name, "nextAttemptTime": None},
         )
     seen = observe(job, ctx.cache.owned("Pod", str(job["metadata"]["uid"])))
+    limit, due = deadline_of(job, deadline_seconds(spec, ctx, stage))
+    if seen.state != "Succeeded" and past_deadline(job, limit, ctx.now()):
+        if _job_finished(job) is None:  # the Job controller has not stopped it: the operator does
+            ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Background")
+        section = STAGE_SECTIONS[stage]
+        return _stage_failed(
+            spec,
+            ctx,
+            stage,
+            reason=STAGE_DEADLINE_EXCEEDED,
+            message=(
+                f"Job {name} ran past its deadline of {limit}s and was stopped "
+                f"(spec.{section}.deadlineSeconds, or the operator's MLOPS_STAGE_DEADLINE_SECONDS); not "
+                "retried: another attempt would most likely hold its GPU as long again"
+            ),
+            retryable=False,
+            exit_code=None,
+            finished=seen.finished_at or now,
+            accepted=accepted,
+        )
+    # A stage still running is due again at its deadline (and the grace period after it).
+    at_deadline = (due + DEADLINE_GRACE - ctx.now()).total_seconds() if due is not None else None
     if seen.state == "Succeeded":
         return (_compiled if stage == "compile" else _evaluated)(spec, ctx, seen, accepted, now)
     if seen.state == "Failed":
@@ -315,9 +408,11 @@ def run_stage(
                 ready("False", reason, f"{stage} attempt {attempt}: the pod cannot start yet: {message}"),
                 accepted,
             ),
-            requeue_after=(deadline - ctx.now()).total_seconds(),
+            requeue_after=min((deadline - ctx.now()).total_seconds(), at_deadline or float("inf")),
         )
     doing = "running" if seen.state == "Running" else (seen.unschedulable or "starting")
     return Outcome(
-        phase, (ready("False", progress, f"{stage} attempt {attempt} of {MAX_ATTEMPTS}: {doing}"), accepted)
+        phase,
+        (ready("False", progress, f"{stage} attempt {attempt} of {MAX_ATTEMPTS}: {doing}"), accepted),
+        requeue_after=max(0.0, at_deadline) if at_deadline is not None else None,
     )
