@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +51,10 @@ from mlops_operator.integrations.registry import (
     VersionRequest,
     open_registry,
 )
+from mlops_operator.integrations.registry import wandb as wandb_module
 from mlops_operator.integrations.registry.wandb import (
     METRIC_KEY_PREFIX,
+    RegistryBusyError,
     WandbRegistry,
     _NotFoundError,
     classify,
@@ -180,27 +184,96 @@ def test_register_offline_logs_the_model_artifact_as_a_reference(
     assert API_KEY not in repr(registry.target)
 
 
-def test_concurrent_registrations_each_log_their_own_artifact(tmp_path: Path) -> None:
+def test_concurrent_registrations_never_queue_behind_each_other(tmp_path: Path) -> None:
+    """One registration at a time holds the SDK's session; the others do not wait for it in the
+    operator's shared workers: they are told the registry is busy at once, and succeed on retry."""
     registry = WandbRegistry(target(), offline_dir=tmp_path)
     uids = [str(uuid.uuid4()) for _ in range(3)]
-    failures: list[BaseException] = []
+    results: dict[str, BaseException | None] = {}
+    waited: dict[str, float] = {}
+    start = threading.Barrier(len(uids))
 
     def register(uid: str) -> None:
+        start.wait()
+        began = time.monotonic()
         try:
             registry.register(version_request(uid))
-        except BaseException as error:  # reported by the assertion below
-            failures.append(error)
+            results[uid] = None
+        except BaseException as error:  # reported by the assertions below
+            results[uid] = error
+        waited[uid] = time.monotonic() - began
 
     threads = [threading.Thread(target=register, args=(uid,)) for uid in uids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert not failures
+    busy = [uid for uid, error in results.items() if isinstance(error, RegistryBusyError)]
+    assert all(error is None or isinstance(error, RegistryBusyError) for error in results.values())
+    assert busy, results  # turned away while one ran...
+    assert len(busy) < len(uids), results  # ...which did run
+    assert all(waited[uid] < 1.0 for uid in busy), waited  # at once, not after the running one
+    assert all("another registration holds the W&B session" in str(results[uid]) for uid in busy)
+    for uid in busy:  # the reconcile's retry
+        registry.register(version_request(uid))
     runs = offline_runs(tmp_path)
     assert len(runs) == 3
     logged = sorted(alias for run in runs for a in records_of(run, "artifact") for alias in a.aliases)
     assert logged == sorted(["latest"] * 3 + [f"uid-{uid}" for uid in uids])
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A W&B server that accepts connections and never answers: a tenant's W&B having a bad day."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_a_slow_registry_holds_no_worker_past_its_timeout_and_blocks_no_other(
+    tmp_path: Path, silent_server: str
+) -> None:
+    slow_target = RegistryTarget(
+        provider="wandb",
+        model_name="digits",
+        project="mnist",
+        entity="team-slow",
+        credential=API_KEY,
+        tracking_uri=silent_server,
+    )
+    slow = WandbRegistry(slow_target, timeout_seconds=3, register_timeout_seconds=0.5)
+    began = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match=r"did not finish within 0.5s"):
+        slow.register(version_request())
+    assert time.monotonic() - began < 2.0  # the worker is back; the registration goes on elsewhere
+    # Meanwhile another tenant's registration is turned away at once, not queued behind it.
+    other = WandbRegistry(target(), offline_dir=tmp_path)
+    began = time.monotonic()
+    with pytest.raises(RegistryBusyError):
+        other.register(version_request())
+    assert time.monotonic() - began < 0.5
+    # Once the slow one has given up (its own call timeout), the next registration goes through.
+    deadline = time.monotonic() + 60
+    while wandb_module._RUN_LOCK.locked() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert other.register(version_request()).version == "offline"
 
 
 def test_offline_has_no_server_calls(tmp_path: Path) -> None:

@@ -14,6 +14,15 @@ environment either (an explicit key is never saved to .netrc), but it makes the 
 process-wide session credential (`wbauth.use_explicit_auth`). So registrations, the only runs,
 take `_RUN_LOCK`: one at a time, each with its own tenant's key.
 
+One tenant's slow W&B must not hold the operator's shared reconcile workers: a registration runs on
+`_RUNNER`, a thread of its own, and holds the lock there. A worker waits for it at most
+`register_timeout_seconds`, then reports the registry unavailable (the reconcile retries later, and
+the registration, still going, is found by its uid alias); a worker that finds the lock taken by
+another registration does not queue behind it: it reports the registry busy at once
+(`RegistryBusyError`, an unavailability: retried with backoff). The check for an earlier
+registration of the same uid runs under the lock too, so a retry never logs a second version while
+the first is still being logged.
+
 Offline (`offline_dir`, for tests, not reachable from the CRD): `register` logs the artifact in an
 offline run under that directory and links nothing (the SDK cannot link offline); every other call
 needs a server and raises NotImplementedError.
@@ -25,6 +34,8 @@ import math
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
@@ -55,7 +66,15 @@ METRIC_KEY_PREFIX = "mlops.dev/metric/"
 # Aliases W&B manages or the operator owns: never reported, never moved by set_aliases or archive.
 _LATEST = "latest"
 _RUN_LOCK = threading.Lock()
+# Where registrations run, one at a time, off the reconcile workers.
+_RUNNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-register")
+# Operations of one registration, each bounded by the call timeout: what a worker waits for at most.
+REGISTER_CALLS = 6
 T = TypeVar("T")
+
+
+class RegistryBusyError(RegistryUnavailableError):
+    """Another tenant's registration holds the SDK's process-wide session: try again shortly."""
 
 
 class _NotFoundError(Exception):
@@ -108,13 +127,23 @@ class WandbRegistry:
     provider = PROVIDER
 
     def __init__(
-        self, target: RegistryTarget, *, timeout_seconds: float = 10.0, offline_dir: Path | None = None
+        self,
+        target: RegistryTarget,
+        *,
+        timeout_seconds: float = 10.0,
+        offline_dir: Path | None = None,
+        register_timeout_seconds: float | None = None,
     ) -> None:
         self.target = target
         self.name = target.model_name
         self._credential = target.credential
         self._timeout_seconds = timeout_seconds
         self._offline_dir = offline_dir
+        self._register_timeout_seconds = (
+            register_timeout_seconds
+            if register_timeout_seconds is not None
+            else REGISTER_CALLS * max(1.0, timeout_seconds)
+        )
         self._api: wandb.Api | None = None
 
     # -- the interface --------------------------------------------------------------------------
@@ -136,6 +165,10 @@ class WandbRegistry:
     def register(self, request: VersionRequest) -> RegisteredVersion:
         alias = uid_alias(request.uid)
         self._require_credential()
+        return self._exclusive(lambda: self._register(request, alias))
+
+    def _register(self, request: VersionRequest, alias: str) -> RegisteredVersion:
+        """Under `_RUN_LOCK`, on `_RUNNER`."""
         if self._offline_dir is not None:
             self._log(request, alias)
             return RegisteredVersion(
@@ -195,7 +228,7 @@ class WandbRegistry:
         # checksum=False: record the URI only; W&B would otherwise list the bucket with its own
         # credentials to checksum the object.
         artifact.add_reference(request.source_uri, name=Path(request.source_uri).name, checksum=False)
-        with _RUN_LOCK, tempfile.TemporaryDirectory(prefix="mlops-wandb-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="mlops-wandb-") as scratch:
             run = self._call("init_run", wandb.init, **self._init_kwargs(request, scratch))
             try:
                 self._call("log_artifact", run.log_artifact, artifact, aliases=[alias])
@@ -208,6 +241,37 @@ class WandbRegistry:
                 return linked
             finally:
                 self._call("finish_run", run.finish)
+
+    def _exclusive(self, work: Callable[[], T]) -> T:
+        """`work` on `_RUNNER` under `_RUN_LOCK`, waited for at most `register_timeout_seconds`;
+        `RegistryBusyError` at once when another registration holds the lock."""
+        if not _RUN_LOCK.acquire(blocking=False):
+            count(PROVIDER, "register", "unavailable")
+            raise RegistryBusyError(
+                f"W&B registration of model {self.name!r} waits: another registration holds the W&B "
+                "session of the operator; trying again shortly"
+            )
+
+        def locked() -> T:
+            try:
+                return work()
+            finally:
+                _RUN_LOCK.release()
+
+        try:
+            future = _RUNNER.submit(locked)
+        except BaseException:
+            _RUN_LOCK.release()
+            raise
+        try:
+            return future.result(timeout=self._register_timeout_seconds)
+        except FutureTimeoutError:
+            count(PROVIDER, "register", "unavailable")
+            raise RegistryUnavailableError(
+                f"W&B registration of model {self.name!r} did not finish within "
+                f"{self._register_timeout_seconds:g}s; it goes on in the background and is looked for "
+                "again later"
+            ) from None
 
     def _init_kwargs(self, request: VersionRequest, scratch: str) -> dict[str, Any]:
         import wandb  # noqa: PLC0415
