@@ -193,6 +193,7 @@ class OperatorConfig(BaseSettings):
                 "(e.g. http://prometheus.monitoring.svc:9090); leave it empty to run canaries unmeasured"
             )
         return value.strip()
+
     triton_cpu_backend: Literal["onnxruntime", "python"] = Field(
         default="onnxruntime",
         description=(

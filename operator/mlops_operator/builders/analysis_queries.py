@@ -22,6 +22,13 @@ over every series that matches `model` and the extra labels (e.g. the canary's p
 rate over all of them, latency as the worst replica's quantile (quantiles do not average). With no
 requests in the window the success rate is NaN (0/0): the AnalysisTemplate's condition decides
 whether that passes (`result[0] >= x` is false for NaN).
+
+`sum()` of nothing is nothing (an empty vector, not 0), and `a / (a + nothing)` is nothing too: were
+one counter missing (a failure counter not exported yet, a success counter of a model that has only
+failed), the success rate would be no data — an Error measurement — while requests are being
+measured. So each side stands in for the other at 0 (`S or F * 0`): the rate is a number whenever
+either counter has a series for the pods, and no data only when Prometheus has no series of the
+pods at all (not scraped: metrics unavailable, an Error, not a breach).
 """
 
 from __future__ import annotations
@@ -63,8 +70,8 @@ def _window(window: str) -> str:
 def success_rate(model: str, labels: Mapping[str, str] | None = None, window: str = DEFAULT_WINDOW) -> str:
     """Share of requests that succeeded over `window`: success / (success + failure), 0..1."""
     sel, w = selector(model, labels), _window(window)
-    succeeded = f"sum(rate({SUCCESS}{sel}[{w}]))"
-    failed = f"sum(rate({FAILURE}{sel}[{w}]))"
+    s, f = f"sum(rate({SUCCESS}{sel}[{w}]))", f"sum(rate({FAILURE}{sel}[{w}]))"
+    succeeded, failed = f"({s} or {f} * 0)", f"({f} or {s} * 0)"
     return f"{succeeded} / ({succeeded} + {failed})"
 
 

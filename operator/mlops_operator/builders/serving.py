@@ -1,12 +1,34 @@
 """Pure builders of an InferenceDeployment's workload: Triton serving pods as an Argo Rollouts canary
-(Rollout, stable and canary Services, AnalysisTemplate) or, without Argo Rollouts or with strategy
-recreate, a Deployment and a Service.
+(Rollout, AnalysisTemplate, the endpoint Service) or, without Argo Rollouts or with strategy
+recreate, a Deployment and the endpoint Service (`children` lists them in apply order).
 
 The serving pod: an init container (the trainer image's `fetch-model-repository`) materializes the
 content-addressed Triton model repository the operator published in S3 onto an emptyDir, checking
 every sha256; tritonserver loads it from there (why not Triton's own S3 repository:
 builders/triton.py). Readiness is Triton's `/v2/health/ready`. A new ModelVersion is a new
 repository URI, so a new pod template, so a new canary.
+
+The endpoint (`status.endpoint`) is one Service selecting every serving pod of the
+InferenceDeployment by its UID label, stable and canary alike: without a traffic router, a canary's
+weight is its share of the ready pods (Argo Rollouts' basic canary), and the Service spreads requests
+over those pods, so the endpoint's clients really send the canary its share. The Rollout names no
+`stableService`/`canaryService` (both optional without `trafficRouting`): Argo Rollouts would pin a
+named Service's selector to one pod-template-hash, sending the endpoint's clients 0% to the canary.
+The canary analysis needs no Service either: it selects the canary's pods in Prometheus by their
+`rollouts-pod-template-hash` label (`canary_labels`).
+
+Who owns which field of the endpoint Service (server-side apply): the operator applies, with its one
+field manager, its labels, ownerReferences, the `mlops.dev/desired-hash` annotation, `spec.ports` and
+`spec.selector` (an atomic map: applied whole, every key the operator's). Argo Rollouts writes nothing
+to it: it writes the `rollouts-pod-template-hash` selector key and its
+`argo-rollouts.argoproj.io/managed-by-rollouts` annotation only into Services a Rollout names, and its
+service controller removes both from a Service no Rollout names any more (a Service an older operator
+version named as `stableService`; the operator's forced apply of the selector removes the key at
+once). The apiserver owns its defaults (`clusterIP(s)`, `ipFamilies`, `type`, `sessionAffinity`,
+`ports[].protocol`). builders/drift.py compares exactly the operator's fields.
+
+Every child carries `mlops.dev/desired-hash` (builders/drift.py): the handler re-applies a child
+that is missing or `drifted`.
 """
 
 from __future__ import annotations
@@ -14,14 +36,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from mlops_contract import envvars
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, InferenceDeploymentSpec
 from ..api.v1alpha1.inferencedeployment import RolloutStep
+from ..integrations.endpoints import host_pattern, require_allowed
 from ..k8s.naming import common_labels, dns_label, label_value, owner_reference, uid_label
 from . import analysis_queries
+from .drift import stamped
 from .pod import GPU_RESOURCE, apply_scheduling, pod_security_context, s3_env
 from .triton import GRPC_PORT, HTTP_PORT, METRICS_PORT, tritonserver_args
 
@@ -42,6 +66,9 @@ DEFAULT_STEPS: tuple[Mapping[str, Any], ...] = (
 )
 DEFAULT_ANALYSIS_SECONDS = 300  # AnalysisStep's default
 Workload = Literal["Rollout", "Deployment"]
+# The condition reason (and Normal event) of a canary whose analysis steps run unmeasured.
+ANALYSIS_DISABLED = "AnalysisDisabled"
+PROMETHEUS_ALLOWLIST_SETTING = "MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST"
 
 
 @dataclass(frozen=True)
@@ -58,7 +85,9 @@ class ServingInputs:
     dataset: DatasetSpec  # S3 endpoint, region and credentials the init container reads with
     fetch_image: str  # the trainer image: its fetch-model-repository command
     gpu_product: str | None = None  # the engine's GPU product: where the pods must run
-    prometheus_address: str | None = None  # for the AnalysisTemplate
+    # The Prometheus the canary analysis queries, as `analysis_address` resolved it (the spec's, if
+    # allowed, else the operator's); None: no analysis (analysis steps become pauses).
+    prometheus_address: str | None = None
     extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     # The workload exists: with autoscaling, its replicas are the autoscaler's (not applied).
     workload_exists: bool = False
@@ -73,6 +102,8 @@ def service_name(inputs: ServingInputs) -> str:
 
 
 def canary_service_name(inputs: ServingInputs) -> str:
+    """The canary Service older operator versions made (and named in the Rollout); no longer a child:
+    the handler deletes it where it is left (`obsolete_children`)."""
     return dns_label(inputs.name, "triton-canary", dns1035=True)
 
 
@@ -81,7 +112,65 @@ def analysis_template_name(inputs: ServingInputs) -> str:
 
 
 def endpoint(inputs: ServingInputs) -> str:
+    """Triton's HTTP endpoint: the Service selecting every serving pod (`build_service`)."""
     return f"http://{service_name(inputs)}.{inputs.namespace}.svc:{HTTP_PORT}"
+
+
+# -- the Prometheus the analysis queries ------------------------------------------------------------
+
+
+class PrometheusSettings(Protocol):
+    """What `analysis_address` reads of the operator's settings (settings.OperatorConfig)."""
+
+    @property
+    def prometheus_address(self) -> str | None: ...
+
+    @property
+    def prometheus_endpoint_allowlist(self) -> Sequence[str]: ...
+
+
+def has_analysis_steps(spec: InferenceDeploymentSpec) -> bool:
+    """Whether the canary's steps (the spec's, or the default ones) run an analysis."""
+    if spec.rollout.strategy != "canary":
+        return False
+    if not spec.rollout.steps:
+        return any("analysis" in step for step in DEFAULT_STEPS)
+    return any(step.analysis is not None for step in spec.rollout.steps)
+
+
+def analysis_address(spec: InferenceDeploymentSpec, config: PrometheusSettings) -> str | None:
+    """The Prometheus address the canary analysis of `spec` may query, or None when there is none
+    (or no analysis to run): the analysis is then off (`analysis_disabled`).
+
+    The spec's `rollout.analysis.prometheusAddress` must be on `MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST`
+    (the host and port of the operator's own `MLOPS_PROMETHEUS_ADDRESS` are always allowed): the
+    cluster-wide Argo Rollouts controller sends the queries from its own network position, so a
+    tenant must not name any URL it likes. Raises `EndpointNotAllowedError` (its message says what to
+    change) when it is not. Without a spec address, the operator's own (validated at startup)."""
+    if not has_analysis_steps(spec):
+        return None
+    wanted = spec.rollout.analysis.prometheus_address
+    if wanted is None:
+        return config.prometheus_address or None
+    allowlist = list(config.prometheus_endpoint_allowlist)
+    own = host_pattern(config.prometheus_address) if config.prometheus_address else None
+    require_allowed(
+        wanted, [*allowlist, own] if own else allowlist, setting=PROMETHEUS_ALLOWLIST_SETTING, aws_s3=False
+    )
+    return str(wanted)
+
+
+def analysis_disabled(inputs: ServingInputs, kind: Workload) -> str | None:
+    """Why this workload's canary runs without analysis (the message of an `AnalysisDisabled`
+    condition), or None when it runs the analysis its steps ask for (or has none to run)."""
+    if kind != "Rollout" or not has_analysis_steps(inputs.spec) or inputs.prometheus_address:
+        return None
+    return (
+        "no Prometheus to query: the operator has no MLOPS_PROMETHEUS_ADDRESS (the chart's "
+        "operator.prometheusAddress) and spec.rollout.analysis.prometheusAddress is unset, so each "
+        "analysis step holds the canary for its duration unmeasured and nothing aborts a bad canary; "
+        "set one of them to measure"
+    )
 
 
 def _owner(inputs: ServingInputs) -> dict[str, Any]:
@@ -282,39 +371,46 @@ def build_autoscaler(inputs: ServingInputs, kind: Workload) -> dict[str, Any]:
                 "target": {"type": "Utilization", "averageUtilization": CPU_UTILIZATION_PERCENT},
             },
         }
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(inputs, autoscaler_name(inputs), "autoscaler"),
-        "spec": {
-            "scaleTargetRef": {
-                "apiVersion": _api_version(kind),
-                "kind": kind,
-                "name": inputs.workload_name,
+    return stamped(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(inputs, autoscaler_name(inputs), "autoscaler"),
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": _api_version(kind),
+                    "kind": kind,
+                    "name": inputs.workload_name,
+                },
+                "minReplicas": autoscaling.min_replicas,
+                "maxReplicas": autoscaling.max_replicas,
+                "metrics": [metric],
             },
-            "minReplicas": autoscaling.min_replicas,
-            "maxReplicas": autoscaling.max_replicas,
-            "metrics": [metric],
-        },
-    }
+        }
+    )
 
 
 def build_service(inputs: ServingInputs, *, canary: bool = False) -> dict[str, Any]:
+    """The endpoint Service: every serving pod of the InferenceDeployment, stable and canary (no
+    Rollout names it, so no controller narrows its selector). `canary=True` builds the Service older
+    versions named as the Rollout's canaryService, for a caller that still applies it; it is not one
+    of `children` (and would select every pod too)."""
     name = canary_service_name(inputs) if canary else service_name(inputs)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(inputs, name, "canary-service" if canary else "service"),
-        "spec": {
-            # Argo Rollouts adds the rollouts-pod-template-hash of the stable/canary pods to these.
-            "selector": _selector(inputs),
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
-            ],
-        },
-    }
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(inputs, name, "canary-service" if canary else "service"),
+            "spec": {
+                "selector": _selector(inputs),
+                "ports": [
+                    {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                    {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+                ],
+            },
+        }
+    )
 
 
 def _steps(inputs: ServingInputs) -> list[dict[str, Any]]:
@@ -328,6 +424,10 @@ def _steps(inputs: ServingInputs) -> list[dict[str, Any]]:
             steps.append({"pause": {"duration": f"{duration}s"} if duration is not None else {}})
         else:
             seconds = step.analysis.duration_seconds if step.analysis else DEFAULT_ANALYSIS_SECONDS
+            if not inputs.prometheus_address:
+                # No Prometheus (analysis_disabled): the canary holds as long, unmeasured.
+                steps.append({"pause": {"duration": f"{seconds}s"}})
+                continue
             steps.append(
                 {
                     "analysis": {
@@ -343,30 +443,37 @@ def _steps(inputs: ServingInputs) -> list[dict[str, Any]]:
 
 
 def measurements(inputs: ServingInputs, seconds: int) -> int:
-    """How many measurements an analysis step of `seconds` makes at the spec's interval."""
+    """How many measurements an analysis step of `seconds` makes at the spec's interval. With the
+    default initial delay (one interval) the last one is taken `seconds` after the step starts."""
     return max(1, math.ceil(seconds / inputs.spec.rollout.analysis.interval_seconds))
 
 
+def initial_delay_seconds(inputs: ServingInputs) -> int:
+    """Seconds an analysis waits before its first measurement: the spec's, or one interval (the
+    canary's pods, ready when the step starts, have then been scraped and have served)."""
+    analysis = inputs.spec.rollout.analysis
+    delay = analysis.initial_delay_seconds
+    return analysis.interval_seconds if delay is None else delay
+
+
 def build_rollout(inputs: ServingInputs) -> dict[str, Any]:
-    return {
-        "apiVersion": ROLLOUTS_API,
-        "kind": "Rollout",
-        "metadata": _metadata(inputs, inputs.workload_name, "rollout"),
-        "spec": {
-            **_replicas(inputs),
-            "selector": {"matchLabels": _selector(inputs)},
-            "template": pod_template(inputs),
-            "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": 900,
-            "strategy": {
-                "canary": {
-                    "stableService": service_name(inputs),
-                    "canaryService": canary_service_name(inputs),
-                    "steps": _steps(inputs),
-                }
+    """A basic canary: no traffic router and no stableService/canaryService, so the weight is the
+    canary's share of the pods and the endpoint Service reaches them all (module docstring)."""
+    return stamped(
+        {
+            "apiVersion": ROLLOUTS_API,
+            "kind": "Rollout",
+            "metadata": _metadata(inputs, inputs.workload_name, "rollout"),
+            "spec": {
+                **_replicas(inputs),
+                "selector": {"matchLabels": _selector(inputs)},
+                "template": pod_template(inputs),
+                "revisionHistoryLimit": 3,
+                "progressDeadlineSeconds": 900,
+                "strategy": {"canary": {"steps": _steps(inputs)}},
             },
-        },
-    }
+        }
+    )
 
 
 def canary_labels(inputs: ServingInputs, pod_template_hash: str) -> dict[str, str]:
@@ -382,20 +489,32 @@ def canary_labels(inputs: ServingInputs, pod_template_hash: str) -> dict[str, st
 
 
 def build_analysis_template(inputs: ServingInputs) -> dict[str, Any]:
-    """Success rate and p95 latency of the canary's pods, from Triton's metrics. A measurement with
-    no requests (NaN) matches neither condition: Inconclusive, which pauses the rollout for a person
-    instead of promoting a canary nobody has called or aborting one nobody could judge."""
+    """Success rate and p95 latency of the canary's pods, from Triton's metrics, queried at
+    `inputs.prometheus_address` (`analysis_address`; without one there is no template: ValueError).
+
+    Three outcomes per measurement, kept apart: a breach (Failed; more than failureLimit abort the
+    canary), no requests in the window (NaN: Inconclusive, which pauses the rollout for a person
+    instead of promoting a canary nobody has called; inconclusiveLimit tolerates some), and no
+    measurement at all (Prometheus unreachable, or no series: Error; more than consecutiveErrorLimit
+    in a row end the analysis in Error, "metrics unavailable", not "metrics breached"). The first
+    measurement waits `initialDelay`, so the canary's pods have been scraped and have served: no
+    error is spent before anything can be measured."""
+    if not inputs.prometheus_address:
+        raise ValueError("no Prometheus address: the canary runs without analysis (analysis_disabled)")
     analysis = inputs.spec.rollout.analysis
     labels = canary_labels(inputs, "{{args.canary-hash}}")
     window = f"{max(analysis.interval_seconds * 2, 30)}s"
-    address = analysis.prometheus_address or inputs.prometheus_address or ""
+    address = inputs.prometheus_address
 
     def metric(name: str, query: str, good: str, bad: str) -> dict[str, Any]:
         return {
             "name": name,
+            "initialDelay": f"{initial_delay_seconds(inputs)}s",
             "interval": f"{analysis.interval_seconds}s",
             "count": "{{args.count}}",
             "failureLimit": analysis.failure_limit,
+            "inconclusiveLimit": analysis.inconclusive_limit,
+            "consecutiveErrorLimit": analysis.consecutive_error_limit,
             "successCondition": good,
             "failureCondition": bad,
             "provider": {"prometheus": {"address": address, "query": query}},
@@ -420,29 +539,60 @@ def build_analysis_template(inputs: ServingInputs) -> dict[str, Any]:
                 f"result[0] > {limit}",
             )
         )
-    return {
-        "apiVersion": ROLLOUTS_API,
-        "kind": "AnalysisTemplate",
-        "metadata": _metadata(inputs, analysis_template_name(inputs), "analysis"),
-        "spec": {"args": [{"name": "canary-hash"}, {"name": "count", "value": "1"}], "metrics": metrics},
-    }
+    return stamped(
+        {
+            "apiVersion": ROLLOUTS_API,
+            "kind": "AnalysisTemplate",
+            "metadata": _metadata(inputs, analysis_template_name(inputs), "analysis"),
+            "spec": {"args": [{"name": "canary-hash"}, {"name": "count", "value": "1"}], "metrics": metrics},
+        }
+    )
 
 
 def build_deployment(inputs: ServingInputs) -> dict[str, Any]:
     recreate = inputs.spec.rollout.strategy == "recreate"
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(inputs, inputs.workload_name, "deployment"),
-        "spec": {
-            **_replicas(inputs),
-            "selector": {"matchLabels": _selector(inputs)},
-            "template": pod_template(inputs),
-            "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": 900,
-            "strategy": {"type": "Recreate"} if recreate else {"type": "RollingUpdate"},
-        },
-    }
+    return stamped(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(inputs, inputs.workload_name, "deployment"),
+            "spec": {
+                **_replicas(inputs),
+                "selector": {"matchLabels": _selector(inputs)},
+                "template": pod_template(inputs),
+                "revisionHistoryLimit": 3,
+                "progressDeadlineSeconds": 900,
+                "strategy": {"type": "Recreate"} if recreate else {"type": "RollingUpdate"},
+            },
+        }
+    )
+
+
+def children(inputs: ServingInputs, kind: Workload) -> list[dict[str, Any]]:
+    """Every child of the InferenceDeployment, in apply order: the endpoint Service; with a Rollout,
+    the AnalysisTemplate (only when the analysis has a Prometheus to query: `analysis_disabled`)
+    before the Rollout that references it; the workload; its autoscaler after it."""
+    built = [build_service(inputs)]
+    if kind == "Rollout":
+        if has_analysis_steps(inputs.spec) and inputs.prometheus_address:
+            built.append(build_analysis_template(inputs))
+        built.append(build_rollout(inputs))
+    else:
+        built.append(build_deployment(inputs))
+    if inputs.spec.autoscaling is not None:
+        built.append(build_autoscaler(inputs, kind))
+    return built
+
+
+def obsolete_children(inputs: ServingInputs, kind: Workload) -> list[tuple[str, str]]:
+    """(kind, name) of children this InferenceDeployment may still have from an older operator
+    version or another workload kind, which `children` no longer builds: delete them where found.
+    The canary Service (the Rollout names no Service now); the AnalysisTemplate where no analysis
+    runs (no Prometheus, no analysis step, or a Deployment)."""
+    stale = [("Service", canary_service_name(inputs))]
+    if not (kind == "Rollout" and has_analysis_steps(inputs.spec) and inputs.prometheus_address):
+        stale.append(("AnalysisTemplate", analysis_template_name(inputs)))
+    return stale
 
 
 def weight_of_step(inputs: ServingInputs, step_index: int | None) -> int:

@@ -11,6 +11,11 @@ position, not the operator's, and is not checked here.)
 Patterns: `host` (any port) or `host:port`; a host may start with `*.` for any subdomain
 (`*.minio.example.com`); IPv6 literals in brackets (`[::1]`, `[::1]:9000`). Hosts compare case-
 insensitively and literally: no DNS lookup (what a name resolves to is the administrator's choice).
+
+The same check guards URLs the operator does not call itself but hands to a cluster-wide controller
+that does: an InferenceDeployment's `prometheusAddress` is queried by the Argo Rollouts controller
+from its own network position (`MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST`; `aws_s3=False`: no host is
+allowed by default there).
 """
 
 from __future__ import annotations
@@ -59,26 +64,42 @@ def _pattern_matches(pattern: str, host: str, port: int | None) -> bool:
     return host == want_host
 
 
-def endpoint_allowed(url: str | None, allowlist: Sequence[str]) -> bool:
-    """Whether the operator may send requests to `url` (None: the SDK's default AWS endpoint)."""
+def host_pattern(url: str) -> str | None:
+    """The allow-list pattern that admits exactly `url`'s host and port (`host:port`, `[v6]:port`),
+    or None when `url` has no host."""
+    host, port, _ = _host_port(url)
+    if not host:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
+
+
+def endpoint_allowed(url: str | None, allowlist: Sequence[str], *, aws_s3: bool = True) -> bool:
+    """Whether the operator may send requests to `url` (None: the SDK's default AWS endpoint).
+    `aws_s3`: AWS's own S3 endpoints are allowed without being listed (S3 and its registries)."""
     if url is None:
         return True
     host, port, scheme = _host_port(url)
     if not host or scheme not in _DEFAULT_PORTS:
         return False
-    if AWS_S3_HOST.match(host):
+    if aws_s3 and AWS_S3_HOST.match(host):
         return True
     return any(_pattern_matches(p, host, port) for p in allowlist)
 
 
-def require_allowed(url: str | None, allowlist: Sequence[str], *, setting: str) -> None:
+def require_allowed(url: str | None, allowlist: Sequence[str], *, setting: str, aws_s3: bool = True) -> None:
     """Raise `EndpointNotAllowedError` unless the operator may send requests to `url`."""
-    if endpoint_allowed(url, allowlist):
+    if endpoint_allowed(url, allowlist, aws_s3=aws_s3):
         return
     host, port, _ = _host_port(url or "")
     where = f"{host}:{port}" if port else host or repr(url)
-    allowed = ", ".join(allowlist) if allowlist else "none besides AWS's own S3 endpoints"
+    if aws_s3:
+        allowed = ", ".join(allowlist) if allowlist else "none besides AWS's own S3 endpoints"
+        hint = "Use an AWS S3 endpoint, or ask the operator's administrator to allow this one"
+    else:
+        allowed = ", ".join(allowlist) if allowlist else "empty"
+        hint = "Ask the operator's administrator to allow this one"
     raise EndpointNotAllowedError(
         f"endpoint {where} is not on the operator's allow-list ({setting}: {allowed}); no request "
-        "was sent. Use an AWS S3 endpoint, or ask the operator's administrator to allow this one"
+        f"was sent. {hint}"
     )

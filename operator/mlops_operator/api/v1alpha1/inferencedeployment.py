@@ -118,10 +118,42 @@ class Analysis(ApiModel):
     )
     prometheus_address: HttpURL | None = Field(
         default=None,
-        description="Prometheus to query (http(s) URL with a host); unset uses the operator's own setting.",
+        description=(
+            "Prometheus to query (http(s) URL with a host, on the operator's "
+            "MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST); unset uses the operator's own setting."
+        ),
     )
     interval_seconds: int = Field(default=60, ge=10, le=3600, description="How often to measure.")
+    initial_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description=(
+            "Wait before the first measurement, so the canary's pods have been scraped twice (a rate "
+            "needs two samples) and have served; unset: intervalSeconds. An analysis step measures "
+            "durationSeconds/intervalSeconds times from then on."
+        ),
+    )
     failure_limit: int = Field(default=1, ge=0, le=100, description="Failed measurements tolerated.")
+    consecutive_error_limit: int = Field(
+        default=4,
+        ge=0,
+        le=100,
+        description=(
+            "Measurements in a row that may error (Prometheus unreachable, no data) before the analysis "
+            "ends in Error and the canary is aborted as unmeasurable (not as failed); Argo Rollouts' "
+            "consecutiveErrorLimit. A measurement that succeeds resets the count."
+        ),
+    )
+    inconclusive_limit: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Inconclusive measurements tolerated (no requests in the window: nothing to judge) before "
+            "the analysis ends Inconclusive and the rollout pauses for a person."
+        ),
+    )
 
 
 class Rollout(ApiModel):
