@@ -90,7 +90,7 @@ class DynamicShape(ApiModel):
         ),
         CelRule(
             rule=SHAPE_ORDER_CEL,
-            message="every dimension must satisfy min <= opt <= max",
+            message="in every dimension min must not exceed opt, nor opt max",
             check=_shape_ordered,
         ),
     )
