@@ -328,6 +328,13 @@ def _http_failure(status: int) -> wandb.errors.CommError:
     return wandb.errors.CommError(f"HTTP {status}", requests.HTTPError(response=response))
 
 
+def _login_failure(cause: BaseException) -> wandb.errors.AuthenticationError:
+    """The AuthenticationError `wandb.Api`'s key check raises (wandb_login.py), from its cause."""
+    error = wandb.errors.AuthenticationError(f"Failed to verify credentials with http://w: {cause}")
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "meaning"),
     [
@@ -343,6 +350,12 @@ def _http_failure(status: int) -> wandb.errors.CommError:
         (_http_failure(500), "unavailable"),
         (_http_failure(401), "rejected"),
         (wandb.errors.AuthenticationError("API key must be 40 characters long"), "rejected"),
+        (_login_failure(_api_failure(401, "user is not logged in").exc), "rejected"),
+        (
+            _login_failure(WandbApiFailedError("the service process is busy and did not respond in time.")),
+            "unavailable",
+        ),
+        (_login_failure(ConnectionResetError("wandb-core went away")), "unavailable"),
         (wandb.errors.UsageError("bad settings"), "rejected"),
         (
             ValueError("artifact membership 'digits:uid-x' not found in 'org/wandb-registry-model'"),

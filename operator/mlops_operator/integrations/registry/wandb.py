@@ -96,6 +96,10 @@ def classify(error: BaseException) -> Literal["notfound", "rejected", "unavailab
     message = str(error).lower()
     if isinstance(error, ValueError) and "not found" in message:
         return "notfound"  # Artifact._from_name: "project … not found", "artifact membership … not found"
+    if isinstance(error, wandb.errors.AuthenticationError) and error.__cause__ is not None:
+        # The key check of `wandb.Api`/`wandb.login`: a server that answered (401, 403) rejects it;
+        # no answer (wandb-core busy or not running, a timeout) is an outage, not a bad key.
+        return "rejected" if _http_status(error.__cause__) else "unavailable"
     if isinstance(error, wandb.errors.AuthenticationError | wandb.errors.UsageError):
         return "rejected"
     if isinstance(error, wandb.errors.CommError):
