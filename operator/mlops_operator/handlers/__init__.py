@@ -44,5 +44,5 @@ HANDLERS: dict[str, KindHandler] = {
         modelversion.reconcile,
         _all(modelversion.sharing_a_model, inferencedeployment.waiting_on_modelversion),
     ),
-    "InferenceDeployment": KindHandler(inferencedeployment.reconcile),
+    "InferenceDeployment": KindHandler(inferencedeployment.reconcile, modelversion.served_by),
 }

@@ -12,8 +12,10 @@ Dataset, the stage Jobs and their pods, by owner UID) and the status, and does t
   (SpecAccepted=False); stage, aliases and the registry credentials may change (promotion).
 - Registration is idempotent: the registry is asked for the version tagged with this object's UID
   before one is created, so a restart or a lost response never makes a second version.
-- With a registry, a finalizer lets deletion archive the version (deletionPolicy Archive); an SRE
-  lets a deletion through an unreachable registry with the annotation SKIP_CLEANUP_ANNOTATION.
+- With a registry, a finalizer lets deletion archive the version (deletionPolicy Archive), found by
+  its UID tag; an SRE lets a deletion through an unreachable registry with the annotation
+  SKIP_CLEANUP_ANNOTATION. A version an InferenceDeployment serves holds the in-use finalizer: its
+  deletion (and the archive) waits until nothing serves it (`deletion`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from typing import Any
 from ...api.v1alpha1 import ModelVersionSpec
 from ...builders.modelversion import compile_hash
 from ...k8s.conditions import ConditionUpdate
-from ..base import Result
+from ..base import Result, Unchanged
 from ..context import ReconcileContext
 from .common import PLURAL, SPEC_ACCEPTED, pinned_spec
-from .deletion import SKIP_CLEANUP_ANNOTATION, deleting
+from .deletion import IN_USE_FINALIZER, SKIP_CLEANUP_ANNOTATION, deleting, protect_while_in_use, served_by
 from .dependents import sharing_a_model, waiting_on_dataset, waiting_on_training
 from .promotion import SETTLED_PHASES, promote, restate
 from .registry import FINALIZER, register
@@ -35,9 +37,11 @@ from .stages import STAGE_PHASES, clean_up_finished_jobs, run_stage, start_compi
 
 __all__ = [
     "FINALIZER",
+    "IN_USE_FINALIZER",
     "PLURAL",
     "SKIP_CLEANUP_ANNOTATION",
     "reconcile",
+    "served_by",
     "sharing_a_model",
     "waiting_on_dataset",
     "waiting_on_training",
@@ -62,6 +66,10 @@ def _accepted(spec: ModelVersionSpec, status: Mapping[str, Any]) -> ConditionUpd
 def reconcile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
     if ctx.body["metadata"].get("deletionTimestamp"):
         return deleting(pinned_spec(ctx, spec), ctx)
+    if protect_while_in_use(ctx):
+        # A reconcile of its own: the status write would be conditioned on the old resourceVersion.
+        # The patch's watch event brings the object back.
+        return Unchanged()
     clean_up_finished_jobs(ctx)
     status = ctx.status
     phase = status.get("phase")
