@@ -11,10 +11,15 @@ from mlops_operator.api.v1alpha1 import InferenceDeploymentSpec
 from mlops_operator.builders.serving import MODELVERSION_ANNOTATION
 from mlops_operator.engine.cache import Cache
 from mlops_operator.handlers import inferencedeployment
-from mlops_operator.handlers.context import ReconcileContext
+from mlops_operator.handlers.base import Outcome, status_patch
+from mlops_operator.handlers.context import Clients, ReconcileContext
+from mlops_operator.handlers.inferencedeployment.status import Situation
+from mlops_operator.k8s.conditions import ConditionUpdate
+from mlops_operator.observation.serving import analysis_verdict, minimum_available, real_canary_weight
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SPEC = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v2"}})
+SPEC2 = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v2"}, "replicas": 2})
 ABORTED = {
     "metadata": {"name": "digits", "uid": "rollout-uid", "generation": 3},
     "spec": {"template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: "v2"}}}},
@@ -39,7 +44,7 @@ def _ctx(phase: str, canary: str, reason: str, message: str) -> ReconcileContext
 def test_a_degraded_deployment_does_not_read_its_analysis_runs_again():
     said = "the canary of v2 was aborted, v1 keeps 100%: latency-p95-ms = 412.0 (Failed, 2 failed)"
     ctx = _ctx("Degraded", "v2", "AnalysisFailed", said)
-    outcome = inferencedeployment._observe(SPEC, ctx, "Rollout", ABORTED, inputs=None, waiting=None)
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", ABORTED, Situation())
     assert outcome.phase == "Degraded"
     ready = outcome.conditions[0]
     assert (ready.reason, ready.message) == ("AnalysisFailed", said)
@@ -56,14 +61,20 @@ def test_a_degraded_deployment_does_not_read_its_analysis_runs_again():
 def test_a_new_abort_or_an_unread_one_reads_the_analysis_runs(phase, canary, message):
     ctx = _ctx(phase, canary, "AnalysisFailed", message)
     with pytest.raises(RuntimeError, match="needs API clients"):
-        inferencedeployment._observe(SPEC, ctx, "Rollout", ABORTED, inputs=None, waiting=None)
+        inferencedeployment.observe(SPEC, ctx, "Rollout", ABORTED, Situation())
 
 
-def _starting_rollout(template_version: str) -> dict[str, Any]:
+def _starting_rollout(template_version: str, ready: int = 0) -> dict[str, Any]:
     return {
         "metadata": {"name": "digits", "uid": "rollout-uid", "generation": 2},
         "spec": {"template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: template_version}}}},
-        "status": {"currentPodHash": "new", "observedGeneration": "2", "replicas": 2, "readyReplicas": 0},
+        "status": {
+            "currentPodHash": "new",
+            "stableRS": "old",
+            "observedGeneration": "2",
+            "replicas": 2 + ready,
+            "readyReplicas": ready,
+        },
     }
 
 
@@ -93,9 +104,7 @@ def _with_pods(ctx: ReconcileContext) -> ReconcileContext:
 def test_a_first_version_whose_pods_cannot_start_says_why_in_ready():
     ctx = _with_pods(_ctx("Progressing", "", "Starting", ""))
     ctx.body["status"].pop("stableVersion")
-    outcome = inferencedeployment._observe(
-        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
-    )
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", _starting_rollout("v2"), Situation())
     ready = outcome.conditions[0]
     assert (ready.status, ready.reason) == ("False", "ImagePullBackOff")
     assert "triton:typo" in ready.message
@@ -104,9 +113,7 @@ def test_a_first_version_whose_pods_cannot_start_says_why_in_ready():
 
 def test_a_canary_whose_pods_cannot_start_waits_with_one_warning_while_the_stable_serves():
     ctx = _with_pods(_ctx("Progressing", "v2", "CanaryProgressing", "canary v2 at 10%"))
-    outcome = inferencedeployment._observe(
-        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
-    )
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", _starting_rollout("v2", ready=2), Situation())
     ready, waiting = outcome.conditions
     assert (ready.status, ready.reason) == ("True", "CanaryProgressing")  # v1 still serves
     assert (waiting.type, waiting.status, waiting.reason) == ("CanaryWaiting", "True", "ImagePullBackOff")
@@ -116,9 +123,7 @@ def test_a_canary_whose_pods_cannot_start_waits_with_one_warning_while_the_stabl
     conditions.append(
         {"type": "CanaryWaiting", "status": "True", "reason": "ImagePullBackOff", "message": ""}
     )
-    again = inferencedeployment._observe(
-        SPEC, ctx, "Rollout", _starting_rollout("v2"), inputs=None, waiting=None
-    )
+    again = inferencedeployment.observe(SPEC, ctx, "Rollout", _starting_rollout("v2", ready=2), Situation())
     assert again.events == ()
 
 
@@ -134,7 +139,7 @@ def test_the_published_repository_is_reused_only_for_the_same_engine_and_setting
     }
     ctx = _ctx("Available", "", "Available", "")
     known = {"modelVersion": "v2", "engineURI": "s3://b/engines/v2/model.onnx", "uri": "s3://b/triton/abc/"}
-    settings_hash = inferencedeployment._hash_of(
+    settings_hash = inferencedeployment.hash_of(
         {
             "triton": SPEC.triton.wire(),
             "gpus": SPEC.resources.gpus,
@@ -142,14 +147,339 @@ def test_the_published_repository_is_reused_only_for_the_same_engine_and_setting
         }
     )
     ctx.body["status"]["repository"] = known | {"settingsHash": settings_hash}
-    assert inferencedeployment._published(SPEC, ctx, mv)["uri"] == "s3://b/triton/abc/"  # no request
+    assert inferencedeployment.published(SPEC, ctx, mv)["uri"] == "s3://b/triton/abc/"  # no request
     # Other Triton settings (or an older operator's status, without the hash): built and published
     # again, which needs the tenant's S3 (here: no clients, so the attempt shows as this error).
     bigger = InferenceDeploymentSpec.model_validate(
         {"modelVersionRef": {"name": "v2"}, "triton": {"maxBatchSize": 64}}
     )
     with pytest.raises(RuntimeError, match="needs API clients"):
-        inferencedeployment._published(bigger, ctx, mv)
+        inferencedeployment.published(bigger, ctx, mv)
     ctx.body["status"]["repository"] = known
     with pytest.raises(RuntimeError, match="needs API clients"):
-        inferencedeployment._published(SPEC, ctx, mv)
+        inferencedeployment.published(SPEC, ctx, mv)
+
+
+# -- issue 15: nothing claimed that was not observed -------------------------------------------------------
+
+
+def _pod(name: str, revision: str, *, ready: bool) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "labels": {
+                "mlops.dev/inferencedeployment-uid": "idep-uid",
+                "rollouts-pod-template-hash": revision,
+            },
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def _ctx_with(status: dict[str, Any], *objects: tuple[str, dict[str, Any]]) -> ReconcileContext:
+    body = {
+        "kind": "InferenceDeployment",
+        "metadata": {
+            "name": "digits",
+            "namespace": "ns",
+            "uid": "idep-uid",
+            "generation": 4,
+            "resourceVersion": "1",
+        },
+        "status": status,
+    }
+    cache = Cache()
+    cache.upsert("InferenceDeployment", body)
+    for kind, obj in objects:
+        cache.upsert(kind, obj)
+    return ReconcileContext(body, None, now=lambda: NOW, cache=cache)
+
+
+def _deployment(version: str, *, ready: int, recreate: bool = True, generation: int = 3) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": "digits-triton", "namespace": "ns", "generation": generation},
+        "spec": {
+            "replicas": 2,
+            "strategy": {"type": "Recreate"} if recreate else {"type": "RollingUpdate"},
+            "template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: version}}},
+        },
+        "status": {
+            "observedGeneration": generation,
+            "replicas": 2,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": 2,
+        },
+    }
+
+
+def test_a_recreate_whose_new_pods_cannot_pull_their_image_is_not_ready():
+    # v1 served; the Recreate Deployment now runs v2, whose pods pull no image: 0 ready, a full outage.
+    pod = _stuck_pod() | {}
+    pod["metadata"] = {**pod["metadata"], "labels": {"mlops.dev/inferencedeployment-uid": "idep-uid"}}
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1", "modelVersion": "v1"}, ("Pod", pod))
+    outcome = inferencedeployment.observe(SPEC2, ctx, "Deployment", _deployment("v2", ready=0), Situation())
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("False", "ImagePullBackOff")
+    assert "0/2 replicas ready, 2 required" in ready.message
+    assert "rolling out v2 in place of v1" in ready.message
+    assert outcome.fields["canaryVersion"] is None
+
+
+def test_ready_says_which_version_serves_on_how_many_replicas():
+    ctx = _ctx_with({"phase": "Progressing", "stableVersion": "v1"})
+    spec = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v1"}, "replicas": 2})
+    outcome = inferencedeployment.observe(spec, ctx, "Deployment", _deployment("v1", ready=2), Situation())
+    assert outcome.phase == "Available"
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("True", "Available")
+    assert "v1 serves on 2 ready replica(s)" in ready.message
+    # One of two ready (a rolling Deployment of 2 may lose none): not Ready, whatever the phase was.
+    half = _deployment("v1", ready=1, recreate=False)
+    half["status"]["updatedReplicas"] = 2
+    outcome = inferencedeployment.observe(spec, ctx, "Deployment", half, Situation())
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("False", "InsufficientReplicas")
+    assert "1/2 replicas ready, 2 required" in ready.message
+
+
+def _rollout(version: str, *, generation: int, observed: int, **status: Any) -> dict[str, Any]:
+    return {
+        "kind": "Rollout",
+        "metadata": {
+            "name": "digits-triton",
+            "namespace": "ns",
+            "uid": "rollout-uid",
+            "generation": generation,
+        },
+        "spec": {
+            "replicas": 2,
+            "template": {"metadata": {"annotations": {MODELVERSION_ANNOTATION: version}}},
+        },
+        "status": {"observedGeneration": str(observed), "replicas": 3, "readyReplicas": 3} | status,
+    }
+
+
+def test_the_canary_weight_is_the_real_share_of_ready_pods_and_never_read_from_an_unobserved_status():
+    pods = [_pod("s1", "old", ready=True), _pod("s2", "old", ready=True), _pod("c1", "new", ready=True)]
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1"}, *(("Pod", p) for p in pods))
+    rollout = _rollout(
+        "v2", generation=5, observed=5, currentPodHash="new", stableRS="old", currentStepIndex=1
+    )
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", rollout, Situation())
+    assert (outcome.fields["canaryVersion"], outcome.fields["canaryWeight"]) == ("v2", 33)  # 1 of 3 pods
+    assert outcome.conditions[0].status == "True"
+    # The Rollout has not observed generation 6 (its status still describes v1, all stable): no
+    # weight, no step read from it.
+    stale = _rollout("v2", generation=6, observed=5, currentPodHash="old", stableRS="old", currentStepIndex=5)
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", stale, Situation())
+    assert (outcome.fields["canaryWeight"], outcome.fields["currentStep"]) == (0, None)
+
+
+def test_a_traffic_routers_weight_is_reported_as_it_is():
+    rollout = _rollout(
+        "v2", generation=2, observed=2, currentPodHash="new", stableRS="old",
+        canary={"weights": {"canary": {"weight": 10}, "stable": {"weight": 90}}},
+    )  # fmt: skip
+    assert real_canary_weight(rollout, []) == 10
+
+
+def test_a_rollout_argo_refuses_is_not_ready():
+    rollout = _rollout("v2", generation=2, observed=2)
+    rollout["status"]["conditions"] = [
+        {"type": "InvalidSpec", "status": "True", "message": "The Rollout has an invalid step"}
+    ]
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1"})
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", rollout, Situation())
+    ready = outcome.conditions[0]
+    assert (outcome.phase, ready.status, ready.reason) == ("Degraded", "False", "RolloutInvalidSpec")
+    assert "invalid step" in ready.message
+
+
+def test_a_canary_aborted_because_its_version_went_away_keeps_the_stable_ready():
+    aborted = _rollout("v2", generation=2, observed=2, abort=True, currentPodHash="new", stableRS="old")
+    aborted["status"]["readyReplicas"] = 2
+    ctx = _ctx_with({"phase": "Progressing", "stableVersion": "v1", "canaryVersion": "v2"})
+    gone = ("ModelVersionNotFound", "ModelVersion v2 does not exist")
+    outcome = inferencedeployment.observe(
+        SPEC, ctx, "Rollout", aborted, Situation(waiting=gone, withdrawn=gone)
+    )
+    ready, waiting = outcome.conditions
+    assert (ready.status, ready.reason) == ("True", "CanaryAborted")
+    assert "v1 keeps 100%" in ready.message
+    assert "v2 does not exist" in ready.message
+    assert (waiting.status, waiting.reason) == ("True", "ModelVersionNotFound")
+    assert outcome.fields["canaryWeight"] == 0
+
+
+def test_the_stable_versions_modelversion_going_away_is_said_in_ready_with_one_warning():
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1"})
+    note = ("ModelVersionDeleting", "ModelVersion v1 is being deleted")
+    outcome = inferencedeployment.observe(
+        SPEC, ctx, "Deployment", _deployment("v1", ready=2), Situation(note=note)
+    )
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("True", "ModelVersionDeleting")
+    assert [(e.reason, e.type) for e in outcome.events] == [("ServedModelVersionGone", "Warning")]
+
+
+def test_a_deployment_standing_in_for_a_rollout_says_so():
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1"})
+    situation = Situation(fallback="Argo Rollouts is not installed")
+    outcome = inferencedeployment.observe(SPEC, ctx, "Deployment", _deployment("v1", ready=2), situation)
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("True", "WorkloadFallback")
+    assert "Argo Rollouts is not installed" in ready.message
+
+
+def test_a_workload_of_the_other_kind_still_serving_counts_during_the_hand_over():
+    starting = _rollout("v1", generation=1, observed=1, currentPodHash="new", stableRS="new")
+    starting["status"] |= {"replicas": 2, "readyReplicas": 0, "phase": "Progressing"}
+    ctx = _ctx_with({"phase": "Available", "stableVersion": "v1"})
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", starting, Situation())
+    assert outcome.conditions[0].status == "False"
+    handing_over = Situation(other=_deployment("v1", ready=2))
+    outcome = inferencedeployment.observe(SPEC, ctx, "Rollout", starting, handing_over)
+    assert outcome.conditions[0].status == "True"
+    assert outcome.fields["readyReplicas"] == 2
+
+
+def test_the_canary_turning_false_posts_no_event():
+    before = {"conditions": [{"type": "CanaryWaiting", "status": "True", "reason": "ModelVersionNotReady"}]}
+    outcome = Outcome("Available", (ConditionUpdate("CanaryWaiting", "False", "NothingWaiting", ""),))
+    patch, transitions = status_patch(before, outcome, 1)
+    assert patch["conditions"][0]["status"] == "False"
+    assert transitions == []
+
+
+def _run(phase: str, *results: dict[str, Any], created: str = "2026-01-01T12:00:00Z") -> dict[str, Any]:
+    spec_metrics = [
+        {"name": "success-rate", "failureCondition": "result[0] < 0.9"},
+        {"name": "latency-p95-ms", "failureCondition": "result[0] > 1000"},
+    ]
+    return {
+        "metadata": {"name": "run", "creationTimestamp": created},
+        "spec": {"metrics": spec_metrics},
+        "status": {"phase": phase, "metricResults": list(results), "message": f"run {phase}"},
+    }
+
+
+def test_metrics_that_could_not_be_measured_are_not_a_failed_model():
+    refused = (
+        'Post "http://127.0.0.1:9090/api/v1/query": dial tcp 127.0.0.1:9090: connect: connection refused'
+    )
+    run = _run(
+        "Error",
+        {
+            "name": "success-rate",
+            "phase": "Error",
+            "consecutiveError": 5,
+            "measurements": [{"phase": "Error", "message": refused}],
+        },
+    )
+    reason, message = analysis_verdict([run])
+    assert reason == "MetricsUnavailable"
+    assert "success-rate could not be measured (5 errors in a row)" in message
+    assert "connection refused" in message
+
+
+def test_a_breached_metric_is_named_with_its_value_and_condition():
+    run = _run(
+        "Failed",
+        {
+            "name": "success-rate",
+            "phase": "Successful",
+            "measurements": [{"phase": "Successful", "value": "[1]"}],
+        },
+        {
+            "name": "latency-p95-ms",
+            "phase": "Failed",
+            "failed": 2,
+            "measurements": [{"phase": "Failed", "value": "[4120.5]"}],
+        },
+    )
+    older = _run("Error", created="2026-01-01T11:00:00Z")
+    reason, message = analysis_verdict([older, run])
+    assert reason == "AnalysisFailed"
+    breached = "latency-p95-ms = [4120.5] breached its failure condition result[0] > 1000"
+    assert message == f"{breached} (2 failed measurement(s))"
+    assert analysis_verdict([_run("Successful")]) is None  # nothing failed: a person aborted it
+
+
+@pytest.mark.parametrize(
+    ("kind", "strategy", "desired", "required"),
+    [
+        ("Rollout", {}, 2, 2),  # 25% of 2 is 0 pods: none may be missing
+        ("Rollout", {}, 4, 3),
+        ("Rollout", {"canary": {"maxUnavailable": 0}}, 4, 4),
+        ("Deployment", {"type": "Recreate"}, 4, 4),
+        ("Deployment", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%"}}, 8, 6),
+        ("Deployment", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}, 1, 1),
+        ("Deployment", {"type": "Recreate"}, 0, 0),
+    ],
+)
+def test_the_replicas_required_for_ready(kind, strategy, desired, required):
+    assert minimum_available({"spec": {"strategy": strategy}}, kind, desired) == required
+
+
+def _service(**selector: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "digits-triton", "labels": {"app.kubernetes.io/managed-by": "mlops-operator"}},
+        "spec": {
+            "selector": {"mlops.dev/inferencedeployment-uid": "idep-uid", **selector},
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
+        },
+    }
+
+
+def test_drift_is_a_changed_operator_field_not_what_others_add():
+    desired = _service()
+    observed = _service(**{"rollouts-pod-template-hash": "abc"})  # Argo Rollouts' own field
+    observed["spec"]["ports"][0]["protocol"] = "TCP"  # the apiserver's default
+    observed["spec"]["clusterIP"] = "10.0.0.7"
+    observed["metadata"]["labels"]["team"] = "a"
+    assert not inferencedeployment.drifted(desired, observed)
+    edited = _service()
+    edited["spec"]["ports"][0]["port"] = 9000
+    assert inferencedeployment.drifted(desired, edited)
+    unlabelled = _service()
+    unlabelled["metadata"]["labels"] = {}
+    assert inferencedeployment.drifted(desired, unlabelled)
+    fewer = _service()
+    fewer["spec"]["ports"] = []
+    assert inferencedeployment.drifted(desired, fewer)
+
+
+def test_a_spec_that_waits_is_not_observed():
+    # v1 serves from a Deployment; the spec (generation 4) names v2, not Ready yet: the spec is not
+    # applied, observedGeneration stays at 3, CanaryWaiting says why.
+    v2 = {
+        "kind": "ModelVersion",
+        "metadata": {"name": "v2", "namespace": "ns", "uid": "mv2"},
+        "status": {"phase": "Compiling"},
+    }
+    deployment = _deployment("v1", ready=2)
+    deployment["metadata"] |= {"uid": "dep-uid", "ownerReferences": [{"uid": "idep-uid", "controller": True}]}
+    status = {
+        "phase": "Available",
+        "stableVersion": "v1",
+        "observedGeneration": 3,
+        "workloadKind": "Deployment",
+    }
+    ctx = _ctx_with(status, ("ModelVersion", v2), ("Deployment", deployment))
+    ctx.clients = Clients(api=None, rollouts=False)
+    spec = InferenceDeploymentSpec.model_validate(
+        {"modelVersionRef": {"name": "v2"}, "rollout": {"strategy": "recreate"}}
+    )
+    outcome = inferencedeployment.reconcile(spec, ctx)
+    assert isinstance(outcome, Outcome)
+    assert outcome.fields["observedGeneration"] == 3
+    ready, waiting = outcome.conditions
+    assert (ready.status, waiting.status, waiting.reason) == ("True", "True", "ModelVersionNotReady")

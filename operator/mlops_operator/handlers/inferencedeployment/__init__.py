@@ -1,0 +1,245 @@
+"""InferenceDeployment reconcile: serve a Ready ModelVersion on Triton; a new version is a canary.
+One module per concern (Argo Rollouts' `rollout/` package is the model): `version` (which
+ModelVersion, and whether it can be served), `repository` (publishing its Triton repository),
+`children` (the desired children, applied and repaired), `canary` (why a canary was aborted),
+`status` (the workload's status read into the InferenceDeployment's).
+
+Each call, level-based:
+1. reads the ModelVersion the spec names. Not there, not Ready, being deleted, or built for another
+   GPU: the spec is not applied (observedGeneration stays, `CanaryWaiting` says why). A canary whose
+   own ModelVersion went away is aborted (the stable keeps serving, `CanaryAborted`); the stable
+   version's ModelVersion being deleted goes on serving, and Ready's reason says so.
+2. publishes the version's Triton model repository (repository.py);
+3. compares the desired children with what the watches hold and applies, server-side with one field
+   manager, every one that is missing or drifted (all of them when the desired set changed): an
+   Argo Rollouts Rollout with its Services and AnalysisTemplate where Argo Rollouts is served and the
+   strategy is canary, a Deployment otherwise (also while Argo Rollouts is not installed: a fallback
+   that status and an event name; the other kind is retired once the new one serves);
+4. reads the workload's status into the InferenceDeployment's (status.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from ...api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
+from ...builders.serving import ServingInputs, Workload, autoscaler_name
+from ...k8s.conditions import find_condition
+from ...k8s.events import Event
+from ...metrics import ROLLOUTS_ABORTED, ROLLOUTS_STARTED
+from ..base import READY, Outcome, Result
+from ..context import ReconcileContext
+from ..reads import read_object
+from .canary import UNREADABLE_ANALYSIS
+from .children import (
+    desired_children,
+    drifted,
+    owned_one,
+    retire_other_workload,
+    set_abort,
+    sync_children,
+    workload_kind,
+)
+from .repository import hash_of, published
+from .status import CANARY_ABORTED, CANARY_WAITING, Situation, observe, ready
+from .version import DELETING, not_servable, template_version, waiting_on_modelversion
+
+__all__ = [
+    "CANARY_WAITING",
+    "UNREADABLE_ANALYSIS",
+    "drifted",
+    "hash_of",
+    "observe",
+    "published",
+    "reconcile",
+    "waiting_on_modelversion",
+]
+
+ROLLOUTS_GONE = (
+    "Argo Rollouts is not installed (its CRDs are not served): a Deployment serves, and a new version "
+    "replaces the old one without canary steps or analysis until it is"
+)
+
+
+def _serving_inputs(
+    spec: InferenceDeploymentSpec,
+    ctx: ReconcileContext,
+    mv: Mapping[str, Any],
+    repository: Mapping[str, str],
+    *,
+    workload_exists: bool,
+) -> ServingInputs:
+    status = mv["status"]
+    engine = status["engine"]
+    pinned = status.get("pinned") or {}
+    return ServingInputs(
+        name=ctx.name,
+        namespace=ctx.namespace,
+        uid=ctx.uid,
+        spec=spec,
+        model_version=str(mv["metadata"]["name"]),
+        model_name=str(mv["spec"]["modelName"]),
+        repository_uri=repository["uri"],
+        dataset=DatasetSpec.model_validate(pinned["datasetSpec"]),
+        fetch_image=str(pinned.get("image") or ctx.config.trainer_image),
+        gpu_product=engine.get("gpuProduct") if engine.get("format") == "tensorrt" else None,
+        prometheus_address=ctx.config.prometheus_address,
+        extra_tolerations=ctx.config.workload_tolerations,
+        workload_exists=workload_exists,
+    )
+
+
+def _other(kind: Workload) -> Workload:
+    return "Deployment" if kind == "Rollout" else "Rollout"
+
+
+def _withdrawn(
+    spec: InferenceDeploymentSpec,
+    ctx: ReconcileContext,
+    workload: Mapping[str, Any],
+    name: str,
+    problem: tuple[str, str] | None,
+) -> tuple[str, str] | None:
+    """Why the canary the Rollout runs can no longer be promoted: its ModelVersion is gone, being
+    deleted or not Ready (the spec's, or an earlier one still in flight). None when it may go on."""
+    canary = template_version(workload)
+    if canary is None or canary == ctx.status.get("stableVersion"):
+        return None
+    if canary == name:
+        return problem
+    return not_servable(spec, read_object(ctx, "ModelVersion", "modelversions", canary), canary)
+
+
+def _waiting(
+    spec: InferenceDeploymentSpec,
+    ctx: ReconcileContext,
+    kind: Workload,
+    workload: Mapping[str, Any] | None,
+    *,
+    name: str,
+    problem: tuple[str, str],
+    fallback: str | None,
+) -> Outcome:
+    """The spec's version cannot be rolled out: whatever serves goes on serving."""
+    status = ctx.status
+    other = owned_one(ctx, _other(kind))
+    if workload is None and other is not None:
+        kind, workload, other = _other(kind), other, None  # the old kind serves until the new can
+    if workload is None:
+        phase = "Failed" if problem[0] in ("EngineGPUMismatch", "InvalidModel") else "Pending"
+        return Outcome(phase, (ready("False", problem[0], problem[1]),))
+    events: tuple[Event, ...] = ()
+    withdrawn = _withdrawn(spec, ctx, workload, name, problem) if kind == "Rollout" else None
+    note = None
+    serving = template_version(workload)
+    if name == serving == status.get("stableVersion"):
+        # The stable version's own ModelVersion is gone or not Ready: it serves on, and says so.
+        note = (problem[0] if problem[0] != "ModelVersionNotFound" else "ModelVersionDeleted", problem[1])
+    elif withdrawn is not None and not (workload.get("status") or {}).get("abort"):
+        workload = set_abort(ctx, workload, True)
+        ROLLOUTS_ABORTED.labels(namespace=ctx.namespace).inc()
+        message = f"aborted the canary of {serving}: {withdrawn[1]}; {status.get('stableVersion')} keeps 100%"
+        events = (Event(withdrawn[0], message, "Warning"),)
+    situation = Situation(
+        waiting=None if note else problem, withdrawn=withdrawn, note=note, fallback=fallback, other=other
+    )
+    outcome = observe(spec, ctx, kind, workload, situation)
+    # The spec was not applied: observedGeneration stays where the last applied spec left it, and
+    # CanaryWaiting (or Ready) says why.
+    fields = {**outcome.fields, "observedGeneration": status.get("observedGeneration")}
+    return Outcome(outcome.phase, outcome.conditions, fields, events=(*outcome.events, *events))
+
+
+def _sync(
+    spec: InferenceDeploymentSpec,
+    ctx: ReconcileContext,
+    kind: Workload,
+    mv: Mapping[str, Any],
+    repository: Mapping[str, str],
+) -> tuple[ServingInputs, str, Mapping[str, Any], tuple[Event, ...]]:
+    workload = owned_one(ctx, kind)
+    inputs = _serving_inputs(spec, ctx, mv, repository, workload_exists=workload is not None)
+    children = desired_children(inputs, kind)
+    applied = hash_of(children)
+    before = template_version(workload)
+    everything = workload is None or ctx.status.get("appliedHash") != applied
+    written, events = sync_children(ctx, inputs, children, kind, workload, all_of_them=everything)
+    assert written is not None  # the workload was applied if it was missing
+    if before is not None and before != inputs.model_version:
+        ROLLOUTS_STARTED.labels(namespace=ctx.namespace).inc()
+        events = (*events, Event("RolloutStarted", f"rolling out {inputs.model_version}, replacing {before}"))
+    return inputs, applied, written, events
+
+
+def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
+    status = ctx.status
+    name = spec.model_version_ref.name
+    mv = read_object(ctx, "ModelVersion", "modelversions", name)
+    kind = workload_kind(spec, ctx)
+    fallback = ROLLOUTS_GONE if spec.rollout.strategy == "canary" and kind == "Deployment" else None
+    workload = owned_one(ctx, kind)
+    stable = status.get("stableVersion")
+    # The stable version serves on while its ModelVersion is being deleted (the in-use finalizer
+    # holds it): judged on the rest, and Ready's reason says so.
+    serves_on = name == stable
+    problem = not_servable(spec, mv, name, deleting_ok=serves_on)
+    note = (DELETING, f"ModelVersion {name} is being deleted") if serves_on and mv and _deleting(mv) else None
+    repository: dict[str, str] | None = None
+    if problem is None:
+        assert mv is not None
+        found = published(spec, ctx, mv)
+        if isinstance(found, tuple):
+            problem = found
+        else:
+            repository = found
+    if problem is not None:
+        return _waiting(spec, ctx, kind, workload, name=name, problem=problem, fallback=fallback)
+    assert mv is not None
+    assert repository is not None
+    try:
+        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository)
+    except ApiException as error:
+        if error.status != 404 or kind != "Rollout":
+            raise
+        # Argo Rollouts' kinds are gone (its CRDs removed) before the operator heard of it: serve
+        # from a Deployment now instead of failing every apply with 404.
+        kind, fallback = "Deployment", f"{ROLLOUTS_GONE} (the apiserver answered 404 for Rollouts)"
+        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository)
+    if fallback and status.get("workloadKind") != "Deployment":
+        events = (*events, Event("RolloutsUnavailable", fallback, "Warning"))
+    said: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
+    if (
+        kind == "Rollout"
+        and (workload.get("status") or {}).get("abort")
+        and said.get("reason") == CANARY_ABORTED
+        and template_version(workload) == inputs.model_version
+    ):
+        # The operator aborted this canary when its ModelVersion went away; it is back and Ready.
+        workload = set_abort(ctx, workload, False)
+        events = (
+            *events,
+            Event("CanaryRetried", f"{inputs.model_version} is servable again: canary resumed"),
+        )
+    other = owned_one(ctx, _other(kind))
+    situation = Situation(inputs=inputs, note=note, fallback=fallback, other=other)
+    outcome = observe(spec, ctx, kind, workload, situation)
+    events += retire_other_workload(ctx, inputs, kind, outcome.phase == "Available")
+    fields = {
+        **outcome.fields,
+        "repository": repository,
+        "appliedHash": applied,
+        "autoscaler": autoscaler_name(inputs) if spec.autoscaling is not None else None,
+    }
+    step, canary = fields.get("currentStep"), fields.get("canaryVersion")
+    if canary and step is not None and step != status.get("currentStep") and outcome.phase != "Degraded":
+        # Every canary step gets an event (the Ready reason stays CanaryProgressing between steps).
+        reached = f"canary {canary} reached step {step} ({fields.get('canaryWeight')}% of the pods)"
+        events = (*events, Event("CanaryStep", reached))
+    return Outcome(outcome.phase, outcome.conditions, fields, events=(*outcome.events, *events))
+
+
+def _deleting(mv: Mapping[str, Any]) -> bool:
+    return bool(mv["metadata"].get("deletionTimestamp"))

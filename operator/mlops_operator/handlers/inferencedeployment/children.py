@@ -1,0 +1,207 @@
+"""The InferenceDeployment's children: what they should be, and making them so.
+
+Level-based: every reconcile compares the desired children (Services, the workload, the
+AnalysisTemplate, the autoscaler; builders/serving.py) with what the watches hold, and server-side
+applies, under the operator's one field manager, every child that is missing or whose
+operator-owned fields drifted (a hand edit), besides all of them when the desired set changed.
+Only the operator's own fields are sent: fields another controller owns (Argo Rollouts'
+rollouts-pod-template-hash in the Services' selectors, the autoscaler's replicas) are never in the
+manifests, so applying never takes them (tests/integration/test_inferencedeployment.py reads
+managedFields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from ...api.v1alpha1 import InferenceDeploymentSpec
+from ...builders.serving import (
+    ServingInputs,
+    Workload,
+    analysis_template_name,
+    build_analysis_template,
+    build_autoscaler,
+    build_deployment,
+    build_rollout,
+    build_service,
+    canary_service_name,
+    replicas_handover,
+)
+from ...k8s.events import Event
+from ...k8s.rawapi import MERGE_PATCH, resource_path
+from ..context import ReconcileContext
+
+REPLICAS_HANDOVER = "replicas-handover"  # suffix of the field manager that holds replicas for autoscaling
+
+
+def workload_kind(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Workload:
+    """A Rollout for a canary where Argo Rollouts is served (now: the flag follows its CRD), else a
+    Deployment."""
+    return "Rollout" if ctx.require_clients().rollouts and spec.rollout.strategy == "canary" else "Deployment"
+
+
+def owned_one(ctx: ReconcileContext, kind: str) -> Mapping[str, Any] | None:
+    """The child of `kind` this InferenceDeployment controls, as the watches hold it (not deleting)."""
+    owned = [o for o in ctx.cache.owned(kind, ctx.uid) if not o["metadata"].get("deletionTimestamp")]
+    return owned[0] if owned else None
+
+
+def desired_children(inputs: ServingInputs, kind: Workload) -> list[dict[str, Any]]:
+    if kind == "Rollout":
+        children = [
+            build_service(inputs),
+            build_service(inputs, canary=True),
+            build_analysis_template(inputs),
+            build_rollout(inputs),
+        ]
+    else:
+        children = [build_service(inputs), build_deployment(inputs)]
+    if inputs.spec.autoscaling is not None:
+        children.append(build_autoscaler(inputs, kind))  # after the workload it scales
+    return children
+
+
+def _contains(have: Any, want: Any) -> bool:
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and _contains(have[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(have) == len(want)
+            and all(_contains(h, w) for h, w in zip(have, want, strict=True))
+        )
+    return bool(have == want)
+
+
+def drifted(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
+    """Whether a field the operator sets differs in the observed child: every desired label,
+    annotation, owner reference and spec field must be there with its value. What others add (the
+    apiserver's defaults, Argo Rollouts' selector hash, the autoscaler's replicas) is not drift."""
+    want_meta, have_meta = desired.get("metadata") or {}, observed.get("metadata") or {}
+    for key in ("labels", "annotations", "ownerReferences"):
+        if key in want_meta and not _contains(have_meta.get(key), want_meta[key]):
+            return True
+    return not _contains(observed.get("spec") or {}, desired.get("spec") or {})
+
+
+def _apply(
+    ctx: ReconcileContext,
+    inputs: ServingInputs,
+    children: Sequence[Mapping[str, Any]],
+    kind: Workload,
+    workload: Mapping[str, Any] | None,
+) -> Mapping[str, Any] | None:
+    """Server-side apply, one field manager; the workload as the apiserver returned it, if applied."""
+    raw, manager = ctx.require_clients().raw, ctx.config.field_manager
+    autoscaler = ctx.status.get("autoscaler")
+    if inputs.spec.autoscaling is None and autoscaler:
+        # First, so it does not scale the workload that spec.replicas sizes again.
+        raw.delete("HorizontalPodAutoscaler", ctx.namespace, str(autoscaler))
+    applies_workload = any(c["kind"] == kind for c in children)
+    if inputs.spec.autoscaling is not None and workload is not None and applies_workload:
+        # The workload is applied without replicas: hand the field to a manager of its own first,
+        # or server-side apply would reset it. A 409 means the autoscaler has set replicas since
+        # (it owns the field now): already handed over.
+        current = (workload.get("spec") or {}).get("replicas")
+        try:
+            raw.apply(
+                replicas_handover(inputs, kind, int(current or inputs.spec.autoscaling.min_replicas)),
+                f"{manager}-{REPLICAS_HANDOVER}",
+                force=False,
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    written: Mapping[str, Any] | None = None
+    for child in children:
+        result = raw.apply(child, manager)
+        result.setdefault("kind", child["kind"])
+        result.setdefault("apiVersion", child["apiVersion"])
+        ctx.cache.upsert(str(child["kind"]), result)  # write-through: the next look sees it
+        if child["kind"] == kind:
+            written = result
+    return written
+
+
+def sync_children(
+    ctx: ReconcileContext,
+    inputs: ServingInputs,
+    children: Sequence[Mapping[str, Any]],
+    kind: Workload,
+    workload: Mapping[str, Any] | None,
+    *,
+    all_of_them: bool,
+) -> tuple[Mapping[str, Any] | None, tuple[Event, ...]]:
+    """Apply every child (`all_of_them`: the desired set changed), else the ones missing or drifted
+    from what the watches hold, each with a Warning event. The workload as it now is."""
+    stale: list[Mapping[str, Any]] = []
+    events: list[Event] = []
+    for child in children:
+        meta = child["metadata"]
+        observed = ctx.cache.get(str(child["kind"]), ctx.namespace, str(meta["name"]))
+        if observed is not None and observed["metadata"].get("deletionTimestamp"):
+            observed = None
+        if all_of_them:
+            stale.append(child)
+        elif observed is None:
+            stale.append(child)
+            events.append(
+                Event(
+                    "ChildRecreated",
+                    f"the {child['kind']} {meta['name']} was missing: created it again",
+                    "Warning",
+                )
+            )
+        elif drifted(child, observed):
+            stale.append(child)
+            events.append(
+                Event(
+                    "ChildReverted",
+                    f"the {child['kind']} {meta['name']} was edited (by hand?): applied it again",
+                    "Warning",
+                )
+            )
+    if stale:
+        written = _apply(ctx, inputs, stale, kind, workload)
+        workload = written or workload
+    return workload, tuple(events)
+
+
+def retire_other_workload(
+    ctx: ReconcileContext, inputs: ServingInputs, kind: Workload, serving: bool
+) -> tuple[Event, ...]:
+    """Delete the workload of the other kind once this one serves: a Deployment made before Argo
+    Rollouts was installed, now replaced by a Rollout; or a Rollout (with its canary Service and
+    AnalysisTemplate) after Argo Rollouts went away. A kind no longer served deletes as a 404: done."""
+    if not serving:
+        return ()
+    other: Workload = "Deployment" if kind == "Rollout" else "Rollout"
+    raw = ctx.require_clients().raw
+    if kind == "Deployment" and ctx.cache.get("Service", ctx.namespace, canary_service_name(inputs)):
+        raw.delete("Service", ctx.namespace, canary_service_name(inputs))
+        ctx.cache.delete("Service", ctx.namespace, canary_service_name(inputs))
+    stale = owned_one(ctx, other)
+    if stale is None:
+        return ()
+    name = str(stale["metadata"]["name"])
+    raw.delete(other, ctx.namespace, name)
+    if other == "Rollout":
+        raw.delete("Service", ctx.namespace, canary_service_name(inputs))
+        raw.delete("AnalysisTemplate", ctx.namespace, analysis_template_name(inputs))
+    return (Event("WorkloadReplaced", f"the {kind} serves: deleted the {other} {name} it replaces"),)
+
+
+def set_abort(ctx: ReconcileContext, rollout: Mapping[str, Any], abort: bool) -> Mapping[str, Any]:
+    """Abort a Rollout's canary (the stable ReplicaSet takes all the pods again), or retry it: what
+    `kubectl argo rollouts abort` / `retry` do, a merge patch of status.abort through the status
+    subresource (Argo Rollouts v1.x). The Rollout as written."""
+    path = resource_path("Rollout", ctx.namespace, str(rollout["metadata"]["name"])) + "/status"
+    written = ctx.require_clients().raw.request(
+        "PATCH", path, body={"status": {"abort": abort}}, content_type=MERGE_PATCH
+    )
+    written.setdefault("kind", "Rollout")
+    ctx.cache.upsert("Rollout", written)
+    return written
