@@ -65,6 +65,9 @@ TRANSIENT_REASONS = frozenset(
     }
     | ENGINE_REASONS
 )
+# Conditions whose True is the abnormal state (Kubernetes' "abnormal-true" polarity, like a node's
+# MemoryPressure): their turning False is good news, so no transition event.
+ABNORMAL_TRUE = frozenset({"CanaryWaiting"})
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 # Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
 # Secret references, never values) that retries are built from; masking it would change a retry.
@@ -164,6 +167,8 @@ def status_patch(
     transitions = []
     for update in updates:
         before = find_condition(old_conditions, update.type)
+        if update.type in ABNORMAL_TRUE and update.status == "False":
+            continue  # good news: no event (least of all a Warning)
         if before is None or before.get("status") != update.status or before.get("reason") != update.reason:
             transitions.append(Transition(update.type, update.status, update.reason, update.message))
     return patch, transitions
