@@ -636,15 +636,16 @@ class ControlPlane:
 
     # -- faults: components stopped and started again, as an outage would (tests/integration/faults)
 
-    def stop_component(self, name: str, *, kill: bool = False) -> None:
-        """Stop one component (SIGTERM, or SIGKILL with `kill`); the rest keep running. Its data
-        directory, ports and arguments stay: start_component() brings the same one back."""
+    def stop_component(self, name: str, *, kill: bool = False, grace: float = 10) -> None:
+        """Stop one component (SIGTERM, SIGKILL after `grace` seconds; at once with `kill`); the rest
+        keep running. Its data directory, ports and arguments stay: start_component() brings the same
+        one back."""
         component = self._component(name)
         self._stopped.add(name)
         if kill:
             component.kill()
         else:
-            component.stop()
+            component.stop(timeout=grace)
 
     def start_component(self, name: str) -> float:
         """Start a stopped component again, exactly as before, and wait until it answers (after etcd,
@@ -659,11 +660,13 @@ class ControlPlane:
             self._wait_healthy("kube-apiserver")
         return time.monotonic() - started
 
-    def restart_component(self, name: str, *, kill: bool = False, down_for: float = 0) -> float:
+    def restart_component(
+        self, name: str, *, kill: bool = False, down_for: float = 0, grace: float = 10
+    ) -> float:
         """Stop `name`, leave it down `down_for` seconds, start it again; the seconds from the stop
         until it (and what depends on it) answers again."""
         started = time.monotonic()
-        self.stop_component(name, kill=kill)
+        self.stop_component(name, kill=kill, grace=grace)
         try:
             time.sleep(down_for)
         finally:
@@ -672,8 +675,9 @@ class ControlPlane:
 
     def restart_apiserver(self, *, kill: bool = False, down_for: float = 0) -> float:
         """kube-apiserver stopped and started again (same port, certificates, flags): every watch
-        and connection to it breaks; its watch cache starts afresh from etcd."""
-        return self.restart_component("kube-apiserver", kill=kill, down_for=down_for)
+        and connection to it breaks; its watch cache starts afresh from etcd. It stops listening
+        at once on SIGTERM but then lingers (10 s here) over its shutdown: 3 s of grace, then SIGKILL."""
+        return self.restart_component("kube-apiserver", kill=kill, down_for=down_for, grace=3)
 
     def restart_etcd(self, *, kill: bool = False, down_for: float = 0) -> float:
         """etcd stopped and started again on the same data directory: the apiserver keeps running
