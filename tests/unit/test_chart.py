@@ -117,6 +117,8 @@ def test_every_env_var_is_an_operator_setting_and_parses(monkeypatch: pytest.Mon
         "operator.workloadTolerations": [{"key": "gpu", "operator": "Exists"}],
         "operator.s3EndpointAllowlist": ["minio.data.svc:9000"],
         "operator.shmSizeLimit": "2Gi",
+        "operator.prometheusAddress": "http://prometheus-operated.monitoring.svc:9090",
+        "operator.prometheusEndpointAllowlist": ["prometheus.team-a.svc:9090"],
     }
     env = {k: v for k, v in _env(render(values)).items() if k.startswith("MLOPS_")}
     fields = {f"MLOPS_{name.upper()}" for name in OperatorConfig.model_fields}
@@ -136,6 +138,18 @@ def test_every_env_var_is_an_operator_setting_and_parses(monkeypatch: pytest.Mon
     assert config.s3_endpoint_allowlist == ["minio.data.svc:9000"]
     assert config.manifest_max_bytes == OperatorConfig.model_fields["manifest_max_bytes"].default
     assert (config.scratch_size_limit, config.shm_size_limit) == ("20Gi", "2Gi")
+    assert config.prometheus_address == "http://prometheus-operated.monitoring.svc:9090"
+    assert config.prometheus_endpoint_allowlist == ["prometheus.team-a.svc:9090"]
+
+
+def test_without_a_prometheus_address_the_operator_gets_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default install names no Prometheus: the operator must see none (not `""`, which would go
+    into every AnalysisTemplate as `address: ""` and abort every canary) and run canaries unmeasured."""
+    env = _env(render())
+    assert "MLOPS_PROMETHEUS_ADDRESS" not in env
+    assert env["MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST"] == "[]"
+    monkeypatch.setenv("MLOPS_PROMETHEUS_ADDRESS", "")  # an empty value set by hand (extraEnv)
+    assert OperatorConfig().prometheus_address is None
 
 
 def test_pod_meets_the_restricted_pod_security_standard() -> None:
@@ -237,6 +251,8 @@ def test_chart_crds_are_the_generated_crds_byte_for_byte() -> None:
         ({"watch.namespaces": "team-a"}, "/watch/namespaces"),
         ({"image.digest": "latest"}, "/image/digest"),
         ({"metrics.prometheusRule.failureRateThreshold": 2}, "/metrics/prometheusRule/failureRateThreshold"),
+        ({"operator.prometheusAddress": "prometheus:9090"}, "/operator/prometheusAddress"),
+        ({"operator.prometheusAddress": "http://"}, "/operator/prometheusAddress"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:

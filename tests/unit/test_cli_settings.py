@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from mlops_operator.cli import main
 from mlops_operator.settings import OperatorConfig
 from tests.samples import INVALID, valid_samples
@@ -40,3 +43,43 @@ def test_settings_come_from_mlops_env(monkeypatch):
     assert config.log_format == "json"
     assert config.metrics_port == 9100
     assert config.peering_name is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("http://prometheus.monitoring.svc:9090", "http://prometheus.monitoring.svc:9090"),
+        ("https://prom.example.com/prometheus", "https://prom.example.com/prometheus"),
+        ("http://[::1]:9090", "http://[::1]:9090"),
+    ],
+)
+def test_prometheus_address_is_an_http_url_or_none(monkeypatch, value, expected):
+    monkeypatch.setenv("MLOPS_PROMETHEUS_ADDRESS", value)
+    assert OperatorConfig().prometheus_address == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "prometheus:9090",
+        "prometheus.monitoring.svc",
+        "ftp://prom",
+        "http://",
+        "http://prom:port",
+        "http://p?q=1",
+    ],
+)
+def test_a_prometheus_address_that_is_no_url_stops_the_operator_at_startup(monkeypatch, value):
+    # An AnalysisTemplate with such an address would abort every canary: refuse it before anything runs.
+    monkeypatch.setenv("MLOPS_PROMETHEUS_ADDRESS", value)
+    with pytest.raises(ValidationError, match="MLOPS_PROMETHEUS_ADDRESS"):
+        OperatorConfig()
+
+
+def test_prometheus_endpoint_allowlist_from_env(monkeypatch):
+    monkeypatch.setenv("MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST", '["*.team-a.svc", "prom.example.com:443"]')
+    assert OperatorConfig().prometheus_endpoint_allowlist == ["*.team-a.svc", "prom.example.com:443"]
+    monkeypatch.delenv("MLOPS_PROMETHEUS_ENDPOINT_ALLOWLIST")
+    assert OperatorConfig().prometheus_endpoint_allowlist == []
