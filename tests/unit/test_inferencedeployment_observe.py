@@ -429,34 +429,6 @@ def test_the_replicas_required_for_ready(kind, strategy, desired, required):
     assert minimum_available({"spec": {"strategy": strategy}}, kind, desired) == required
 
 
-def _service(**selector: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "digits-triton", "labels": {"app.kubernetes.io/managed-by": "mlops-operator"}},
-        "spec": {
-            "selector": {"mlops.dev/inferencedeployment-uid": "idep-uid", **selector},
-            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
-        },
-    }
-
-
-def test_drift_is_a_changed_operator_field_not_what_others_add():
-    desired = _service()
-    observed = _service(**{"rollouts-pod-template-hash": "abc"})  # Argo Rollouts' own field
-    observed["spec"]["ports"][0]["protocol"] = "TCP"  # the apiserver's default
-    observed["spec"]["clusterIP"] = "10.0.0.7"
-    observed["metadata"]["labels"]["team"] = "a"
-    assert not inferencedeployment.drifted(desired, observed)
-    edited = _service()
-    edited["spec"]["ports"][0]["port"] = 9000
-    assert inferencedeployment.drifted(desired, edited)
-    unlabelled = _service()
-    unlabelled["metadata"]["labels"] = {}
-    assert inferencedeployment.drifted(desired, unlabelled)
-    fewer = _service()
-    fewer["spec"]["ports"] = []
-    assert inferencedeployment.drifted(desired, fewer)
-
-
 def test_a_spec_that_waits_is_not_observed():
     # v1 serves from a Deployment; the spec (generation 4) names v2, not Ready yet: the spec is not
     # applied, observedGeneration stays at 3, CanaryWaiting says why.

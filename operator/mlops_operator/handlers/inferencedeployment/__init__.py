@@ -26,8 +26,17 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from ...api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
-from ...builders.serving import ServingInputs, Workload, autoscaler_name
-from ...k8s.conditions import find_condition
+from ...builders.serving import (
+    ANALYSIS_DISABLED,
+    ServingInputs,
+    Workload,
+    analysis_address,
+    analysis_disabled,
+    autoscaler_name,
+    children,
+)
+from ...integrations.endpoints import EndpointNotAllowedError
+from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
 from ...metrics import ROLLOUTS_ABORTED, ROLLOUTS_STARTED
 from ..base import READY, Outcome, Result
@@ -35,8 +44,6 @@ from ..context import ReconcileContext
 from ..reads import read_object
 from .canary import UNREADABLE_ANALYSIS
 from .children import (
-    desired_children,
-    drifted,
     owned_one,
     retire_other_workload,
     set_abort,
@@ -50,7 +57,6 @@ from .version import DELETING, not_servable, template_version, waiting_on_modelv
 __all__ = [
     "CANARY_WAITING",
     "UNREADABLE_ANALYSIS",
-    "drifted",
     "hash_of",
     "observe",
     "published",
@@ -70,6 +76,7 @@ def _serving_inputs(
     mv: Mapping[str, Any],
     repository: Mapping[str, str],
     *,
+    prometheus: str | None,
     workload_exists: bool,
 ) -> ServingInputs:
     status = mv["status"]
@@ -86,7 +93,7 @@ def _serving_inputs(
         dataset=DatasetSpec.model_validate(pinned["datasetSpec"]),
         fetch_image=str(pinned.get("image") or ctx.config.trainer_image),
         gpu_product=engine.get("gpuProduct") if engine.get("format") == "tensorrt" else None,
-        prometheus_address=ctx.config.prometheus_address,
+        prometheus_address=prometheus,
         extra_tolerations=ctx.config.workload_tolerations,
         workload_exists=workload_exists,
     )
@@ -159,19 +166,33 @@ def _sync(
     kind: Workload,
     mv: Mapping[str, Any],
     repository: Mapping[str, str],
+    *,
+    prometheus: str | None,
 ) -> tuple[ServingInputs, str, Mapping[str, Any], tuple[Event, ...]]:
     workload = owned_one(ctx, kind)
-    inputs = _serving_inputs(spec, ctx, mv, repository, workload_exists=workload is not None)
-    children = desired_children(inputs, kind)
-    applied = hash_of(children)
+    inputs = _serving_inputs(
+        spec, ctx, mv, repository, prometheus=prometheus, workload_exists=workload is not None
+    )
+    desired = children(inputs, kind)
     before = template_version(workload)
-    everything = workload is None or ctx.status.get("appliedHash") != applied
-    written, events = sync_children(ctx, inputs, children, kind, workload, all_of_them=everything)
+    written, events = sync_children(ctx, inputs, desired, kind, workload)
     assert written is not None  # the workload was applied if it was missing
     if before is not None and before != inputs.model_version:
         ROLLOUTS_STARTED.labels(namespace=ctx.namespace).inc()
         events = (*events, Event("RolloutStarted", f"rolling out {inputs.model_version}, replacing {before}"))
-    return inputs, applied, written, events
+    return inputs, hash_of(desired), written, events
+
+
+def _analysis_condition(
+    ctx: ReconcileContext, inputs: ServingInputs, kind: Workload
+) -> tuple[ConditionUpdate, tuple[Event, ...]]:
+    """AnalysisDisabled=True while a canary's analysis steps have no Prometheus to query."""
+    why = analysis_disabled(inputs, kind)
+    if why is None:
+        return ConditionUpdate(ANALYSIS_DISABLED, "False", "AnalysisEnabled", ""), ()
+    said = find_condition(ctx.status.get("conditions", []), ANALYSIS_DISABLED) or {}
+    events = () if said.get("status") == "True" else (Event(ANALYSIS_DISABLED, why),)
+    return ConditionUpdate(ANALYSIS_DISABLED, "True", ANALYSIS_DISABLED, why), events
 
 
 def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
@@ -188,6 +209,12 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     problem = not_servable(spec, mv, name, deleting_ok=serves_on)
     note = (DELETING, f"ModelVersion {name} is being deleted") if serves_on and mv and _deleting(mv) else None
     repository: dict[str, str] | None = None
+    prometheus: str | None = None
+    if problem is None:
+        try:
+            prometheus = analysis_address(spec, ctx.config)
+        except EndpointNotAllowedError as error:
+            problem = "EndpointNotAllowed", f"spec.rollout.analysis.prometheusAddress: {error}"
     if problem is None:
         assert mv is not None
         found = published(spec, ctx, mv)
@@ -200,14 +227,14 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     assert mv is not None
     assert repository is not None
     try:
-        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository)
+        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository, prometheus=prometheus)
     except ApiException as error:
         if error.status != 404 or kind != "Rollout":
             raise
         # Argo Rollouts' kinds are gone (its CRDs removed) before the operator heard of it: serve
         # from a Deployment now instead of failing every apply with 404.
         kind, fallback = "Deployment", f"{ROLLOUTS_GONE} (the apiserver answered 404 for Rollouts)"
-        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository)
+        inputs, applied, workload, events = _sync(spec, ctx, kind, mv, repository, prometheus=prometheus)
     if fallback and status.get("workloadKind") != "Deployment":
         events = (*events, Event("RolloutsUnavailable", fallback, "Warning"))
     said: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
@@ -227,6 +254,8 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     situation = Situation(inputs=inputs, note=note, fallback=fallback, other=other)
     outcome = observe(spec, ctx, kind, workload, situation)
     events += retire_other_workload(ctx, inputs, kind, outcome.phase == "Available")
+    analysis, analysis_events = _analysis_condition(ctx, inputs, kind)
+    events += analysis_events
     fields = {
         **outcome.fields,
         "repository": repository,
@@ -238,7 +267,8 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
         # Every canary step gets an event (the Ready reason stays CanaryProgressing between steps).
         reached = f"canary {canary} reached step {step} ({fields.get('canaryWeight')}% of the pods)"
         events = (*events, Event("CanaryStep", reached))
-    return Outcome(outcome.phase, outcome.conditions, fields, events=(*outcome.events, *events))
+    conditions = (*outcome.conditions, analysis)
+    return Outcome(outcome.phase, conditions, fields, events=(*outcome.events, *events))
 
 
 def _deleting(mv: Mapping[str, Any]) -> bool:

@@ -1,13 +1,12 @@
 """The InferenceDeployment's children: what they should be, and making them so.
 
-Level-based: every reconcile compares the desired children (Services, the workload, the
-AnalysisTemplate, the autoscaler; builders/serving.py) with what the watches hold, and server-side
-applies, under the operator's one field manager, every child that is missing or whose
-operator-owned fields drifted (a hand edit), besides all of them when the desired set changed.
-Only the operator's own fields are sent: fields another controller owns (Argo Rollouts'
-rollouts-pod-template-hash in the Services' selectors, the autoscaler's replicas) are never in the
-manifests, so applying never takes them (tests/integration/test_inferencedeployment.py reads
-managedFields).
+Level-based: every reconcile compares the desired children (the endpoint Service, the workload,
+the AnalysisTemplate, the autoscaler: builders/serving.py `children`) with what the watches hold,
+and server-side applies, under the operator's one field manager, every child that is missing or
+drifted (builders/drift.py: the operator wants something else, or a hand edit). Only the operator's
+own fields are sent: fields another controller owns (the autoscaler's replicas, Argo Rollouts'
+annotations) are never in the manifests, so applying never takes them
+(tests/integration/test_inferencedeployment.py reads managedFields).
 """
 
 from __future__ import annotations
@@ -18,18 +17,15 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from ...api.v1alpha1 import InferenceDeploymentSpec
+from ...builders.drift import drifted, observed_hash
 from ...builders.serving import (
     ServingInputs,
     Workload,
     analysis_template_name,
-    build_analysis_template,
-    build_autoscaler,
-    build_deployment,
-    build_rollout,
-    build_service,
-    canary_service_name,
+    obsolete_children,
     replicas_handover,
 )
+from ...engine.cache import controller_uid
 from ...k8s.events import Event
 from ...k8s.rawapi import MERGE_PATCH, resource_path
 from ..context import ReconcileContext
@@ -47,44 +43,6 @@ def owned_one(ctx: ReconcileContext, kind: str) -> Mapping[str, Any] | None:
     """The child of `kind` this InferenceDeployment controls, as the watches hold it (not deleting)."""
     owned = [o for o in ctx.cache.owned(kind, ctx.uid) if not o["metadata"].get("deletionTimestamp")]
     return owned[0] if owned else None
-
-
-def desired_children(inputs: ServingInputs, kind: Workload) -> list[dict[str, Any]]:
-    if kind == "Rollout":
-        children = [
-            build_service(inputs),
-            build_service(inputs, canary=True),
-            build_analysis_template(inputs),
-            build_rollout(inputs),
-        ]
-    else:
-        children = [build_service(inputs), build_deployment(inputs)]
-    if inputs.spec.autoscaling is not None:
-        children.append(build_autoscaler(inputs, kind))  # after the workload it scales
-    return children
-
-
-def _contains(have: Any, want: Any) -> bool:
-    if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(k in have and _contains(have[k], v) for k, v in want.items())
-    if isinstance(want, list):
-        return (
-            isinstance(have, list)
-            and len(have) == len(want)
-            and all(_contains(h, w) for h, w in zip(have, want, strict=True))
-        )
-    return bool(have == want)
-
-
-def drifted(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
-    """Whether a field the operator sets differs in the observed child: every desired label,
-    annotation, owner reference and spec field must be there with its value. What others add (the
-    apiserver's defaults, Argo Rollouts' selector hash, the autoscaler's replicas) is not drift."""
-    want_meta, have_meta = desired.get("metadata") or {}, observed.get("metadata") or {}
-    for key in ("labels", "annotations", "ownerReferences"):
-        if key in want_meta and not _contains(have_meta.get(key), want_meta[key]):
-            return True
-    return not _contains(observed.get("spec") or {}, desired.get("spec") or {})
 
 
 def _apply(
@@ -132,11 +90,11 @@ def sync_children(
     children: Sequence[Mapping[str, Any]],
     kind: Workload,
     workload: Mapping[str, Any] | None,
-    *,
-    all_of_them: bool,
 ) -> tuple[Mapping[str, Any] | None, tuple[Event, ...]]:
-    """Apply every child (`all_of_them`: the desired set changed), else the ones missing or drifted
-    from what the watches hold, each with a Warning event. The workload as it now is."""
+    """Apply every child that is missing or drifted from what the watches hold (builders/drift.py:
+    the desired-hash annotation, or a field the operator sets that no longer holds its value); a
+    missing or hand-edited one with a Warning event. Delete the children older versions or the other
+    workload kind left (`obsolete_children`). The workload as it now is."""
     stale: list[Mapping[str, Any]] = []
     events: list[Event] = []
     for child in children:
@@ -144,29 +102,23 @@ def sync_children(
         observed = ctx.cache.get(str(child["kind"]), ctx.namespace, str(meta["name"]))
         if observed is not None and observed["metadata"].get("deletionTimestamp"):
             observed = None
-        if all_of_them:
-            stale.append(child)
-        elif observed is None:
-            stale.append(child)
+        if not drifted(child, observed):
+            continue
+        stale.append(child)
+        what = f"the {child['kind']} {meta['name']}"
+        if observed is None and workload is not None:
+            events.append(Event("ChildRecreated", f"{what} was missing: created it again", "Warning"))
+        elif observed is not None and observed_hash(observed) == observed_hash(child):
             events.append(
-                Event(
-                    "ChildRecreated",
-                    f"the {child['kind']} {meta['name']} was missing: created it again",
-                    "Warning",
-                )
-            )
-        elif drifted(child, observed):
-            stale.append(child)
-            events.append(
-                Event(
-                    "ChildReverted",
-                    f"the {child['kind']} {meta['name']} was edited (by hand?): applied it again",
-                    "Warning",
-                )
+                Event("ChildReverted", f"{what} was edited (by hand?): applied it again", "Warning")
             )
     if stale:
-        written = _apply(ctx, inputs, stale, kind, workload)
-        workload = written or workload
+        workload = _apply(ctx, inputs, stale, kind, workload) or workload
+    for other_kind, name in obsolete_children(inputs, kind):
+        found = ctx.cache.get(other_kind, ctx.namespace, name)
+        if found is not None and controller_uid(found) == ctx.uid:
+            ctx.require_clients().raw.delete(other_kind, ctx.namespace, name)
+            ctx.cache.delete(other_kind, ctx.namespace, name)
     return workload, tuple(events)
 
 
@@ -180,16 +132,12 @@ def retire_other_workload(
         return ()
     other: Workload = "Deployment" if kind == "Rollout" else "Rollout"
     raw = ctx.require_clients().raw
-    if kind == "Deployment" and ctx.cache.get("Service", ctx.namespace, canary_service_name(inputs)):
-        raw.delete("Service", ctx.namespace, canary_service_name(inputs))
-        ctx.cache.delete("Service", ctx.namespace, canary_service_name(inputs))
     stale = owned_one(ctx, other)
     if stale is None:
         return ()
     name = str(stale["metadata"]["name"])
     raw.delete(other, ctx.namespace, name)
     if other == "Rollout":
-        raw.delete("Service", ctx.namespace, canary_service_name(inputs))
         raw.delete("AnalysisTemplate", ctx.namespace, analysis_template_name(inputs))
     return (Event("WorkloadReplaced", f"the {kind} serves: deleted the {other} {name} it replaces"),)
 
