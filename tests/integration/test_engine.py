@@ -74,8 +74,9 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
     assert writes == []
     assert [r for r in requests if r[0] == "get"] == []
     lists = sorted(r[1] for r in requests if r[0] == "list")
-    # Our four kinds, and the children's informers: Jobs, Pods, Deployments, and Rollouts (the session's
-    # control plane runs Argo Rollouts, so discovery finds them).
+    # Our four kinds, and the children's informers: Jobs, Pods, Deployments, Services, autoscalers,
+    # Secrets (metadata only), and Rollouts and AnalysisTemplates (the session's control plane runs
+    # Argo Rollouts, so its CRD is found). The CRD itself is cluster-scoped: not in this namespace.
     assert lists == sorted(
         [
             "datasets",
@@ -85,7 +86,11 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
             "jobs",
             "pods",
             "deployments",
+            "services",
+            "horizontalpodautoscalers",
+            "secrets",
             "rollouts",
+            "analysistemplates",
         ]
     )
 

@@ -91,6 +91,10 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
     run = custom.get_namespaced_custom_object(G, V, namespace, "trainingruns", "victim")
     job = batch.read_namespaced_job("victim-a1", namespace)
     labels = {"app.kubernetes.io/managed-by": "mlops-operator"}  # copied, so the informers see them
+    # A real owner in A as well, so the garbage collector (to which an owner in another namespace is
+    # absent) keeps the forgeries around while the operator sees them.
+    anchor = core.create_namespaced_config_map(attacker, {"metadata": {"name": "anchor"}})
+    keep = {"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": anchor.metadata.uid}
     container = {"name": "x", "image": "busybox", "command": ["true"]}
     # A Job in A claiming B's TrainingRun as its controller.
     batch.create_namespaced_job(
@@ -101,7 +105,10 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
             "metadata": {
                 "name": "victim-a1",
                 "labels": labels,
-                "ownerReferences": [_owner("TrainingRun", "victim", run["metadata"]["uid"], f"{G}/{V}")],
+                "ownerReferences": [
+                    _owner("TrainingRun", "victim", run["metadata"]["uid"], f"{G}/{V}"),
+                    keep,
+                ],
             },
             "spec": {
                 "template": {
@@ -124,7 +131,7 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
             "metadata": {
                 "name": "victim-a1-forged",
                 "labels": {**labels, "job-name": "victim-a1"},
-                "ownerReferences": [_owner("Job", "victim-a1", job.metadata.uid, "batch/v1")],
+                "ownerReferences": [_owner("Job", "victim-a1", job.metadata.uid, "batch/v1"), keep],
             },
             "spec": {"restartPolicy": "Never", "containers": [container], "tolerations": [KWOK_TOLERATION]},
         },
