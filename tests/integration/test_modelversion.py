@@ -23,6 +23,7 @@ from mlops_operator.dev.controlplane import ControlPlane, GpuNodePool, gpu_node_
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.pods import finish_pod
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
+from mlops_operator.integrations.registry import RegistryTarget, VersionRequest, open_registry
 from tests.integration.conftest import OperatorProcess, start_operator
 from tests.waiting import wait_for, wait_for_events
 
@@ -660,3 +661,98 @@ def test_an_engine_built_for_another_gpu_is_not_served(
     assert obj["status"]["phase"] == "Failed"
     assert "NVIDIA-L4" in _condition(obj)["message"]
     assert client.AppsV1Api(core.api_client).list_namespaced_deployment(namespace).items == []
+
+
+def _gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    try:
+        _get(custom, namespace, name)
+    except client.ApiException as error:
+        return error.status == 404
+    return False
+
+
+def _jobs(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    batch = client.BatchV1Api(core.api_client)
+    selector = f"app.kubernetes.io/instance={name}"
+    return {j.metadata.name: j for j in batch.list_namespaced_job(namespace, label_selector=selector).items}
+
+
+def test_a_delete_during_registration_archives_the_version_it_made_by_its_uid(
+    control_plane: ControlPlane,
+    mlflow_server: LocalMlflow,
+    source: str,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    """The state a delete leaves when it lands while register() runs: the registry has the version
+    (tagged with the object's UID, aliases on it), the status write that would have recorded it
+    was refused (409), so status names no version; the registry finalizer is held. The operator
+    then starts on the deleted object: the version must be archived, not left with its aliases."""
+    model = _model_name()
+    body = _mv("racing", source, mlflow_server)
+    body["spec"]["registry"] |= {"collection": model, "aliases": ["champion"], "deletionPolicy": "Archive"}
+    body["metadata"]["finalizers"] = ["mlops.dev/registry"]
+    uid = custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)["metadata"]["uid"]
+    custom.patch_namespaced_custom_object_status(
+        G, V, namespace, "modelversions", "racing", {"status": {"phase": "Registering"}}
+    )
+    target = RegistryTarget(
+        provider="mlflow", model_name=model, project="digits", tracking_uri=mlflow_server.tracking_uri
+    )
+    registry = open_registry(target)
+    made = registry.register(VersionRequest(uid=uid, source_uri=f"{source}model.onnx", tags={}))
+    registry.set_aliases(made.version, add=["champion", "staging"], remove=[])
+    custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "racing")
+
+    operator = start_operator(control_plane, namespace, tmp_path / "operator.log", REGISTRY_ENV)
+    try:
+        wait_for(lambda: _gone(custom, namespace, "racing"), "the ModelVersion to be deleted", 30)
+    finally:
+        operator.stop()
+    version = MlflowClient(mlflow_server.tracking_uri).get_model_version(model, made.version)
+    assert version.aliases == []
+    assert version.tags["mlops.dev/archived"] == "true"
+
+
+def test_a_stage_past_its_deadline_fails_and_finished_stage_jobs_are_deleted(
+    control_plane: ControlPlane,
+    source: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    operator = start_operator(
+        control_plane, namespace, tmp_path / "operator.log", {"MLOPS_STAGE_DEADLINE_SECONDS": "6"}
+    )
+    try:
+        # In time (the spec's deadline overrides the operator's): once Ready, no stage Job is left.
+        quick = _mv("quick", source)
+        quick["spec"]["compile"]["deadlineSeconds"] = 600
+        quick["spec"]["evaluation"]["deadlineSeconds"] = 300
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", quick)
+        _wait(custom, namespace, "quick", "Compiling")
+        assert _jobs(core, namespace, "quick")["quick-compile-a1"].spec.active_deadline_seconds == 600
+        _finish_stage(core, namespace, "quick-compile-a1", compiled())
+        _wait(custom, namespace, "quick", "Evaluating")
+        assert _jobs(core, namespace, "quick")["quick-evaluate-a1"].spec.active_deadline_seconds == 300
+        _finish_stage(core, namespace, "quick-evaluate-a1", evaluated())
+        _wait(custom, namespace, "quick", "Ready")
+        wait_for(lambda: not _jobs(core, namespace, "quick"), "the finished stage Jobs to be deleted", 30)
+
+        # A compile that hangs: stopped at the operator's deadline, not retried, its Job deleted.
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _mv("hung", source))
+        _wait(custom, namespace, "hung", "Compiling")
+        assert _jobs(core, namespace, "hung")["hung-compile-a1"].spec.active_deadline_seconds == 6
+        failed = _wait(custom, namespace, "hung", "Failed", "StageDeadlineExceeded", timeout=60)
+        assert "ran past its deadline of 6s" in _condition(failed)["message"]
+        (failure,) = failed["status"]["failures"]
+        assert (failure["stage"], failure["reason"], failure["retryable"]) == (
+            "compile",
+            "StageDeadlineExceeded",
+            False,
+        )
+        wait_for(lambda: not _jobs(core, namespace, "hung"), "the stopped compile Job to be deleted", 30)
+    finally:
+        operator.stop()
