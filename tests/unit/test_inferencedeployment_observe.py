@@ -445,7 +445,8 @@ def test_a_spec_that_waits_is_not_observed():
         "observedGeneration": 3,
         "workloadKind": "Deployment",
     }
-    ctx = _ctx_with(status, ("ModelVersion", v2), ("Deployment", deployment))
+    v1 = {"kind": "ModelVersion", "metadata": {"name": "v1", "namespace": "ns", "uid": "mv1"}}
+    ctx = _ctx_with(status, ("ModelVersion", v1), ("ModelVersion", v2), ("Deployment", deployment))
     ctx.clients = Clients(api=None, rollouts=False)
     spec = InferenceDeploymentSpec.model_validate(
         {"modelVersionRef": {"name": "v2"}, "rollout": {"strategy": "recreate"}}
@@ -455,3 +456,36 @@ def test_a_spec_that_waits_is_not_observed():
     assert outcome.fields["observedGeneration"] == 3
     ready, waiting = outcome.conditions
     assert (ready.status, waiting.status, waiting.reason) == ("True", "True", "ModelVersionNotReady")
+
+
+def test_the_stable_versions_modelversion_being_deleted_is_said_while_it_serves_on():
+    v1 = {
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": "v1",
+            "namespace": "ns",
+            "uid": "mv1",
+            "deletionTimestamp": "2026-01-01T12:00:00Z",
+        },
+    }
+    v2 = {"kind": "ModelVersion", "metadata": {"name": "v2", "namespace": "ns", "uid": "mv2"}, "status": {}}
+    deployment = _deployment("v1", ready=2)
+    deployment["metadata"] |= {"uid": "dep-uid", "ownerReferences": [{"uid": "idep-uid", "controller": True}]}
+    status = {
+        "phase": "Available",
+        "stableVersion": "v1",
+        "observedGeneration": 3,
+        "workloadKind": "Deployment",
+    }
+    ctx = _ctx_with(status, ("ModelVersion", v1), ("ModelVersion", v2), ("Deployment", deployment))
+    ctx.clients = Clients(api=None, rollouts=False)
+    spec = InferenceDeploymentSpec.model_validate(
+        {"modelVersionRef": {"name": "v2"}, "replicas": 2, "rollout": {"strategy": "recreate"}}
+    )
+    outcome = inferencedeployment.reconcile(spec, ctx)
+    assert isinstance(outcome, Outcome)
+    ready = outcome.conditions[0]
+    assert (ready.status, ready.reason) == ("True", "ModelVersionDeleting")
+    assert "v1 serves on 2 ready replica(s)" in ready.message
+    assert "ModelVersion v1, which serves, is being deleted" in ready.message
+    assert [(e.reason, e.type) for e in outcome.events] == [("ServedModelVersionGone", "Warning")]

@@ -129,6 +129,7 @@ def _waiting(
     name: str,
     problem: tuple[str, str],
     fallback: str | None,
+    note: tuple[str, str] | None,
 ) -> Outcome:
     """The spec's version cannot be rolled out: whatever serves goes on serving."""
     status = ctx.status
@@ -140,19 +141,15 @@ def _waiting(
         return Outcome(phase, (ready("False", problem[0], problem[1]),))
     events: tuple[Event, ...] = ()
     withdrawn = _withdrawn(spec, ctx, workload, name, problem) if kind == "Rollout" else None
-    note = None
     serving = template_version(workload)
-    if name == serving == status.get("stableVersion"):
-        # The stable version's own ModelVersion is gone or not Ready: it serves on, and says so.
-        note = (problem[0] if problem[0] != "ModelVersionNotFound" else "ModelVersionDeleted", problem[1])
-    elif withdrawn is not None and not (workload.get("status") or {}).get("abort"):
+    if withdrawn is not None and not (workload.get("status") or {}).get("abort"):
         workload = set_abort(ctx, workload, True)
         ROLLOUTS_ABORTED.labels(namespace=ctx.namespace).inc()
         message = f"aborted the canary of {serving}: {withdrawn[1]}; {status.get('stableVersion')} keeps 100%"
         events = (Event(withdrawn[0], message, "Warning"),)
-    situation = Situation(
-        waiting=None if note else problem, withdrawn=withdrawn, note=note, fallback=fallback, other=other
-    )
+    # The spec names the stable version, whose ModelVersion went away: the note says it (in Ready).
+    waiting = None if note is not None and name == status.get("stableVersion") else problem
+    situation = Situation(waiting=waiting, withdrawn=withdrawn, note=note, fallback=fallback, other=other)
     outcome = observe(spec, ctx, kind, workload, situation)
     # The spec was not applied: observedGeneration stays where the last applied spec left it, and
     # CanaryWaiting (or Ready) says why.
@@ -205,9 +202,8 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     stable = status.get("stableVersion")
     # The stable version serves on while its ModelVersion is being deleted (the in-use finalizer
     # holds it): judged on the rest, and Ready's reason says so.
-    serves_on = name == stable
-    problem = not_servable(spec, mv, name, deleting_ok=serves_on)
-    note = (DELETING, f"ModelVersion {name} is being deleted") if serves_on and mv and _deleting(mv) else None
+    problem = not_servable(spec, mv, name, deleting_ok=name == stable)
+    note = _stable_note(ctx, stable, mv if name == stable else None)
     repository: dict[str, str] | None = None
     prometheus: str | None = None
     if problem is None:
@@ -223,7 +219,7 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
         else:
             repository = found
     if problem is not None:
-        return _waiting(spec, ctx, kind, workload, name=name, problem=problem, fallback=fallback)
+        return _waiting(spec, ctx, kind, workload, name=name, problem=problem, fallback=fallback, note=note)
     assert mv is not None
     assert repository is not None
     try:
@@ -271,5 +267,19 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     return Outcome(outcome.phase, conditions, fields, events=(*outcome.events, *events))
 
 
-def _deleting(mv: Mapping[str, Any]) -> bool:
-    return bool(mv["metadata"].get("deletionTimestamp"))
+def _stable_note(
+    ctx: ReconcileContext, stable: str | None, mv: Mapping[str, Any] | None
+) -> tuple[str, str] | None:
+    """(Ready reason, message) when the stable version's ModelVersion is gone or being deleted: it
+    serves on (its pods hold their repository), and the status says so until another serves."""
+    if not stable:
+        return None
+    mv = mv or read_object(ctx, "ModelVersion", "modelversions", stable)
+    act = "point spec.modelVersionRef at another version"
+    if mv is None:
+        return "ModelVersionDeleted", f"ModelVersion {stable}, which serves, no longer exists: {act}"
+    if mv["metadata"].get("deletionTimestamp"):
+        return DELETING, (
+            f"ModelVersion {stable}, which serves, is being deleted (it stays while it serves): {act}"
+        )
+    return None
