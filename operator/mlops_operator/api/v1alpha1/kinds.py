@@ -119,7 +119,7 @@ KINDS: tuple[KindInfo, ...] = (
             PHASE,
             PrinterColumn("Model", ".spec.modelName"),
             PrinterColumn("Target", ".spec.compile.target"),
-            PrinterColumn("Accuracy", ".status.metrics.accuracy", "number", "Evaluated accuracy."),
+            PrinterColumn("Accuracy", ".status.accuracy", "number", "Evaluated accuracy (4 decimals)."),
             PrinterColumn("Registry Version", ".status.registry.version"),
             READY,
             AGE,

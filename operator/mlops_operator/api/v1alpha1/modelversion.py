@@ -394,6 +394,10 @@ class ModelVersionStatus(StatusBase):
     lineage: Lineage | None = Field(default=None, description="TrainingRun, Dataset and data fingerprint.")
     engine: Engine | None = Field(default=None, description="The compiled artifact.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation results.")
+    accuracy: float | None = Field(
+        default=None,
+        description="metrics.accuracy rounded to 4 decimals, for `kubectl get` (the exact value is in metrics).",
+    )
     gates: list[GateResult] = Field(default_factory=list, description="Acceptance gate results.")
     registry: RegistryStatus | None = Field(default=None, description="Registration.")
     spec_hash: str | None = Field(

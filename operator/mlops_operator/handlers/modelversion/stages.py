@@ -254,6 +254,7 @@ def _evaluated(
     started = (find_condition(status.get("conditions", []), READY) or {}).get("lastTransitionTime")
     fields: dict[str, Any] = {
         "metrics": metrics,
+        "accuracy": round(metrics["accuracy"], 4) if "accuracy" in metrics else None,
         "engine": engine,
         "evaluationSeconds": _seconds_between(started, finished),
         "nextAttemptTime": None,
