@@ -147,28 +147,44 @@ def _start_operator(plane: ControlPlane, namespace: str, log: Path) -> subproces
         )
 
 
+# What the demo shows of each stage's status: the outcome, the numbers, and where things went.
+REPORTED = {
+    "TrainingRun": (
+        "phase",
+        "attempt",
+        "metrics",
+        "modelURI",
+        "checkpointURI",
+        "wandbRun",
+        "datasetFingerprint",
+    ),
+    "ModelVersion": ("phase", "accuracy", "metrics", "gates", "engine", "lineage", "registry"),
+}
+
+
+def _status_report(plane: ControlPlane, namespace: str, doc: dict[str, Any]) -> str:
+    """The reported fields the object's status has (none is printed as null), or why there are none:
+    never a bare `{}`."""
+    name = doc["metadata"]["name"]
+    plural = kind_by_name(doc["kind"]).plural
+    out = plane.kubectl("get", plural, name, "-n", namespace, "-o", "json", check=False)
+    if out.returncode != 0:
+        return f"{doc['kind']} {name}: cannot be read: {out.stderr.strip() or out.stdout.strip()}"
+    status = json.loads(out.stdout).get("status") or {}
+    shown = {k: status[k] for k in REPORTED[doc["kind"]] if status.get(k) not in (None, {}, [])}
+    if not shown:
+        ready = _ready_condition({"status": status})
+        why = f"{ready.get('reason')}: {ready.get('message')}" if ready else "not reconciled yet"
+        return f"{doc['kind']} {name}: no results in its status ({why})"
+    return f"{doc['kind']} {name}:\n{json.dumps(shown, indent=2)}"
+
+
 def _report(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
     print(plane.kubectl("get", "mlops", "-n", namespace, check=False).stdout, flush=True)
     print(plane.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout)
     for doc in docs:
-        if doc["kind"] == "TrainingRun":
-            status = _get(plane, namespace, doc).get("status", {})
-            fields = (
-                "phase",
-                "attempt",
-                "metrics",
-                "modelURI",
-                "checkpointURI",
-                "wandbRun",
-                "datasetFingerprint",
-            )
-            print(f"TrainingRun {doc['metadata']['name']}:")
-            print(json.dumps({k: status.get(k) for k in fields}, indent=2), flush=True)
-        if doc["kind"] == "ModelVersion":
-            status = _get(plane, namespace, doc).get("status", {})
-            shown = ("phase", "metrics", "gates", "engine", "lineage", "registry")
-            print(f"ModelVersion {doc['metadata']['name']}:")
-            print(json.dumps({k: status.get(k) for k in shown}, indent=2), flush=True)
+        if doc["kind"] in REPORTED:
+            print(_status_report(plane, namespace, doc), flush=True)
 
 
 def _print_registered(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
