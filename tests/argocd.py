@@ -1,10 +1,14 @@
 """The Argo CD health checks of charts/mlops-operator/argocd/, run as Argo CD runs them.
 
 Argo CD (gopher-lua, Lua 5.1) sets the global `obj` to the live object and reads the table the
-script returns, {status=..., message=...}. Here the same script runs on lupa's `lua51` engine, with
-only the libraries a health script may rely on (base, string, table, math). Shared by the unit tests
-(on objects captured from the integration tests, tests/data/argocd/) and the integration test that
-captures them (on the live objects).
+script returns, {status=..., message=...}. Here the same script runs on lupa's `lua51` engine with
+exactly the libraries Argo CD opens for a health script from argocd-cm (`useOpenLibs` unset):
+gopher-lua is started with `SkipOpenLibs` and given package, base and table, plus a "safe" os
+(`time`, `date`) reachable only through `require("os")` (argo-cd util/lua/lua.go `runLua`,
+oslib_safe.go). No `string` (nor string methods: gopher-lua's string metatable comes with that
+library), no `math`, `io`, `os` global, `coroutine` or `debug`: a script that uses one fails here
+as it would in Argo CD. Shared by the unit tests (on objects captured from the integration tests,
+tests/data/argocd/) and the integration test that captures them (on the live objects).
 """
 
 from __future__ import annotations
@@ -20,8 +24,20 @@ ARGOCD = ROOT / "charts" / "mlops-operator" / "argocd"
 CAPTURED = ROOT / "tests" / "data" / "argocd"
 KINDS = ("Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment")
 HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing"}
-# What Argo CD's sandbox does not give a health script.
-_UNSAFE = ("io", "os", "package", "require", "dofile", "loadfile", "load", "loadstring", "debug")
+# The globals of gopher-lua's base library (baselib.go baseFuncs, OpenBase) and package library
+# (loadlib.go), the two of its libraries Argo CD opens with table (a global table of its own).
+ARGOCD_BASE = frozenset(
+    {
+        "_G", "_VERSION", "assert", "collectgarbage", "dofile", "error", "getfenv", "getmetatable",
+        "ipairs", "load", "loadfile", "loadstring", "module", "next", "pairs", "pcall", "print",
+        "rawequal", "rawget", "rawset", "require", "select", "setfenv", "setmetatable", "tonumber",
+        "tostring", "type", "unpack", "xpcall", "package",
+    }
+)  # fmt: skip
+# gopher-lua's table library (tablelib.go): Lua 5.1's without foreach, foreachi and setn.
+ARGOCD_TABLE = frozenset({"concat", "getn", "insert", "maxn", "remove", "sort"})
+# Argo CD's safe os (oslib_safe.go), preloaded for require("os").
+ARGOCD_OS = ("time", "date")
 
 # Each captured object (tests/data/argocd/<name>.json) and the health its kind's script must give
 # it: (status, a fragment of the message). The integration test test_argocd_health.py makes every
@@ -58,17 +74,45 @@ EXPECTED: dict[str, tuple[str, str]] = {
 }
 
 
+def argocd_runtime() -> Any:
+    """A Lua 5.1 state with the libraries Argo CD gives a health script, and no other."""
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=False)
+    assert str(runtime.eval("_VERSION")) == "Lua 5.1"
+    runtime.execute(
+        """
+        local base, tablelib, oslib = ...
+        local safe_os = {}
+        for i = 1, #oslib do safe_os[oslib[i]] = os[oslib[i]] end
+        package.loaded.os, package.preload.os = nil, function() return safe_os end
+        for name in pairs(package.loaded) do
+          if name ~= "_G" and name ~= "package" and name ~= "table" then package.loaded[name] = nil end
+        end
+        for name in pairs(table) do
+          if not tablelib[name] then table[name] = nil end
+        end
+        -- Strings lose their methods: gopher-lua sets the string metatable in its string library.
+        debug.setmetatable("", nil)
+        local names = {}
+        for name in pairs(_G) do names[#names + 1] = name end
+        for _, name in ipairs(names) do
+          if not base[name] and name ~= "table" then _G[name] = nil end
+        end
+        """,
+        runtime.table_from(dict.fromkeys(ARGOCD_BASE, True)),
+        runtime.table_from(dict.fromkeys(ARGOCD_TABLE, True)),
+        runtime.table_from(list(ARGOCD_OS)),
+    )
+    return runtime
+
+
 def script(kind: str) -> str:
     return (ARGOCD / f"{kind.lower()}.lua").read_text()
 
 
 def assess(obj: dict[str, Any], kind: str | None = None) -> dict[str, str]:
     """The health Argo CD would show for `obj`: {"status": ..., "message": ...}."""
-    runtime = lua51.LuaRuntime(unpack_returned_tuples=False)
+    runtime = argocd_runtime()
     env = runtime.globals()
-    assert str(runtime.eval("_VERSION")) == "Lua 5.1"
-    for name in _UNSAFE:
-        env[name] = None
     # JSON as Argo CD hands it over: objects and arrays become tables (arrays 1-based), null is nil.
     env.obj = runtime.table_from(json.loads(json.dumps(obj)), recursive=True)
     result = runtime.execute(script(kind or obj["kind"]))

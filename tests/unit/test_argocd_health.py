@@ -17,6 +17,7 @@ from tests.argocd import (
     EXPECTED,
     HEALTH,
     KINDS,
+    argocd_runtime,
     assess,
     captured,
     customization_key,
@@ -115,3 +116,43 @@ def test_resource_customizations_hold_exactly_the_scripts() -> None:
     readme = (ARGOCD / "README.md").read_text()
     for kind in KINDS:
         assert customization_key(kind) in readme
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        'return string.format("%d", 1)',
+        'return ("Ready"):lower()',
+        "return math.floor(1.5)",
+        "return os.time()",
+        "return io.write('x')",
+        "return coroutine.create(print)",
+        'return require("string")',
+        "return table.foreach({}, print)",
+    ],
+)
+def test_a_script_using_a_library_argo_cd_does_not_open_fails(code: str) -> None:
+    """Argo CD opens package, base and table for a health script (util/lua/lua.go): the scripts
+    are run with that set, so one that calls string.*, math.* or a string method fails here too."""
+    with pytest.raises(Exception, match=r"nil value|attempt to index|not found"):
+        argocd_runtime().execute(code)
+
+
+def test_what_argo_cd_does_open_is_there() -> None:
+    runtime = argocd_runtime()
+    assert runtime.execute('return table.concat({"a", "b"}, "-") .. tostring(#"abc")') == "a-b3"
+    assert runtime.execute('return type(require("os").date("!%Y"))') == "string"
+    assert (
+        runtime.execute("return type(pcall) .. type(ipairs) .. type(tonumber)") == "functionfunctionfunction"
+    )
+
+
+def test_a_health_script_that_uses_string_fails_as_it_would_in_argo_cd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tests.argocd
+
+    lowered = 'return {status = "Healthy", message = string.lower(obj.status.phase)}'
+    monkeypatch.setattr(tests.argocd, "script", lambda _kind: lowered)
+    with pytest.raises(Exception, match=r"attempt to index global 'string'"):
+        assess({"kind": "Dataset", "status": {"phase": "Ready"}})
