@@ -425,6 +425,13 @@ def test_a_tenants_prometheus_address_off_the_allow_list_is_refused(address):
         analysis_address(_spec(analysis={"prometheusAddress": address}), config)
 
 
+def test_the_operators_own_ipv6_prometheus_may_be_named_and_only_its_port():
+    config = _config("http://[fd00::9]:9090")
+    assert analysis_address(_spec(analysis={"prometheusAddress": "http://[fd00::9]:9090/x"}), config)
+    with pytest.raises(EndpointNotAllowedError, match=r"fd00::9:9091"):
+        analysis_address(_spec(analysis={"prometheusAddress": "http://[fd00::9]:9091"}), config)
+
+
 def test_an_address_no_analysis_uses_is_not_checked():
     config = _config(None, [])
     bad = {"prometheusAddress": "http://169.254.169.254"}
