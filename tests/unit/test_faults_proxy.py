@@ -97,6 +97,17 @@ def test_cut_resets_open_connections_and_refuses_new_ones_until_healed(proxy: Tc
         assert _roundtrip(after) == b"ping"
 
 
+def test_cut_resets_an_idle_connection_at_once(proxy: TcpProxy) -> None:
+    """A watch waits on an idle connection: the cut must reach it (an RST) without the client
+    sending anything, as when a NAT entry or a load balancer drops the connection."""
+    with _connect(proxy) as sock:
+        assert _roundtrip(sock) == b"ping"
+        proxy.cut()
+        sock.settimeout(2)
+        with pytest.raises(ConnectionResetError):
+            sock.recv(10)
+
+
 def test_blackhole_stalls_then_delivers_after_heal(proxy: TcpProxy) -> None:
     open_before = _connect(proxy)
     assert _roundtrip(open_before) == b"ping"

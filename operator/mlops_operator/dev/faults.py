@@ -35,9 +35,13 @@ _CHUNK = 64 * 1024
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with an RST rather than a FIN: the peer sees "connection reset by peer"."""
+    """Close with an RST rather than a FIN: the peer sees "connection reset by peer". A pump thread
+    may be blocked in recv() on the socket, which keeps it alive past close(): SHUT_RD wakes that
+    recv (sending nothing), and the RST goes out when the last reference to the socket is gone."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         sock.close()
 

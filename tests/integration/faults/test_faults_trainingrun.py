@@ -63,7 +63,10 @@ def test_operator_cut_off_from_the_apiserver_while_the_pod_completes(
         _wait_phase(custom, namespace, "cut", "Running")
         (pod,) = _running_pods(core, namespace, "cut-a1")
         cut_at = time.monotonic()
+        open_before = proxy.open_connections()
         with proxy.cut_for(CUT_SECONDS):
+            print(f"cut {open_before} connection(s) of the operator")
+            assert open_before > 0
             assert proxy.open_connections() == 0
             finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
             wait_for(
