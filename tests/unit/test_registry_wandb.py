@@ -391,3 +391,14 @@ def test_sdk_failures_become_the_interface_errors_without_the_key() -> None:
         registry._call("login", fails(wandb.errors.AuthenticationError(f"invalid API key {API_KEY}")))
     assert API_KEY not in str(refused.value)
     assert "credentialsSecretRef" in str(refused.value)
+
+
+def test_a_busy_registry_is_a_transient_wait_not_an_outage() -> None:
+    from mlops_operator.handlers.base import ATTENTION_REASONS, TRANSIENT_REASONS
+    from mlops_operator.handlers.modelversion.registry import registry_problem
+
+    reason, message = registry_problem(RegistryBusyError("another registration holds it"), "registering")
+    assert reason == "RegistryBusy"
+    assert message == "registering: another registration holds it"
+    assert reason in TRANSIENT_REASONS  # retried with backoff by the engine
+    assert reason not in ATTENTION_REASONS  # no Warning event: nothing is wrong

@@ -11,6 +11,7 @@ from ...integrations.endpoints import EndpointNotAllowedError, require_allowed
 from ...integrations.registry import (
     ModelRegistry,
     RegisteredVersion,
+    RegistryBusyError,
     RegistryRejectedError,
     RegistryTarget,
     RegistryUnavailableError,
@@ -75,6 +76,8 @@ def registry_problem(error: Exception, doing: str) -> tuple[str, str]:
     """(Ready reason, message) of a registry error while `doing` something."""
     if isinstance(error, RegistryProblemError):
         return error.reason, f"{doing}: {error.message}"
+    if isinstance(error, RegistryBusyError):  # another registration runs: no outage, no warning
+        return "RegistryBusy", f"{doing}: {error}"
     if isinstance(error, RegistryUnavailableError):
         return "RegistryUnavailable", f"{doing}: the registry is unavailable ({error}); retrying"
     return "RegistryRejected", f"{doing}: the registry refused the request ({error})"

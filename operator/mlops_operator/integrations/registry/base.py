@@ -72,6 +72,11 @@ class RegistryUnavailableError(RegistryError):
     """Connection refused or reset, timeout, DNS, HTTP 5xx or 429: try again later."""
 
 
+class RegistryBusyError(RegistryUnavailableError):
+    """The provider is busy with another registration it can only do one at a time (W&B's
+    process-wide session): try again shortly; nothing is wrong with the registry."""
+
+
 class RegistryRejectedError(RegistryError):
     """The registry refused the request (bad credential, permission, invalid name): a person has to
     change the spec, the Secret or the registry. The message says what, without the credential."""

@@ -44,6 +44,7 @@ from .base import (
     UID_ALIAS_PREFIX,
     UID_TAG,
     RegisteredVersion,
+    RegistryBusyError,
     RegistryRejectedError,
     RegistryTarget,
     RegistryUnavailableError,
@@ -71,10 +72,6 @@ _RUNNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-register")
 # Operations of one registration, each bounded by the call timeout: what a worker waits for at most.
 REGISTER_CALLS = 6
 T = TypeVar("T")
-
-
-class RegistryBusyError(RegistryUnavailableError):
-    """Another tenant's registration holds the SDK's process-wide session: try again shortly."""
 
 
 class _NotFoundError(Exception):
