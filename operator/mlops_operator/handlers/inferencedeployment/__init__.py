@@ -33,7 +33,9 @@ from ...builders.serving import (
     analysis_address,
     analysis_disabled,
     autoscaler_name,
-    children,
+)
+from ...builders.serving import (
+    children as build_children,
 )
 from ...integrations.endpoints import EndpointNotAllowedError
 from ...k8s.conditions import ConditionUpdate, find_condition
@@ -170,7 +172,7 @@ def _sync(
     inputs = _serving_inputs(
         spec, ctx, mv, repository, prometheus=prometheus, workload_exists=workload is not None
     )
-    desired = children(inputs, kind)
+    desired = build_children(inputs, kind)
     before = template_version(workload)
     written, events = sync_children(ctx, inputs, desired, kind, workload)
     assert written is not None  # the workload was applied if it was missing
