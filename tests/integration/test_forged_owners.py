@@ -95,7 +95,7 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
     # absent) keeps the forgeries around while the operator sees them.
     anchor = core.create_namespaced_config_map(attacker, {"metadata": {"name": "anchor"}})
     keep = {"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": anchor.metadata.uid}
-    container = {"name": "x", "image": "busybox", "command": ["true"]}
+    container = {"name": "trainer", "image": "busybox", "command": ["true"]}  # as the run's own pods
     # A Job in A claiming B's TrainingRun as its controller.
     batch.create_namespaced_job(
         attacker,
@@ -103,7 +103,7 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": {
-                "name": "victim-a1",
+                "name": "victim-a2",  # as if a later attempt of the victim's run
                 "labels": labels,
                 "ownerReferences": [
                     _owner("TrainingRun", "victim", run["metadata"]["uid"], f"{G}/{V}"),
@@ -150,13 +150,15 @@ def test_forged_jobs_and_pods_in_another_namespace_never_touch_the_victims_run(
             status="Failed", exitCode=2, reason="InvalidConfig", message="owned by the attacker"
         ),
     )
-    wait_for(lambda: _forged_claims(operator_of_both) >= 2, "the forged claims counted", 30)
-    time.sleep(5)  # what the forgeries did before, they did within seconds
+    time.sleep(
+        10
+    )  # what the forgeries did before (deleting the Job, failing the run), they did within seconds
     after = custom.get_namespaced_custom_object(G, V, namespace, "trainingruns", "victim")
     assert after["status"]["phase"] == "Running", after["status"]
     assert "attacker" not in json.dumps(after["status"])
     assert batch.read_namespaced_job("victim-a1", namespace).metadata.uid == job.metadata.uid  # never deleted
     assert _running_pods(core, namespace, "victim-a1") == [pod]
+    assert _forged_claims(operator_of_both) >= 2  # the Job's claim and the Pod's, counted
     # And the victim's own pod still decides the run.
     finish_pod(core, namespace, pod, exit_code=0, message=_summary(metrics={"accuracy": 0.9}))
     wait_for(
