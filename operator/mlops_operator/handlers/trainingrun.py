@@ -36,6 +36,7 @@ from ..observation.pods import PERMANENT_START_FAILURES
 from ..observation.training import Failure, Observation, finite_metrics, observe
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
+from .base import ready as ready_condition
 from .context import ReconcileContext
 from .reads import read_object, read_through_job
 
@@ -46,10 +47,6 @@ START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
 # A Job that has made no pod for this long is asked why (its FailedCreate events), then every PROBE.
 NO_PODS_GRACE = timedelta(seconds=10)
 PROBE_INTERVAL = 30.0
-
-
-def _ready(status: str, reason: str, message: str) -> ConditionUpdate:
-    return ConditionUpdate(READY, status, reason, message[:MAX_MESSAGE])  # type: ignore[arg-type]
 
 
 def _seconds_until(ctx: ReconcileContext, moment: str) -> float:
@@ -82,7 +79,7 @@ def _dataset_gate(
         return None, Outcome(
             "WaitingForDataset",
             (
-                _ready(
+                ready_condition(
                     "False", "DatasetNotFound", f"Dataset {name} does not exist in namespace {ctx.namespace}"
                 ),
             ),
@@ -91,7 +88,8 @@ def _dataset_gate(
     if ready.get("status") != "True" or not dataset.get("status", {}).get("fingerprint"):
         why = f"{ready.get('reason')}: {ready.get('message')}" if ready else "not reconciled yet"
         return None, Outcome(
-            "WaitingForDataset", (_ready("False", "DatasetNotReady", f"Dataset {name} is not Ready ({why})"),)
+            "WaitingForDataset",
+            (ready_condition("False", "DatasetNotReady", f"Dataset {name} is not Ready ({why})"),),
         )
     return dataset, None
 
@@ -225,9 +223,11 @@ def _final_ready(status: Mapping[str, Any]) -> ConditionUpdate:
     if ready and ready.get("reason") not in ENGINE_REASONS:
         return ConditionUpdate(READY, ready["status"], ready["reason"], ready.get("message", ""))
     if phase == "Succeeded":
-        return _ready("True", "Succeeded", f"attempt {status.get('attempt')} succeeded")
+        return ready_condition("True", "Succeeded", f"attempt {status.get('attempt')} succeeded")
     last = (status.get("failures") or [{}])[-1]
-    return _ready("False", str(last.get("reason") or "Failed"), str(last.get("message") or "the run failed"))
+    return ready_condition(
+        "False", str(last.get("reason") or "Failed"), str(last.get("message") or "the run failed")
+    )
 
 
 def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
@@ -300,7 +300,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         return Outcome(
             "Suspended",
             (
-                _ready(
+                ready_condition(
                     "False",
                     "Suspended",
                     f"suspended at attempt {attempt}; set suspend: false to resume from the last checkpoint",
@@ -321,7 +321,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         return Outcome(
             "Pending",
             (
-                _ready(
+                ready_condition(
                     "False",
                     "WaitingForPreviousAttempt",
                     f"attempt {attempt} starts when Job {names} and its pods are gone",
@@ -336,7 +336,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         return Outcome(
             "Pending",
             (
-                _ready(
+                ready_condition(
                     "False",
                     "BackoffBeforeRetry",
                     f"attempt {attempt} starts at {next_attempt}, after {last.get('reason')}: "
@@ -352,7 +352,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         _start_attempt(ctx, inputs)
         return Outcome(
             "Starting",
-            (_ready("False", "Starting", f"attempt {attempt}: Job {name} created"), accepted),
+            (ready_condition("False", "Starting", f"attempt {attempt}: Job {name} created"), accepted),
             {"jobName": name, "attemptStartTime": now, "nextAttemptTime": None},
             requeue_after=float(_start_deadline(spec, ctx)),
         )
@@ -362,7 +362,9 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
         return Outcome(
             "Running",
             (
-                _ready("False", "Running", f"attempt {attempt} of {spec.retry.max_attempts} is running"),
+                ready_condition(
+                    "False", "Running", f"attempt {attempt} of {spec.retry.max_attempts} is running"
+                ),
                 accepted,
             ),
         )
@@ -429,7 +431,9 @@ def _starting(
             f"the attempt's pods did not start within {deadline_seconds}s ({reason}: {message})",
         )
         return _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
-    return Outcome("Starting", (_ready("False", reason, message), accepted), requeue_after=max(1.0, requeue))
+    return Outcome(
+        "Starting", (ready_condition("False", reason, message), accepted), requeue_after=max(1.0, requeue)
+    )
 
 
 def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Outcome:
@@ -438,7 +442,7 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
         return waiting
     assert dataset is not None
     if spec.suspend:
-        return Outcome("Suspended", (_ready("False", "Suspended", "suspended before it started"),))
+        return Outcome("Suspended", (ready_condition("False", "Suspended", "suspended before it started"),))
     fingerprint = str(dataset["status"]["fingerprint"])
     pin = _pin(spec, dataset, spec.image or ctx.config.trainer_image)
     first = {"datasetFingerprint": fingerprint}
@@ -455,7 +459,7 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
         "Starting",
         (
             # Its transition event says it once: no separate "Started" event per run.
-            _ready(
+            ready_condition(
                 "False",
                 "Starting",
                 f"attempt 1: Job {inputs.job_name} created; "
@@ -515,7 +519,7 @@ def _succeeded(
         message += "; the trainer left no result summary in its termination message"
     return Outcome(
         "Succeeded",
-        (_ready("True", "Succeeded", message), accepted),
+        (ready_condition("True", "Succeeded", message), accepted),
         {k: v for k, v in fields.items() if v is not None},
         requeue_after=float(spec.ttl_seconds_after_finished)
         if spec.ttl_seconds_after_finished is not None
@@ -562,7 +566,7 @@ def _failed(
         return Outcome(
             "Pending",
             (
-                _ready(
+                ready_condition(
                     "False",
                     "BackoffBeforeRetry",
                     f"attempt {attempt} failed ({failure.reason}: {message}); "
@@ -593,6 +597,6 @@ def _failed(
         )
     return Outcome(
         "Failed",
-        (_ready("False", failure.reason, f"attempt {attempt} failed ({why}): {message}"), accepted),
+        (ready_condition("False", failure.reason, f"attempt {attempt} failed ({why}): {message}"), accepted),
         {"completionTime": finished, "failures": failures, "gpuSeconds": gpu_seconds},
     )
