@@ -484,9 +484,27 @@ def test_the_manifest_is_not_recorded_under_a_fingerprint_its_lines_do_not_have(
     store = ChangingStore(dict(DATA))
     outcome = dataset.reconcile(SPEC, _ctx(store))
     assert outcome.phase == "Ready"
-    assert "manifestURI" not in outcome.fields
+    assert outcome.fields["manifestURI"] is None  # not the manifest of earlier data either
     assert "the data changed while its manifest was written" in outcome.conditions[0].message
     assert not any(".mlops/" in key for key in store.objects)
+    # Listed and written again soon, though the Dataset has no refresh interval.
+    assert outcome.requeue_after == 15
+    status = {
+        **{k: v for k, v in outcome.fields.items() if v is not None},
+        "observedGeneration": 1,
+        "phase": "Ready",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Validated"}],
+    }
+    assert dataset.due_in(SPEC, _ctx(store, status)) == 15
+    later = _ctx(store, status)
+    later.now = lambda: NOW + timedelta(seconds=15)
+    assert dataset.due_in(SPEC, later) == 0
+    again = dataset.reconcile(SPEC, later)
+    assert isinstance(again, Outcome)
+    assert str(again.fields["manifestURI"]).startswith("s3://data/digits/.mlops/manifest-")
+    # Written, the Dataset is not looked at again (no refresh interval).
+    settled = {**status, **{k: v for k, v in again.fields.items() if v is not None}}
+    assert dataset.due_in(SPEC, _ctx(store, settled)) is None
 
 
 def test_a_long_list_of_manifest_differences_is_counted_not_kept():

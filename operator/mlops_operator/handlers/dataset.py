@@ -7,6 +7,7 @@ memory), stops at the operator's object limit (`TooManyObjects`), and the manife
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from itertools import islice
@@ -70,9 +71,22 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
         since = ready.get("lastTransitionTime") or checked
         delay = outage_retry_delay(since, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX)
         return max(0.0, (delay - elapsed).total_seconds())
-    if spec.refresh_interval is None:
-        return None
-    return max(0.0, (parse_duration(spec.refresh_interval) - elapsed).total_seconds())
+    due = [parse_duration(spec.refresh_interval)] if spec.refresh_interval else []
+    if _manifest_missing(
+        spec, status, ready.get("reason")
+    ):  # its write failed: listed and written again soon
+        due.append(RETRY_MIN)
+    return max(0.0, (min(due) - elapsed).total_seconds()) if due else None
+
+
+def _manifest_missing(spec: DatasetSpec, status: Mapping[str, Any], reason: str | None) -> bool:
+    """A listed Dataset whose operator manifest could not be recorded (S3 refused the write, or the
+    data changed while it was written)."""
+    return (
+        not spec.source.manifest_uri
+        and reason in ("Validated", "ContractViolated")
+        and not status.get("manifestURI")
+    )
 
 
 def _unavailable(
@@ -264,10 +278,12 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
             written = _write_manifest(store, source, data.fingerprint, limit, in_order)
         except S3UnavailableError as error:
             written, manifest_note = "", f"; the manifest could not be written ({error.reason})"
-        if written:
-            fields["manifestURI"] = written
-        elif not manifest_note:
-            manifest_note = "; the data changed while its manifest was written (written at the next check)"
+        fields["manifestURI"] = written or None  # never a manifest of other data
+        if not written and not manifest_note:
+            manifest_note = "; the data changed while its manifest was written"
+        if not written:
+            manifest_note += f" (listed and written again in {RETRY_MIN.total_seconds():.0f}s)"
+            refresh = min(refresh or math.inf, RETRY_MIN.total_seconds())
     if violations:
         more = len(violations) + unlisted - 3
         shown = "; ".join(violations[:3]) + (f" (+{more} more)" if more > 0 else "")
