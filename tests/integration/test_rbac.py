@@ -52,10 +52,13 @@ def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
+@pytest.mark.parametrize("watch_secrets", [True, False])
 @pytest.mark.parametrize("scope", SCOPES)
-def test_no_wildcards_and_secrets_are_get_only(scope: str):
-    roles = _roles(render(SCOPES[scope]))
+def test_no_wildcards_and_secrets_are_get_and_a_metadata_watch_only(scope: str, watch_secrets: bool):
+    values = {**SCOPES[scope], "watch": {**SCOPES[scope].get("watch", {}), "secrets": watch_secrets}}
+    roles = _roles(render(values))
     assert roles
+    secret_verbs: set[str] = set()
     for role in roles:
         for rule in role["rules"]:
             where = f"{role['kind']} {role['metadata']['name']}: {rule}"
@@ -64,8 +67,12 @@ def test_no_wildcards_and_secrets_are_get_only(scope: str):
             assert not DANGEROUS_VERBS & set(rule["verbs"]), where
             assert "nonResourceURLs" not in rule, where
             if "secrets" in rule.get("resources", []):
-                assert rule["verbs"] == ["get"], where
+                # get by name; list/watch only for the engine's metadata-only Secret informer
+                assert rule["verbs"] in (["get"], ["list", "watch"]), where
+                assert rule["resources"] == ["secrets"], where
                 assert rule["apiGroups"] == [""], where
+                if role["kind"] == "Role" or scope == "cluster-wide":
+                    secret_verbs |= set(rule["verbs"])
         grants = _grants(role)
         # The operator never writes the spec of our objects: status only, the finalizers subresource
         # that owner references with blockOwnerDeletion need, and a ModelVersion's own finalizer.
@@ -79,6 +86,7 @@ def test_no_wildcards_and_secrets_are_get_only(scope: str):
                 }
         # Pods are only watched: the Job controller makes them.
         assert {v for g, r, v in grants if (g, r) == ("", "pods")} <= {"list", "watch"}
+    assert secret_verbs == ({"get", "list", "watch"} if watch_secrets else {"get"})
 
 
 def test_namespaced_scope_holds_nothing_namespaced_outside_its_namespaces():
@@ -140,6 +148,10 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
     operator_identity(control_plane).grant(namespace)
     allowed = [
         ("get", "secrets"),
+        ("list", "secrets"),  # watch.secrets: the engine's metadata-only informer
+        ("watch", "secrets"),
+        ("list", "services"),  # every child kind is watched, so a deleted one is put back
+        ("list", "horizontalpodautoscalers.autoscaling"),
         ("list", "jobs.batch"),
         ("create", "jobs.batch"),
         ("patch", "services"),
@@ -154,11 +166,10 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
         ("delete", "deployments.apps"),
     ]
     denied = [
-        ("get", "horizontalpodautoscalers.autoscaling"),  # never read: the status names it
+        ("get", "horizontalpodautoscalers.autoscaling"),  # the informer's cache serves reads
         ("update", "deployments.apps"),
-        ("list", "secrets"),
-        ("watch", "secrets"),
         ("create", "secrets"),
+        ("update", "secrets"),
         ("create", "pods"),
         ("delete", "pods"),
         ("get", "configmaps"),
