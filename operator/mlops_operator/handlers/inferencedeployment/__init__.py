@@ -66,6 +66,7 @@ __all__ = [
     "waiting_on_modelversion",
 ]
 
+CANARY_WITHDRAWN = "CanaryWithdrawn"  # the Warning event of the operator's abort (Ready says CanaryAborted)
 ROLLOUTS_GONE = (
     "Argo Rollouts is not installed (its CRDs are not served): a Deployment serves, and a new version "
     "replaces the old one without canary steps or analysis until it is"
@@ -148,7 +149,7 @@ def _waiting(
         workload = set_abort(ctx, workload, True)
         ROLLOUTS_ABORTED.labels(namespace=ctx.namespace).inc()
         message = f"aborted the canary of {serving}: {withdrawn[1]}; {status.get('stableVersion')} keeps 100%"
-        events = (Event(withdrawn[0], message, "Warning"),)
+        events = (Event(CANARY_WITHDRAWN, message, "Warning"),)
     # The spec names the stable version, whose ModelVersion went away: the note says it (in Ready).
     waiting = None if note is not None and name == status.get("stableVersion") else problem
     situation = Situation(waiting=waiting, withdrawn=withdrawn, note=note, fallback=fallback, other=other)

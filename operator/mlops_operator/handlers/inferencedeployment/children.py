@@ -106,7 +106,7 @@ def sync_children(
             continue
         stale.append(child)
         what = f"the {child['kind']} {meta['name']}"
-        if observed is None and workload is not None:
+        if observed is None and ctx.status.get("appliedHash") and ctx.status.get("workloadKind") == kind:
             events.append(Event("ChildRecreated", f"{what} was missing: created it again", "Warning"))
         elif observed is not None and observed_hash(observed) == observed_hash(child):
             events.append(
