@@ -11,6 +11,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
 from mlops_operator.dev.controlplane import ControlPlane
@@ -96,6 +97,9 @@ def test_operator_cut_off_from_the_apiserver_while_the_pod_completes(
         operator.stop()
 
 
+# A restarted apiserver answers /readyz before its RBAC authorizer has read every binding again: for a
+# moment it refuses the operator's watches (403). That is the fault, not a rule the chart lacks.
+@pytest.mark.forbidden_expected
 def test_apiserver_restart_while_the_pod_completes(
     healthy_control_plane: ControlPlane,
     dataset: str,
