@@ -223,3 +223,25 @@ def test_a_large_manifest_is_streamed_in_parts_and_a_failed_stream_leaves_nothin
 
     store.put_stream(bucket, "small.jsonl", iter([b"a\n", b"b\n"]), "application/jsonl")
     assert s3.client().get_object(Bucket=bucket, Key="small.jsonl")["Body"].read() == b"a\nb\n"
+
+
+def test_a_manifest_is_read_line_by_line_within_its_size_limit(
+    s3: LocalS3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's store reads a manifest from moto's real S3 server in chunks, lines split
+    across chunk boundaries put back together, refused past its limit (before or while reading)."""
+    monkeypatch.setattr(s3_module, "LINE_CHUNK_BYTES", 7)  # every line spans chunks
+    store = s3_module.Boto3ObjectStore(
+        s3_module.S3Config(
+            s3.endpoint_url, DEV_REGION, s3_module.S3Credentials(DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY)
+        )
+    )
+    lines = [json.dumps({"key": f"part-{n}.npz", "size": n, "sha256": "ab" * 32}).encode() for n in range(50)]
+    s3.client().put_object(Bucket=bucket, Key="m.jsonl", Body=b"\n".join(lines) + b"\n")
+    assert list(store.iter_lines(bucket, "m.jsonl", max_bytes=10**6)) == lines
+    s3.client().put_object(Bucket=bucket, Key="no-newline.jsonl", Body=b"a\nb")
+    assert list(store.iter_lines(bucket, "no-newline.jsonl", max_bytes=100)) == [b"a", b"b"]
+    with pytest.raises(s3_module.ObjectTooLargeError):
+        next(store.iter_lines(bucket, "m.jsonl", max_bytes=100))
+    with pytest.raises(s3_module.S3UnavailableError, match="NoSuchKey"):
+        next(store.iter_lines(bucket, "absent.jsonl", max_bytes=100))

@@ -7,6 +7,8 @@ reconcile runs against moto's real S3 server in tests/integration/test_dataset.p
 from __future__ import annotations
 
 import hashlib
+import io
+import tracemalloc
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -60,6 +62,9 @@ class InMemoryStore:
         if max_bytes is not None and len(data) > max_bytes:
             raise ObjectTooLargeError(f"s3://{bucket}/{key}", len(data), max_bytes)
         return data
+
+    def iter_lines(self, bucket: str, key: str, *, max_bytes: int) -> Iterator[bytes]:
+        yield from self.get_bytes(bucket, key, max_bytes=max_bytes).split(b"\n")
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self.objects[f"{bucket}/{key}"] = data
@@ -152,7 +157,7 @@ def test_user_manifest_is_checked_against_the_bucket():
     manifest = manifest_from_jsonl(
         '{"key": "a", "size": 1, "sha256": "s"}\n{"key": "b", "size": 5, "sha256": "t"}\n'
     )
-    listed = summarize([ManifestEntry("a", 2, "e")], expected=manifest)
+    listed = summarize([ManifestEntry("a", 2, "e")], expected=manifest.entries)
     assert list(listed.differences) == [
         "a has 2 bytes, the manifest says 1",
         "b is in the manifest but not in the bucket",
@@ -519,3 +524,61 @@ def test_a_long_list_of_manifest_differences_is_counted_not_kept():
     assert len(outcome.fields["violations"]) == 20
     # 500 missing objects, and the contract's required schema.json is not in the manifest.
     assert "(+498 more)" in outcome.conditions[0].message
+
+
+class StreamingStore(InMemoryStore):
+    """`count` data objects listed as they are asked for, and their manifest (held as bytes, read a
+    line at a time): what the reconcile holds beyond that is its own."""
+
+    def __init__(self, count: int, *, reverse_manifest: bool = False) -> None:
+        rows = [
+            shared.encode_manifest_line(shared.ManifestEntry(f"part-{n:08d}.npz", 100 + n, f"{n:064x}"))
+            for n in range(count)
+        ]
+        if reverse_manifest:
+            rows.reverse()
+        super().__init__({"data/digits/manifest.jsonl": "".join(rows).encode()})
+        self.count = count
+
+    def list_objects(self, location: S3Location) -> Iterator[ObjectInfo]:
+        yield ObjectInfo(f"{location.prefix}manifest.jsonl", 1, "m")
+        for n in range(self.count):
+            yield ObjectInfo(f"{location.prefix}part-{n:08d}.npz", 100 + n, f"etag-{n}")
+
+    def iter_lines(self, bucket: str, key: str, *, max_bytes: int) -> Iterator[bytes]:
+        yield from io.BytesIO(self.get_bytes(bucket, key, max_bytes=max_bytes))
+
+
+MANIFEST_SPEC = DatasetSpec.model_validate(
+    {
+        "source": {
+            "uri": "s3://data/digits/",
+            "credentialsSecretRef": {"name": "s3"},
+            "manifestURI": "s3://data/digits/manifest.jsonl",
+        },
+        "contract": {"minObjects": 2},
+    }
+)
+
+
+def test_a_user_manifest_is_checked_against_the_listing_as_both_stream():
+    store = StreamingStore(100_000)  # a 10 MB manifest
+    tracemalloc.start()
+    try:
+        outcome = dataset.reconcile(MANIFEST_SPEC, _ctx(store))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert outcome.phase == "Ready", outcome.conditions
+    assert outcome.fields["objectCount"] == 100_000
+    # The manifest's own fingerprint (sha256 checksums), as the trainer computes it from the file.
+    manifest = manifest_from_jsonl(store.objects["data/digits/manifest.jsonl"].decode())
+    assert outcome.fields["fingerprint"] == manifest.fingerprint
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB"  # 0.3 MiB; read whole (before), 82 MiB
+
+
+def test_an_unsorted_user_manifest_is_sorted_and_gives_the_same_result():
+    ordered = dataset.reconcile(MANIFEST_SPEC, _ctx(StreamingStore(50)))
+    unordered = dataset.reconcile(MANIFEST_SPEC, _ctx(StreamingStore(50, reverse_manifest=True)))
+    assert unordered.phase == ordered.phase == "Ready"
+    assert unordered.fields["fingerprint"] == ordered.fields["fingerprint"]

@@ -145,6 +145,36 @@ def encode_manifest(entries: Iterable[ManifestEntry], checksum_field: str = SHA2
     return "".join(encode_manifest_line(e, checksum_field) for e in sorted(entries, key=_by_key))
 
 
+def iter_manifest(
+    lines: Iterable[str | bytes], checksum_fields: tuple[str, ...] = (SHA256_FIELD, CHECKSUM_FIELD)
+) -> Iterator[ManifestEntry]:
+    """The entries of a manifest's lines, one at a time in the manifest's order (a reader that needs
+    them sorted checks or sorts). The checksum is the first of `checksum_fields` a line has. Raises
+    ManifestError at the first line that is not UTF-8 JSON of {key, size, checksum}."""
+    for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode()
+            except UnicodeDecodeError as error:
+                raise ManifestError(f"manifest line {number} is not UTF-8 text: {error}") from None
+        else:
+            line = raw
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            checksum = next((row[name] for name in checksum_fields if row.get(name)), None)
+            if checksum is None:
+                raise KeyError(" or ".join(checksum_fields))
+            records = row.get("records")
+            yield ManifestEntry(
+                str(row["key"]), int(row["size"]), str(checksum), None if records is None else int(records)
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            wanted = "{key, size, " + " or ".join(checksum_fields) + "}"
+            raise ManifestError(f"manifest line {number} is not {wanted}: {error!r}") from None
+
+
 def parse_manifest(
     data: str | bytes, checksum_fields: tuple[str, ...] = (SHA256_FIELD, CHECKSUM_FIELD)
 ) -> list[ManifestEntry]:
@@ -155,25 +185,4 @@ def parse_manifest(
             data = data.decode()
         except UnicodeDecodeError as error:
             raise ManifestError(f"the manifest is not UTF-8 text: {error}") from None
-    entries = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            checksum = next((row[name] for name in checksum_fields if row.get(name)), None)
-            if checksum is None:
-                raise KeyError(" or ".join(checksum_fields))
-            records = row.get("records")
-            entries.append(
-                ManifestEntry(
-                    str(row["key"]),
-                    int(row["size"]),
-                    str(checksum),
-                    None if records is None else int(records),
-                )
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            wanted = "{key, size, " + " or ".join(checksum_fields) + "}"
-            raise ManifestError(f"manifest line {number} is not {wanted}: {error!r}") from None
-    return sorted(entries, key=_by_key)
+    return sorted(iter_manifest(data.splitlines(), checksum_fields), key=_by_key)

@@ -71,6 +71,15 @@ class ManifestFormatError(ValueError):
     pass
 
 
+def manifest_entries(lines: Iterable[str | bytes]) -> Iterator[shared.ManifestEntry]:
+    """A user-supplied manifest's entries as its lines arrive, in the manifest's order; raises
+    `ManifestFormatError` at the first line that is not {key, size, sha256 (or checksum)}."""
+    try:
+        yield from shared.iter_manifest(lines)
+    except shared.ManifestError as error:
+        raise ManifestFormatError(str(error)) from None
+
+
 def manifest_from_jsonl(text: str) -> Manifest:
     """A user-supplied manifest: JSON lines with key, size and sha256 (or checksum)."""
     try:
@@ -117,66 +126,100 @@ class DataSummary:
     difference_count: int = 0
 
 
+class _Tally:
+    """Counts, the fingerprint and the contract's facts of entries given one at a time in key order."""
+
+    def __init__(self, contract: DataContract | None, limit: int | None) -> None:
+        contract = contract or DataContract()
+        self.required = set(contract.required_files)
+        self.suffixes = tuple(contract.required_suffixes)
+        self.limit = limit
+        self.hasher = shared.Fingerprinter()
+        self.count = self.total = self.odd_count = 0
+        self.present: set[str] = set()
+        self.odd: list[str] = []
+        self.differences: list[str] = []
+        self.difference_count = 0
+
+    def add(self, entry: Entry) -> None:
+        self.count += 1
+        if self.limit is not None and self.count > self.limit:
+            raise TooManyObjectsError(self.limit)
+        self.hasher.add(entry.key, entry.size, entry.checksum)
+        self.total += entry.size
+        if entry.key in self.required:
+            self.present.add(entry.key)
+        if self.suffixes and not entry.key.endswith(self.suffixes):
+            self.odd_count += 1
+            if len(self.odd) < MAX_VIOLATIONS:
+                self.odd.append(entry.key)
+
+    def differ(self, problem: str) -> None:
+        self.difference_count += 1
+        if len(self.differences) < MAX_DIFFERENCES:
+            self.differences.append(problem)
+
+    def summary(self) -> DataSummary:
+        return DataSummary(
+            self.count,
+            self.total,
+            self.hasher.value,
+            frozenset(self.present),
+            tuple(self.odd),
+            self.odd_count,
+            tuple(self.differences),
+            self.difference_count,
+        )
+
+
 def summarize(
     entries: Iterable[Entry],
     contract: DataContract | None = None,
     *,
     limit: int | None = None,
-    expected: Manifest | None = None,
+    expected: Iterable[Entry] | None = None,
 ) -> DataSummary:
     """One pass over `entries` in key order (a listing, page by page): memory does not grow with
     their number. Raises `TooManyObjectsError` past `limit` entries, `UnsortedError` when they come
-    out of order (sort them and call again). With `expected` (a manifest sorted by key), the
+    out of order (sort them and call again). With `expected` (a manifest, sorted by key), the
     differences are its objects the entries lack or hold at another size."""
-    contract = contract or DataContract()
-    required = set(contract.required_files)
-    suffixes = tuple(contract.required_suffixes)
-    hasher = shared.Fingerprinter()
-    count = total = odd_count = 0
-    present: set[str] = set()
-    odd: list[str] = []
-    differences: list[str] = []
-    difference_count = 0
-    wanted = expected.entries if expected is not None else ()
-    at = 0
+    if expected is None:
+        tally = _Tally(contract, limit)
+        for entry in entries:
+            tally.add(entry)
+        return tally.summary()
+    return compare_with_manifest(entries, expected, contract=None, limit=limit)[1]
 
-    def differ(problem: str) -> None:
-        nonlocal difference_count
-        difference_count += 1
-        if len(differences) < MAX_DIFFERENCES:
-            differences.append(problem)
 
-    for entry in entries:
-        count += 1
-        if limit is not None and count > limit:
-            raise TooManyObjectsError(limit)
-        hasher.add(entry.key, entry.size, entry.checksum)
-        total += entry.size
-        if entry.key in required:
-            present.add(entry.key)
-        if suffixes and not entry.key.endswith(suffixes):
-            odd_count += 1
-            if len(odd) < MAX_VIOLATIONS:
-                odd.append(entry.key)
-        while at < len(wanted) and wanted[at].key < entry.key:
-            differ(f"{wanted[at].key} is in the manifest but not in the bucket")
-            at += 1
-        while at < len(wanted) and wanted[at].key == entry.key:
-            if wanted[at].size != entry.size:
-                differ(f"{entry.key} has {entry.size} bytes, the manifest says {wanted[at].size}")
-            at += 1
-    for rest in wanted[at:]:
-        differ(f"{rest.key} is in the manifest but not in the bucket")
-    return DataSummary(
-        count,
-        total,
-        hasher.value,
-        frozenset(present),
-        tuple(odd),
-        odd_count,
-        tuple(differences),
-        difference_count,
-    )
+def compare_with_manifest(
+    listing: Iterable[Entry], manifest: Iterable[Entry], contract: DataContract | None, *, limit: int | None
+) -> tuple[DataSummary, DataSummary]:
+    """(the manifest's summary, checked for `contract`; the listing's, with the ways it differs from
+    the manifest), from one pass over both as they arrive, each in key order: a merge of two sorted
+    streams, in memory that grows with neither. Raises `UnsortedError` when either is out of order,
+    `TooManyObjectsError` when either passes `limit`, and whatever reading them raises."""
+    wanted, listed = _Tally(contract, limit), _Tally(None, limit)
+    pending = iter(manifest)
+    current = next(pending, None)
+
+    def advance() -> Entry | None:
+        assert current is not None
+        wanted.add(current)
+        return next(pending, None)
+
+    for entry in listing:
+        listed.add(entry)
+        while current is not None and current.key < entry.key:
+            listed.differ(f"{current.key} is in the manifest but not in the bucket")
+            current = advance()
+        while current is not None and current.key == entry.key:
+            if current.size != entry.size:
+                listed.differ(f"{entry.key} has {entry.size} bytes, the manifest says {current.size}")
+            current = advance()
+    while current is not None:
+        listed.differ(f"{current.key} is in the manifest but not in the bucket")
+        current = advance()
+    return wanted.summary(), listed.summary()
 
 
 def contract_violations(contract: DataContract, data: DataSummary) -> list[str]:

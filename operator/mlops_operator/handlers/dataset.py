@@ -8,7 +8,7 @@ memory), stops at the operator's object limit (`TooManyObjects`), and the manife
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from itertools import islice
 from typing import Any
@@ -18,13 +18,13 @@ from ..api.v1alpha1.dataset import DataContract
 from ..builders.dataset import (
     DataChangedError,
     DataSummary,
-    Manifest,
     ManifestFormatError,
     TooManyObjectsError,
     UnsortedError,
+    compare_with_manifest,
     contract_violations,
     listing_entries,
-    manifest_from_jsonl,
+    manifest_entries,
     manifest_key,
     manifest_lines,
     summarize,
@@ -122,22 +122,33 @@ def _refused(
     )
 
 
-def _read_manifest(
-    store: ObjectStore, spec: DatasetSpec, max_bytes: int
-) -> tuple[Manifest | None, list[str]]:
-    """The user's manifest (None without one, or when it cannot be read: the problem says why).
-    Raises `ObjectTooLargeError` for a manifest over `max_bytes`, before downloading it."""
-    if not spec.source.manifest_uri:
-        return None, []
+def _against_manifest(
+    store: ObjectStore, spec: DatasetSpec, source: S3Location, limit: int, max_bytes: int
+) -> tuple[DataSummary, DataSummary, list[str]]:
+    """With the user's manifest: (its summary, checked for the contract; the listing's, with how it
+    differs from it; problems reading it). Both are streamed and merged as they arrive (they come
+    sorted by key); an unsorted one is sorted in memory, within MLOPS_MANIFEST_MAX_BYTES and the
+    object limit. A manifest that cannot be read leaves the listing to stand in for it, with the
+    problem. Raises `ObjectTooLargeError` for a manifest over `max_bytes`, before downloading it."""
+    assert spec.source.manifest_uri
     bucket, key = split_object_uri(spec.source.manifest_uri)
+
+    def manifest() -> Iterator[Any]:
+        return manifest_entries(store.iter_lines(bucket, key, max_bytes=max_bytes))
+
+    def listing() -> Iterator[Any]:
+        return listing_entries(store.list_objects(source), source.prefix)
+
     try:
-        return manifest_from_jsonl(store.get_bytes(bucket, key, max_bytes=max_bytes).decode()), []
-    except UnicodeDecodeError as error:
-        return None, [
-            f"manifest {spec.source.manifest_uri} is not UTF-8 text ({error.reason} at byte {error.start})"
-        ]
+        try:
+            return (*compare_with_manifest(listing(), manifest(), spec.contract, limit=limit), [])
+        except UnsortedError:
+            ordered = sorted(islice(manifest(), limit + 1))
+            listed = _sorted_listing(store, source, limit)
+            return (*compare_with_manifest(listed, ordered, spec.contract, limit=limit), [])
     except ManifestFormatError as error:
-        return None, [str(error)]
+        data, _ = _summarize_listing(store, source, spec.contract, limit)
+        return data, data, [f"manifest {spec.source.manifest_uri}: {error}"]
 
 
 def _sorted_listing(store: ObjectStore, source: S3Location, limit: int) -> list[Any]:
@@ -149,15 +160,14 @@ def _sorted_listing(store: ObjectStore, source: S3Location, limit: int) -> list[
 
 
 def _summarize_listing(
-    store: ObjectStore, source: S3Location, contract: DataContract, limit: int, expected: Manifest | None
+    store: ObjectStore, source: S3Location, contract: DataContract, limit: int
 ) -> tuple[DataSummary, bool]:
     """The listing's summary, streamed; and whether the store lists in key order (S3 does)."""
     try:
         entries = listing_entries(store.list_objects(source), source.prefix)
-        return summarize(entries, contract, limit=limit, expected=expected), True
+        return summarize(entries, contract, limit=limit), True
     except UnsortedError:
-        ordered = _sorted_listing(store, source, limit)
-        return summarize(ordered, contract, limit=limit, expected=expected), False
+        return summarize(_sorted_listing(store, source, limit), contract, limit=limit), False
 
 
 def _write_manifest(
@@ -233,12 +243,15 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
         return _unavailable(ctx, f"InvalidEndpoint: {error}", checked)
     limit = ctx.config.dataset_max_objects
     try:
-        expected, manifest_problems = _read_manifest(store, spec, ctx.config.manifest_max_bytes)
-        # With the user's manifest, the contract is checked on it, and the listing against it.
-        listed, in_order = _summarize_listing(
-            store, source, spec.contract if expected is None else DataContract(), limit, expected
-        )
-        data = listed if expected is None else summarize(expected.entries, spec.contract, limit=limit)
+        manifest_problems: list[str] = []
+        in_order = True
+        if spec.source.manifest_uri:  # the contract is checked on it, and the listing against it
+            data, listed, manifest_problems = _against_manifest(
+                store, spec, source, limit, ctx.config.manifest_max_bytes
+            )
+        else:
+            listed, in_order = _summarize_listing(store, source, spec.contract, limit)
+            data = listed
     except S3UnavailableError as error:
         return _unavailable(ctx, f"{error.reason}: {error.message}", checked)
     except TooManyObjectsError as error:

@@ -91,6 +91,12 @@ class ObjectStore(Protocol):
         """The object's bytes; `ObjectTooLargeError` when it is larger than `max_bytes`."""
         ...
 
+    def iter_lines(self, bucket: str, key: str, *, max_bytes: int) -> Iterator[bytes]:
+        """The object's lines (without their newline) as they download, in bounded memory;
+        `ObjectTooLargeError` when it is larger than `max_bytes` (before any line, when its size
+        says so), `S3UnavailableError` when it cannot be read, also midway."""
+        ...
+
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
 
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], content_type: str) -> None:
@@ -120,6 +126,8 @@ def _unavailable(error: Exception, what: str) -> S3UnavailableError:
     return S3UnavailableError("EndpointUnreachable", f"{what}: {type(error).__name__}: {error}")
 
 
+# Chunks of a streamed download.
+LINE_CHUNK_BYTES = 256 * 1024
 # Parts of a streamed upload: S3 wants at least 5 MiB for every part but the last.
 PART_BYTES = 8 * 1024 * 1024
 
@@ -198,6 +206,33 @@ class Boto3ObjectStore:
         if len(data) > max_bytes:
             raise ObjectTooLargeError(uri, len(data), max_bytes)
         return data
+
+    def iter_lines(self, bucket: str, key: str, *, max_bytes: int) -> Iterator[bytes]:
+        uri = f"s3://{bucket}/{key}"
+        read = 0
+        pending = b""
+        try:
+            size = int(self._client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            if size > max_bytes:
+                raise ObjectTooLargeError(uri, size, max_bytes)
+            body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                for chunk in body.iter_chunks(LINE_CHUNK_BYTES):
+                    read += len(chunk)
+                    if read > max_bytes:  # grew since the HEAD: never read whole
+                        raise ObjectTooLargeError(uri, read, max_bytes)
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    yield from lines
+            finally:
+                body.close()
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in {"404", "NotFound"}:  # a HEAD's 404
+                raise S3UnavailableError("ObjectNotFound", f"cannot read {uri}: NoSuchKey") from None
+            raise _unavailable(error, f"cannot read {uri}") from None
+        except BotoCoreError as error:
+            raise _unavailable(error, f"cannot read {uri}") from None
+        if pending:
+            yield pending
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         try:
