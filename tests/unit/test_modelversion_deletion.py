@@ -120,6 +120,6 @@ def test_a_served_version_being_deleted_waits_and_says_who_serves_it():
     assert isinstance(outcome, Outcome)
     assert outcome.phase == "Ready"
     (in_use,) = outcome.conditions
-    assert (in_use.type, in_use.status, in_use.reason) == ("InUse", "True", "DeletionBlocked")
+    assert (in_use.type, in_use.status, in_use.reason) == ("InUse", "True", "ServedByInferenceDeployment")
     assert "InferenceDeployment web (stable)" in in_use.message
     assert [e.reason for e in outcome.events] == ["DeletionBlocked"]

@@ -3,7 +3,7 @@
 - `mlops.dev/in-use` protects a version an InferenceDeployment serves (its status.stableVersion or
   canaryVersion), the way Kubernetes protects a PersistentVolumeClaim a pod uses: it is added while
   anything serves the version and removed when nothing does. A deletion meanwhile waits (the InUse
-  condition names who serves it, reason DeletionBlocked), and so does the registry's archive.
+  condition names who serves it; a DeletionBlocked event), and so does the registry's archive.
 - `mlops.dev/registry` (from registration on) lets deletion archive the registry's version
   (deletionPolicy Archive). The version is found by the UID tag the registration put on it, not by
   what status recorded: a delete that lands while registration runs (its status write then fails)
@@ -28,6 +28,10 @@ from .registry import FINALIZER, REGISTRY_ERRORS, open_registry, registry_proble
 
 IN_USE_FINALIZER = "mlops.dev/in-use"
 IN_USE = "InUse"
+# The InUse reason while a deletion waits; the event that says so is DeletionBlocked (a different
+# reason: the engine posts no event of its own for a condition that turns True, and would drop one
+# of the same reason).
+SERVED = "ServedByInferenceDeployment"
 # Set to "true" on a ModelVersion being deleted: remove the finalizer without touching the registry
 # (the documented way through a registry that will not come back).
 SKIP_CLEANUP_ANNOTATION = "mlops.dev/skip-registry-cleanup"
@@ -100,10 +104,10 @@ def _blocked(ctx: ReconcileContext, users: Sequence[str]) -> Outcome:
         "registry keeps it as it is until then"
     )
     said: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), IN_USE) or {}
-    news = said.get("reason") != "DeletionBlocked" or said.get("message") != message
+    news = said.get("reason") != SERVED or said.get("message") != message
     return Outcome(
         str(ctx.status.get("phase") or "Pending"),
-        (ConditionUpdate(IN_USE, "True", "DeletionBlocked", message),),
+        (ConditionUpdate(IN_USE, "True", SERVED, message),),
         events=(Event("DeletionBlocked", message),) if news else (),
     )
 

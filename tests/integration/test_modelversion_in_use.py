@@ -1,0 +1,192 @@
+"""A ModelVersion an InferenceDeployment serves is protected from deletion like a PVC a pod uses.
+
+Real apiserver, kwok nodes, moto S3, the real trainer compiling and evaluating through the local pod
+runner, the real tritonserver serving the InferenceDeployment's pod, the operator process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
+from mlops_operator.dev.s3 import DEV_REGION, LocalS3
+from tests.integration.conftest import create_s3_secret, start_operator
+from tests.integration.digits_engine import TRAINER, CompiledEngine
+from tests.waiting import wait_for, wait_for_events
+
+G, V = "mlops.dev", "v1alpha1"
+IN_USE = "mlops.dev/in-use"
+
+
+@pytest.fixture
+def served(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    s3: LocalS3,
+    engine: CompiledEngine,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[None]:
+    """The operator and the local pod runner (trainer Jobs, serving pods) on a `digits` Dataset."""
+    create_s3_secret(core, namespace)
+    dataset = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "Dataset",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "source": {
+                "uri": f"s3://{engine.bucket}/datasets/digits/v1/",
+                "endpointURL": s3.endpoint_url,
+                "region": DEV_REGION,
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            }
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "datasets", dataset)
+    operator = start_operator(
+        control_plane,
+        namespace,
+        tmp_path / "operator.log",
+        {"MLOPS_TRITON_CPU_BACKEND": "python", "MLOPS_PROMETHEUS_ADDRESS": control_plane.prometheus_url},
+    )
+    runner = LocalPodRunner(
+        api,
+        namespace,
+        executables={"mlops-trainer": str(TRAINER)},
+        serving=ServingRuntime(sd_file=control_plane.prometheus_sd_file),
+    )
+    runner.start()
+    try:
+        yield
+    finally:
+        runner.stop()
+        operator.stop()
+
+
+def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _wait(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    plural: str,
+    name: str,
+    check: Any,
+    what: str,
+    timeout: float = 180,
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = _get(custom, namespace, plural, name)
+        return obj if check(obj) else None
+
+    try:
+        return wait_for(probe, what, timeout, interval=1)
+    except AssertionError as error:
+        status = _get(custom, namespace, plural, name).get("status")
+        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}") from None
+
+
+def _ready_version(
+    custom: client.CustomObjectsApi, namespace: str, name: str, engine: CompiledEngine
+) -> None:
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": {
+            "modelName": "digits",
+            "source": {"artifactURI": f"s3://{engine.bucket}/models/digits/"},
+            "evaluation": {"datasetRef": {"name": "digits"}, "latencyBatches": 10},
+            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+    _wait(
+        custom, namespace, "modelversions", name,
+        lambda o: o.get("status", {}).get("phase") == "Ready", f"ModelVersion {name} Ready",
+    )  # fmt: skip
+
+
+def _gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    try:
+        _get(custom, namespace, "modelversions", name)
+    except client.ApiException as error:
+        return error.status == 404
+    return False
+
+
+def test_a_served_version_is_deleted_only_once_nothing_serves_it(
+    served: None,
+    engine: CompiledEngine,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    _ready_version(custom, namespace, "v1", engine)
+    idep = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "modelVersionRef": {"name": "v1"},
+            "replicas": 1,
+            "resources": {"gpus": 0},
+            "triton": {"maxBatchSize": 16},
+            "rollout": {"strategy": "recreate"},
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", idep)
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("stableVersion") == "v1", "v1 serving",
+    )  # fmt: skip
+    _wait(
+        custom, namespace, "modelversions", "v1",
+        lambda o: IN_USE in (o["metadata"].get("finalizers") or []), "the in-use finalizer on v1",
+    )  # fmt: skip
+
+    # Deleted while it serves: it stays, and says who keeps it.
+    custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "v1")
+    blocked = _wait(
+        custom, namespace, "modelversions", "v1",
+        lambda o: _condition(o, "InUse").get("status") == "True", "InUse=True",
+    )  # fmt: skip
+    assert _condition(blocked, "InUse")["reason"] == "ServedByInferenceDeployment"
+    assert "InferenceDeployment digits (stable)" in _condition(blocked, "InUse")["message"]
+    assert blocked["metadata"].get("deletionTimestamp")
+    wait_for_events(
+        core,
+        namespace,
+        "v1",
+        lambda events: "DeletionBlocked" in {e.reason for e in events},
+        "DeletionBlocked",
+    )
+    time.sleep(3)
+    assert not _gone(custom, namespace, "v1")
+
+    # Once another version serves, it is released and goes; the new one is protected in its turn.
+    _ready_version(custom, namespace, "v2", engine)
+    custom.patch_namespaced_custom_object(
+        G, V, namespace, "inferencedeployments", "digits", {"spec": {"modelVersionRef": {"name": "v2"}}}
+    )
+    wait_for(lambda: _gone(custom, namespace, "v1"), "v1 to be deleted once v2 serves", 180)
+    assert _get(custom, namespace, "inferencedeployments", "digits")["status"]["stableVersion"] == "v2"
+    _wait(
+        custom, namespace, "modelversions", "v2",
+        lambda o: IN_USE in (o["metadata"].get("finalizers") or []), "the in-use finalizer on v2",
+    )  # fmt: skip
