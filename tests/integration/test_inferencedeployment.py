@@ -474,3 +474,299 @@ def test_recreate_is_a_deployment_whose_autoscaled_replicas_a_waiting_then_ready
         ]
 
     wait_for(children_gone, "the Deployment and Services to be garbage-collected", 60)
+
+
+# -- issue 15: children put back, nothing claimed that was not observed ----------------------------------
+
+ROLLOUTS = ("argoproj.io", "v1alpha1")
+OPERATOR_MANAGER = "mlops-operator"
+
+
+def _rollout(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(*ROLLOUTS, namespace, "rollouts", "digits-triton")  # type: ignore[no-any-return]
+
+
+def _fields_of(obj: Any, manager: str) -> dict[str, Any]:
+    """The fieldsV1 `manager` owns in `obj` (a client model or a dict), merged over its entries."""
+    entries = obj["metadata"].get("managedFields") if isinstance(obj, dict) else obj.metadata.managed_fields
+    owned: dict[str, Any] = {}
+    for each in entries or []:
+        entry = each if isinstance(each, dict) else each.to_dict()
+        if entry["manager"] == manager:
+            owned |= entry.get("fieldsV1") or entry.get("fields_v1") or {}
+    return owned
+
+
+def test_children_deleted_or_edited_by_hand_are_put_back_with_only_the_operators_fields(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    autoscaling = client.AutoscalingV2Api(core.api_client)
+    _serve_v1(
+        custom, namespace, engine,
+        autoscaling={"minReplicas": 2, "maxReplicas": 3}, resources={"gpus": 0, "cpu": "1"},
+    )  # fmt: skip
+
+    def events_with(reason: str, name: str) -> None:
+        wait_for_events(
+            core, namespace, "digits",
+            lambda events: any(e.reason == reason and name in e.message for e in events),
+            f"a {reason} event for {name}", 60,
+        )  # fmt: skip
+
+    def put_back(read: Any, uid: str, what: str) -> Any:
+        def probe() -> Any:
+            try:
+                obj = read()
+            except client.ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+            new_uid = meta["uid"] if isinstance(obj, dict) else meta.uid
+            return obj if new_uid != uid else None
+
+        return wait_for(probe, f"{what} created again", 60)
+
+    # Who owns what: the operator's apply owns the endpoint Service's selector and ports; Argo
+    # Rollouts owns none of its fields (the Rollout names no Service); the operator never took the
+    # Rollout's replicas, which the autoscaler hand-over manager holds.
+    service = core.read_namespaced_service("digits-triton", namespace)
+    mine = _fields_of(service, OPERATOR_MANAGER)
+    assert "f:selector" in mine["f:spec"]
+    assert "f:ports" in mine["f:spec"]
+    managers = {e.manager for e in service.metadata.managed_fields}
+    assert not any("rollouts" in m for m in managers), managers
+    rollout = _rollout(custom, namespace)
+    assert "f:replicas" not in _fields_of(rollout, OPERATOR_MANAGER).get("f:spec", {})
+
+    # The endpoint Service deleted by hand: created again, the endpoint works again.
+    core.delete_namespaced_service("digits-triton", namespace)
+    service = put_back(
+        lambda: core.read_namespaced_service("digits-triton", namespace), service.metadata.uid, "the Service"
+    )
+    events_with("ChildRecreated", "Service digits-triton")
+    # An operator-owned field edited by hand (the HTTP port's target, by another field manager):
+    # reverted.
+    edit = [{"op": "replace", "path": "/spec/ports/0/targetPort", "value": "grpc"}]
+    core.patch_namespaced_service("digits-triton", namespace, edit, field_manager="a-colleague")
+
+    def port_back() -> bool:
+        ports = core.read_namespaced_service("digits-triton", namespace).spec.ports
+        return {p.name: p.target_port for p in ports}.get("http") == "http"
+
+    wait_for(port_back, "the Service's HTTP targetPort reverted", 60)
+    events_with("ChildReverted", "Service digits-triton")
+
+    # The AnalysisTemplate and the autoscaler, deleted: created again.
+    template = custom.get_namespaced_custom_object(
+        *ROLLOUTS, namespace, "analysistemplates", "digits-analysis"
+    )
+    custom.delete_namespaced_custom_object(*ROLLOUTS, namespace, "analysistemplates", "digits-analysis")
+    put_back(
+        lambda: custom.get_namespaced_custom_object(
+            *ROLLOUTS, namespace, "analysistemplates", "digits-analysis"
+        ),
+        template["metadata"]["uid"], "the AnalysisTemplate",
+    )  # fmt: skip
+    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("digits-triton", namespace)
+    autoscaling.delete_namespaced_horizontal_pod_autoscaler("digits-triton", namespace)
+    put_back(
+        lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("digits-triton", namespace),
+        hpa.metadata.uid, "the HorizontalPodAutoscaler",
+    )  # fmt: skip
+
+    # The Rollout itself, deleted (its pods go with it): created again; status never says Available
+    # for the pods that went, and is Available again once the new pods are ready.
+    seen: list[tuple[str, str, int]] = []
+    stop = threading.Event()
+
+    def watch_status() -> None:
+        while not stop.is_set():
+            status = _get(custom, namespace, "inferencedeployments", "digits").get("status", {})
+            seen.append(
+                (status.get("phase"), _ready({"status": status}).get("status"), status.get("readyReplicas"))
+            )
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch_status, daemon=True)
+    watcher.start()
+    try:
+        custom.delete_namespaced_custom_object(*ROLLOUTS, namespace, "rollouts", "digits-triton")
+        put_back(lambda: _rollout(custom, namespace), rollout["metadata"]["uid"], "the Rollout")
+        events_with("ChildRecreated", "Rollout digits-triton")
+        _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o["status"]["phase"] == "Available" and o["status"]["readyReplicas"] == 2
+            and _rollout(custom, namespace)["metadata"]["uid"] != rollout["metadata"]["uid"],
+            "Available again on the new Rollout", 120,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    # Whenever Ready was True, at least the 2 required replicas were reported ready.
+    assert all(
+        ready_count is not None and ready_count >= 2 for _, ready, ready_count in seen if ready == "True"
+    ), seen
+
+
+def _serving_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
+    return [
+        p
+        for p in core.list_namespaced_pod(namespace, label_selector="mlops.dev/inferencedeployment-uid").items
+        if p.metadata.deletion_timestamp is None
+        and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+    ]
+
+
+def test_a_canary_aborted_by_hand_or_losing_its_modelversion_and_the_served_version_deleted(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    paused = {"rollout": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
+    _serve_v1(custom, namespace, engine, **paused)
+    _ready_version(custom, namespace, "v2", engine)
+    _point_at(custom, namespace, "v2")
+    # The canary holds at its pause; the weight is the real share of ready pods (1 of 2 here), not
+    # 100% from a Rollout status that has not seen the new template.
+    canary = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o["status"].get("phase") == "Paused" and o["status"].get("canaryWeight") == 50,
+        "the canary of v2 paused at 50% of the ready pods",
+    )  # fmt: skip
+    assert (canary["status"]["canaryVersion"], canary["status"]["stableVersion"]) == ("v2", "v1")
+    hashes = {p.metadata.labels["rollouts-pod-template-hash"] for p in _serving_pods(core, namespace)}
+    assert len(hashes) == 2  # a stable and a canary pod, both ready
+    stable_hash = _rollout(custom, namespace)["status"]["stableRS"]
+
+    # A person aborts (`kubectl argo rollouts abort`: status.abort through the status subresource):
+    # ManuallyAborted, not AnalysisFailed (no analysis ran).
+    custom.patch_namespaced_custom_object_status(
+        *ROLLOUTS, namespace, "rollouts", "digits-triton", {"status": {"abort": True}}
+    )
+    aborted = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o).get("reason") == "ManuallyAborted", "ManuallyAborted",
+    )  # fmt: skip
+    assert aborted["status"]["phase"] == "Degraded"
+    assert "kubectl argo rollouts abort" in _ready(aborted)["message"]
+    # ...and retries it (`kubectl argo rollouts retry`): the canary holds at its pause again.
+    custom.patch_namespaced_custom_object_status(
+        *ROLLOUTS, namespace, "rollouts", "digits-triton", {"status": {"abort": False}}
+    )
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o["status"].get("phase") == "Paused", "the canary paused again",
+    )  # fmt: skip
+
+    # The canary's ModelVersion deleted: the operator aborts the canary; v1 serves on and is Ready.
+    custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "v2")
+    withdrawn = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o).get("reason") == "CanaryAborted", "the canary aborted by the operator",
+    )  # fmt: skip
+    assert _ready(withdrawn)["status"] == "True"
+    assert "v1 keeps 100%" in _ready(withdrawn)["message"]
+    waiting = _ready(withdrawn, "CanaryWaiting")
+    assert (waiting["status"], waiting["reason"]) in (
+        ("True", "ModelVersionDeleting"),
+        ("True", "ModelVersionNotFound"),
+    )
+    assert _rollout(custom, namespace)["status"].get("abort") is True
+    wait_for(
+        lambda: {p.metadata.labels["rollouts-pod-template-hash"] for p in _serving_pods(core, namespace)}
+        == {stable_hash} and len(_serving_pods(core, namespace)) == 2,
+        "v1 back on both pods, the canary's gone", 90,
+    )  # fmt: skip
+    assert _rollout(custom, namespace)["status"]["stableRS"] == stable_hash  # never promoted
+    wait_for_events(
+        core, namespace, "digits",
+        lambda events: any(e.type == "Warning" and "aborted the canary of v2" in e.message for e in events),
+        "the Warning event of the operator's abort",
+    )  # fmt: skip
+
+    # The version that serves 100% deleted: it serves on (the in-use finalizer keeps it while it
+    # serves), and Ready says so, with a Warning event.
+    _point_at(custom, namespace, "v1")
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o["status"].get("phase") == "Available" and o["metadata"]["generation"] == o["status"].get(
+            "observedGeneration"
+        ),
+        "v1 alone again",
+    )  # fmt: skip
+    custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "v1")
+    gone = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o).get("reason") in ("ModelVersionDeleting", "ModelVersionDeleted"),
+        "Ready saying the served ModelVersion is going",
+    )  # fmt: skip
+    assert _ready(gone)["status"] == "True"
+    assert "which serves" in _ready(gone)["message"]
+    wait_for_events(
+        core, namespace, "digits",
+        lambda events: any(e.reason == "ServedModelVersionGone" and e.type == "Warning" for e in events),
+        "the ServedModelVersionGone Warning",
+    )  # fmt: skip
+
+
+def test_a_recreate_whose_new_pods_cannot_run_is_not_ready(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    recreate = {"rollout": {"strategy": "recreate"}}
+    _serve_v1(custom, namespace, engine, **recreate)
+    # A new pod template whose pods no node can take: Recreate stops the old pods first, so nothing
+    # serves. Not Ready, whatever served before.
+    _point_at(custom, namespace, "v1", scheduling={"nodeSelector": {"mlops.dev/pool": "nowhere"}})
+    outage = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o).get("status") == "False" and o["status"].get("readyReplicas") == 0,
+        "Ready=False with no ready replica",
+    )  # fmt: skip
+    ready = _ready(outage)
+    assert ready["reason"] in ("Unschedulable", "InsufficientReplicas"), ready
+    assert "0/" in ready["message"]
+    assert "2 required" in ready["message"]
+    assert outage["status"]["observedGeneration"] == outage["metadata"]["generation"]  # applied
+    _point_at(custom, namespace, "v1", scheduling={"nodeSelector": None})
+    back = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o["status"].get("phase") == "Available", "Available again",
+    )  # fmt: skip
+    assert _ready(back)["status"] == "True"
+    assert back["status"]["readyReplicas"] == 2
+
+
+def test_an_analysis_that_cannot_measure_is_metrics_unavailable_not_a_failed_model(
+    serving: tuple[OperatorProcess, LocalPodRunner],
+    engine: CompiledEngine,
+    control_plane: ControlPlane,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    _serve_v1(custom, namespace, engine)
+    _ready_version(custom, namespace, "v2", engine)
+    no_tolerance = {"analysis": {"intervalSeconds": 10, "initialDelaySeconds": 0, "consecutiveErrorLimit": 0}}
+    control_plane.stop_prometheus()
+    try:
+        _point_at(custom, namespace, "v2", rollout=no_tolerance)
+        degraded = _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o["status"].get("phase") == "Degraded", "the canary aborted, unmeasured", 180,
+        )  # fmt: skip
+    finally:
+        control_plane.start_prometheus()
+    ready = _ready(degraded)
+    assert (ready["status"], ready["reason"]) == ("False", "MetricsUnavailable"), ready
+    assert "could not be measured" in ready["message"]
+    assert "v1 keeps 100%" in ready["message"]
+    assert "= None" not in ready["message"]  # the provider's message, not a value that was never measured
