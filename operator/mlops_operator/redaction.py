@@ -41,8 +41,9 @@ _AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
 # (`s3://b/<key>/x`, `runs/key_<key>`): a longer run is another digest (a sha256 has 64).
 _HEX40 = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{40}(?![0-9a-fA-F])")
 # An AWS secret access key quoted without its key name ("key wJalr…"): 40 base64 characters standing
-# alone, with upper and lower case letters and a digit (a name, a word or a path segment has not).
-_B64_40 = re.compile(r"(?<![0-9A-Za-z/+=._:-])[0-9A-Za-z][0-9A-Za-z/+]{39}(?![0-9A-Za-z/+=._-])")
+# alone or after an underscore (`name_<key>`), with upper and lower case letters and a digit (a name,
+# a word or a path segment has not).
+_B64_40 = re.compile(r"(?<![0-9A-Za-z/+=.:-])[0-9A-Za-z][0-9A-Za-z/+]{39}(?![0-9A-Za-z/+=.-])")
 
 
 def _mask_b64(match: re.Match[str]) -> str:

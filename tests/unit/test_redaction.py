@@ -333,3 +333,23 @@ def test_status_patch_redacts_the_keys_of_every_mapping():
     patch, _ = status_patch({}, outcome, 1, now="2026-01-01T12:00:00Z")
     _assert_no_secret(json.dumps(patch))
     assert sorted(patch["metrics"].values()) == [1.0, 2.0]
+
+
+def test_a_secret_across_the_cut_of_a_metric_name_or_uri_is_masked_not_halved():
+    # Names are cut to 128 characters and URIs to 1024: a secret straddling the cut, redacted after
+    # it, would no longer look like one and half of it would stay.
+    long_key = "m" * 110 + "_" + AWS_SECRET
+    long_uri = "s3://bucket/" + "d/" * 496 + WANDB_KEY + "/step-10.pt"
+    summary = trainer_result.summary(
+        "train",
+        ExitCode.SUCCESS,
+        metrics={"accuracy": 0.5, long_key: 0.1},
+        checkpoint={"uri": long_uri, "step": 10},
+    )
+    outcome = _succeeded_run(summary)
+    patch, _ = status_patch({}, outcome, 1, now="2026-01-01T12:00:00Z")
+    text = json.dumps(patch)
+    assert AWS_SECRET[:17] not in text
+    assert WANDB_KEY[:14] not in text
+    assert "m" * 110 + "_***" in patch["metrics"]
+    assert "/***/step-10.pt" in patch["checkpointURI"]  # masked first, it fits whole

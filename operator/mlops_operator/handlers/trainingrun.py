@@ -34,6 +34,7 @@ from ..k8s.events import Event
 from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
 from ..observation.pods import PERMANENT_START_FAILURES
 from ..observation.training import Failure, Observation, finite_metrics, observe
+from ..redaction import redact
 from ..timeutil import from_rfc3339, to_rfc3339
 from .base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged
 from .base import ready as ready_condition
@@ -481,7 +482,8 @@ def _first_attempt(spec: TrainingRunSpec, ctx: ReconcileContext, now: str) -> Ou
 
 
 def _text(value: Any, limit: int = 1024) -> str | None:
-    return str(value)[:limit] if value else None
+    """A workload's string for status: redacted before it is cut, so a cut never keeps half a secret."""
+    return redact(str(value))[:limit] if value else None
 
 
 def _succeeded(

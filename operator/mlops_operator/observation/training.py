@@ -147,5 +147,5 @@ def finite_metrics(values: Any) -> dict[str, float]:
             and not isinstance(value, bool)
             and abs(float(value)) < float("inf")
         ):
-            out[str(key)[:128]] = float(value)
+            out[redact(str(key))[:128]] = float(value)  # redacted before it is cut: no half secret
     return out
