@@ -7,6 +7,7 @@ The session's own S3 and MLflow servers are stopped and started again (same port
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import create_s3_secret
-from tests.integration.faults.conftest import Healed, start_fast_operator
+from tests.integration.faults.conftest import Healed, kill9, start_fast_operator
 from tests.integration.test_modelversion import (
     REGISTRY_ENV,
     _finish_stage,
@@ -176,6 +177,60 @@ def test_registry_down_while_registering_is_registry_unavailable_then_one_versio
     finally:
         operator.stop()
         mlflow_server.start()  # a no-op when it runs
+
+
+def test_operator_killed_at_random_points_of_a_modelversion(
+    control_plane: ControlPlane,
+    mlflow_server: LocalMlflow,
+    source: str,  # noqa: F811 - the fixture imported above
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    rng: random.Random,
+    heal_record: list[Healed],
+):
+    """kill -9 at a random moment after each step: the ModelVersion created (the compile Job being
+    made), the compile finished (the evaluate Job being made), the evaluation finished (the registry
+    call in flight). Each new operator takes over: one Job per stage, one registry version."""
+    model = _model_name()
+    logs = iter(tmp_path / f"operator-{i}.log" for i in range(10))
+
+    def start() -> Any:
+        return start_fast_operator(control_plane, namespace, next(logs), **REGISTRY_ENV)
+
+    operator = start()
+    try:
+        body = _mv("k9", source, mlflow_server)
+        body["spec"]["registry"]["collection"] = model
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+        time.sleep(rng.uniform(0, 1.5))
+        kill9(operator)
+        operator = start()
+        _finish_stage(core, namespace, "k9-compile-a1", compiled())
+        time.sleep(rng.uniform(0, 1.0))
+        kill9(operator)
+        operator = start()
+        _finish_stage(core, namespace, "k9-evaluate-a1", evaluated())
+        time.sleep(rng.uniform(0, 1.5))
+        kill9(operator)
+        restarted = time.monotonic()
+        operator = start()
+        ready = _wait_mv(custom, namespace, "k9", "Ready", timeout=REGISTRY_HEAL_BOUND)
+        heal_record.append(
+            Healed(
+                "operator kill -9 (3 times along a ModelVersion)",
+                "nothing: the next operator takes over; one Job per stage, one registry version",
+                0.0,
+                time.monotonic() - restarted,
+                "test_operator_killed_at_random_points_of_a_modelversion",
+            )
+        )
+        assert ready["status"]["registry"]["version"] == "1"
+        assert len(_versions(mlflow_server, ready["metadata"]["uid"])) == 1, "registered once"
+        assert set(_jobs(core, namespace)) <= {"k9-compile-a1", "k9-evaluate-a1"}, "one attempt each"
+    finally:
+        operator.stop()
 
 
 def _jobs(core: client.CoreV1Api, namespace: str) -> list[str]:
