@@ -17,7 +17,7 @@ import random
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -33,12 +33,12 @@ from ..handlers.base import (
     Outcome,
     Unchanged,
     checked_status,
-    outage_retry_delay,
+    outage_requeue,
     parse_spec,
     status_patch,
 )
 from ..handlers.context import Clients, ReconcileContext
-from ..k8s.conditions import ConditionUpdate, find_condition
+from ..k8s.conditions import ConditionUpdate
 from ..k8s.events import Event, event_manifest, redact
 from ..k8s.naming import uid_label
 from ..metrics import (
@@ -286,17 +286,8 @@ class Engine:
         ready = next((c for c in outcome.conditions if c.type == READY), None)
         if ready is None or ready.status != "False" or ready.reason not in TRANSIENT_REASONS:
             return None
-        before: Mapping[str, Any] = (
-            find_condition((body.get("status") or {}).get("conditions") or [], READY) or {}
-        )
-        since = before.get("lastTransitionTime") if before.get("reason") == ready.reason else None
-        delay = outage_retry_delay(
-            since,
-            datetime.now(UTC),
-            minimum=timedelta(seconds=self.config.retry_min_seconds),
-            maximum=timedelta(seconds=self.config.retry_max_seconds),
-        )
-        return delay.total_seconds()
+        conditions = (body.get("status") or {}).get("conditions")
+        return outage_requeue(conditions, ready.reason, datetime.now(UTC), self.config)
 
     def _error_outcome(self, key: ObjectKey, body: Obj, error: Exception, *, count: bool = True) -> Outcome:
         if count:

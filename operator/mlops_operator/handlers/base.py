@@ -21,6 +21,7 @@ from ..k8s.conditions import ConditionUpdate, condition_reason, find_condition, 
 from ..k8s.events import Event
 from ..observation.serving import SERVING_STUCK_REASONS
 from ..redaction import redact
+from ..settings import OperatorConfig
 from ..timeutil import from_rfc3339
 
 READY = "Ready"
@@ -215,3 +216,25 @@ def outage_retry_delay(
     gentle on a long outage, and no retry counter to keep in status."""
     failing_for = now - from_rfc3339(failing_since) if failing_since else timedelta(0)
     return min(max(failing_for / 2, minimum), maximum)
+
+
+def outage_requeue(
+    conditions: list[Mapping[str, Any]] | None,
+    reason: str,
+    now: datetime,
+    config: OperatorConfig,
+    *,
+    failing_since: str | None = None,
+) -> float:
+    """Seconds until an object whose Ready says `reason` (something unavailable) is looked at again:
+    the one retry rule of every kind and of the engine (`outage_retry_delay` within the operator's
+    retry settings), measured from when Ready took that reason (else `failing_since`, else now)."""
+    ready: Mapping[str, Any] = find_condition(conditions or [], READY) or {}
+    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else failing_since
+    delay = outage_retry_delay(
+        since,
+        now,
+        minimum=timedelta(seconds=config.retry_min_seconds),
+        maximum=timedelta(seconds=config.retry_max_seconds),
+    )
+    return delay.total_seconds()

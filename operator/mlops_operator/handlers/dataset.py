@@ -41,18 +41,19 @@ from ..integrations.s3 import (
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
 from ..timeutil import from_rfc3339, parse_duration, to_rfc3339
-from .base import READY, Outcome, Result, Unchanged, outage_retry_delay
+from .base import READY, Outcome, Result, Unchanged, outage_requeue
 from .context import ReconcileContext
 from .secrets import CredentialsUnavailableError
 from .stores import read_credentials
 
-# While the source is unavailable, retry with `outage_retry_delay` within these bounds.
-RETRY_MIN = timedelta(seconds=15)
-RETRY_MAX = timedelta(minutes=5)
-# Ready reasons looked at again with that backoff: an outage, and an endpoint the operator's
-# allow-list refuses (no request is sent, so a retry is free and an administrator's change to the
-# allow-list takes effect within RETRY_MAX).
+# Ready reasons looked at again with the one outage backoff (`outage_requeue`, within the operator's
+# retry settings): an outage, and an endpoint the operator's allow-list refuses (no request is sent,
+# so a retry is free and an administrator's change to the allow-list takes effect within the longest
+# retry).
 RETRIED_REASONS = frozenset({"SourceUnavailable", "EndpointNotAllowed"})
+# A manifest that could not be written: the Dataset is usable, and listing it again (a whole listing,
+# for a large prefix) is worth doing only every so often.
+MANIFEST_RETRY = timedelta(seconds=15)
 # More objects than the operator lists: listing again finds as many, so only a new spec or limit helps.
 TOO_MANY_OBJECTS = "TooManyObjects"
 
@@ -68,14 +69,15 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
     if ready.get("reason") == TOO_MANY_OBJECTS:
         return 0.0 if status.get("objectLimit") != ctx.config.dataset_max_objects else None
     if ready.get("reason") in RETRIED_REASONS:
-        since = ready.get("lastTransitionTime") or checked
-        delay = outage_retry_delay(since, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX)
-        return max(0.0, (delay - elapsed).total_seconds())
+        delay = outage_requeue(
+            status.get("conditions"), str(ready.get("reason")), ctx.now(), ctx.config, failing_since=checked
+        )
+        return max(0.0, delay - elapsed.total_seconds())
     due = [parse_duration(spec.refresh_interval)] if spec.refresh_interval else []
     if _manifest_missing(
         spec, status, ready.get("reason")
     ):  # its write failed: listed and written again soon
-        due.append(RETRY_MIN)
+        due.append(MANIFEST_RETRY)
     return max(0.0, (min(due) - elapsed).total_seconds()) if due else None
 
 
@@ -97,15 +99,13 @@ def _unavailable(
     reason: str = "SourceUnavailable",
     phase: str = "Pending",
 ) -> Outcome:
-    ready: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), READY) or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else None
     return Outcome(
         phase=phase,
         conditions=(ConditionUpdate(READY, "False", reason, message),),
         fields={"lastCheckedTime": checked},
-        requeue_after=outage_retry_delay(
-            since or checked, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX
-        ).total_seconds(),
+        requeue_after=outage_requeue(
+            ctx.status.get("conditions"), reason, ctx.now(), ctx.config, failing_since=checked
+        ),
     )
 
 
@@ -295,8 +295,8 @@ def reconcile(spec: DatasetSpec, ctx: ReconcileContext) -> Result:
         if not written and not manifest_note:
             manifest_note = "; the data changed while its manifest was written"
         if not written:
-            manifest_note += f" (listed and written again in {RETRY_MIN.total_seconds():.0f}s)"
-            refresh = min(refresh or math.inf, RETRY_MIN.total_seconds())
+            manifest_note += f" (listed and written again in {MANIFEST_RETRY.total_seconds():.0f}s)"
+            refresh = min(refresh or math.inf, MANIFEST_RETRY.total_seconds())
     if violations:
         more = len(violations) + unlisted - 3
         shown = "; ".join(violations[:3]) + (f" (+{more} more)" if more > 0 else "")

@@ -6,27 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from ...api.v1alpha1 import ModelVersionSpec
-from ...k8s.conditions import find_condition
-from ..base import READY, outage_retry_delay
+from ..base import outage_requeue
 from ..context import ReconcileContext
 
 KIND = "ModelVersion"
 PLURAL = "modelversions"
 SPEC_ACCEPTED = "SpecAccepted"
 PROMOTED = "Promoted"
-# While the source or the registry is unavailable: `outage_retry_delay` within these bounds.
-RETRY_MIN, RETRY_MAX = timedelta(seconds=5), timedelta(minutes=5)
 
 
 def retry_after(ctx: ReconcileContext, reason: str) -> float:
     """Seconds until a ModelVersion whose Ready says `reason` (an outage) is looked at again."""
-    ready: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), READY) or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else None
-    return outage_retry_delay(since, ctx.now(), minimum=RETRY_MIN, maximum=RETRY_MAX).total_seconds()
+    return outage_requeue(ctx.status.get("conditions"), reason, ctx.now(), ctx.config)
 
 
 def canonical_sha256(value: Any) -> str:
