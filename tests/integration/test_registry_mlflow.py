@@ -193,6 +193,27 @@ def test_archive_takes_every_alias_off_and_tags_the_version(
     assert sent_since(before) == {("get_model_version", "ok"): 1}  # already archived: one read
 
 
+def test_a_version_is_found_by_its_uid_for_archiving_also_once_archived(
+    mlflow_server: LocalMlflow, client: MlflowClient, model: str
+) -> None:
+    """What a ModelVersion's deletion relies on (deletionPolicy Archive): the version its UID tags is
+    found without status naming it, and is found again, archived, when a deletion is retried."""
+    registry = registry_for(mlflow_server.tracking_uri, model)
+    uid = str(uuid.uuid4())
+    registry.register(request())  # another object's version of the same model
+    mine = registry.register(request(uid))
+    registry.set_aliases(mine.version, add=["champion"], remove=[])
+    found = registry.find(uid)
+    assert found is not None
+    assert (found.version, found.aliases) == (mine.version, ("champion",))
+    registry.archive(found.version)
+    again = registry.find(uid)
+    assert again is not None
+    assert (again.version, again.archived, again.aliases) == (mine.version, True, ())
+    assert client.get_model_version(model, mine.version).tags[ARCHIVED_TAG] == "true"
+    assert registry.find(str(uuid.uuid4())) is None  # never registered: nothing to archive
+
+
 def test_missing_versions(mlflow_server: LocalMlflow, model: str) -> None:
     registry = registry_for(mlflow_server.tracking_uri, model)
     assert registry.get("1") is None  # no such registered model

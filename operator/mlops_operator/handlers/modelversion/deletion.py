@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ...api.v1alpha1 import ModelVersionSpec
 from ...engine.cache import Cache
+from ...integrations.registry import RegistryVersionNotFoundError
 from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
 from ..base import Outcome, Result, Unchanged, ready
@@ -125,6 +126,8 @@ def deleting(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
             found = registry.find(ctx.uid)
             if found is not None:
                 registry.archive(found.version)
+        except RegistryVersionNotFoundError:
+            pass  # deleted in the registry between the two requests: nothing left to archive
         except REGISTRY_ERRORS as error:
             reason, message = registry_problem(error, "deletion waits to archive this version")
             message += (
