@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from mlflow import MlflowClient
 
 from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
-from mlops_operator.dev.s3 import DEV_REGION, LocalS3
+from mlops_operator.dev.s3 import DEV_REGION, LOOPBACK_ENDPOINTS, LocalS3
 from tests.integration.conftest import create_s3_secret, start_operator
 from tests.integration.digits_engine import TRAINER, CompiledEngine
 from tests.waiting import wait_for, wait_for_events
@@ -57,7 +59,11 @@ def served(
         control_plane,
         namespace,
         tmp_path / "operator.log",
-        {"MLOPS_TRITON_CPU_BACKEND": "python", "MLOPS_PROMETHEUS_ADDRESS": control_plane.prometheus_url},
+        {
+            "MLOPS_TRITON_CPU_BACKEND": "python",
+            "MLOPS_PROMETHEUS_ADDRESS": control_plane.prometheus_url,
+            "MLOPS_REGISTRY_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
+        },
     )
     runner = LocalPodRunner(
         api,
@@ -102,9 +108,13 @@ def _wait(
 
 
 def _ready_version(
-    custom: client.CustomObjectsApi, namespace: str, name: str, engine: CompiledEngine
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    engine: CompiledEngine,
+    registry: dict[str, Any] | None = None,
 ) -> None:
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": f"{G}/{V}",
         "kind": "ModelVersion",
         "metadata": {"name": name},
@@ -115,6 +125,8 @@ def _ready_version(
             "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
         },
     }
+    if registry:
+        body["spec"]["registry"] = registry
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
     _wait(
         custom, namespace, "modelversions", name,
@@ -133,11 +145,21 @@ def _gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
 def test_a_served_version_is_deleted_only_once_nothing_serves_it(
     served: None,
     engine: CompiledEngine,
+    mlflow_server: LocalMlflow,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
-    _ready_version(custom, namespace, "v1", engine)
+    model = f"digits-{namespace}"
+    registry = {
+        "provider": "mlflow",
+        "project": "digits",
+        "trackingURI": mlflow_server.tracking_uri,
+        "collection": model,
+        "aliases": ["champion"],
+        "deletionPolicy": "Archive",
+    }
+    _ready_version(custom, namespace, "v1", engine, registry)
     idep = {
         "apiVersion": f"{G}/{V}",
         "kind": "InferenceDeployment",
@@ -178,6 +200,10 @@ def test_a_served_version_is_deleted_only_once_nothing_serves_it(
     )
     time.sleep(3)
     assert not _gone(custom, namespace, "v1")
+    # ... and the registry keeps it as it was: what serves is not archived.
+    mlflow = MlflowClient(mlflow_server.tracking_uri)
+    assert sorted(mlflow.get_model_version(model, "1").aliases) == ["champion", "staging"]
+    assert "mlops.dev/archived" not in mlflow.get_model_version(model, "1").tags
 
     # Once another version serves, it is released and goes; the new one is protected in its turn.
     _ready_version(custom, namespace, "v2", engine)
@@ -185,6 +211,9 @@ def test_a_served_version_is_deleted_only_once_nothing_serves_it(
         G, V, namespace, "inferencedeployments", "digits", {"spec": {"modelVersionRef": {"name": "v2"}}}
     )
     wait_for(lambda: _gone(custom, namespace, "v1"), "v1 to be deleted once v2 serves", 180)
+    assert (
+        mlflow.get_model_version(model, "1").tags["mlops.dev/archived"] == "true"
+    )  # released, then archived
     assert _get(custom, namespace, "inferencedeployments", "digits")["status"]["stableVersion"] == "v2"
     _wait(
         custom, namespace, "modelversions", "v2",
