@@ -219,3 +219,10 @@ def test_a_served_version_is_deleted_only_once_nothing_serves_it(
         custom, namespace, "modelversions", "v2",
         lambda o: IN_USE in (o["metadata"].get("finalizers") or []), "the in-use finalizer on v2",
     )  # fmt: skip
+
+    # The InferenceDeployment deleted: nothing serves v2 any more, its protection goes.
+    custom.delete_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits")
+    _wait(
+        custom, namespace, "modelversions", "v2",
+        lambda o: IN_USE not in (o["metadata"].get("finalizers") or []), "v2 released, its server gone", 60,
+    )  # fmt: skip
