@@ -12,6 +12,7 @@ import json
 import signal
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -745,8 +746,13 @@ def test_a_stage_past_its_deadline_fails_and_finished_stage_jobs_are_deleted(
         custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _mv("hung", source))
         _wait(custom, namespace, "hung", "Compiling")
         assert _jobs(core, namespace, "hung")["hung-compile-a1"].spec.active_deadline_seconds == 6
+        started = _jobs(core, namespace, "hung")["hung-compile-a1"].status.start_time
         failed = _wait(custom, namespace, "hung", "Failed", "StageDeadlineExceeded", timeout=60)
         assert "ran past its deadline of 6s" in _condition(failed)["message"]
+        # Said within seconds of the deadline (the Job controller stops it; the Job's change wakes it).
+        took = (datetime.now(UTC) - started).total_seconds()
+        print(f"StageDeadlineExceeded {took:.0f}s after the Job started (deadline 6s)")
+        assert took <= 6 + 10
         (failure,) = failed["status"]["failures"]
         assert (failure["stage"], failure["reason"], failure["retryable"]) == (
             "compile",
