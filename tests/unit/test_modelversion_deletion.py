@@ -90,7 +90,8 @@ def test_the_deletion_step(policy, finalizers, annotations, users, expected):
 def test_who_serves_a_version_and_whom_an_inference_deployment_change_wakes():
     cache = Cache()
     for obj in (
-        _idep("web", stableVersion="v1", canaryVersion="v2"),
+        _idep("web", stableVersion="v1", canaryVersion="v2", canaryWeight=10),
+        _idep("aborted", stableVersion="v1", canaryVersion="v3", canaryWeight=0),
         _idep("batch", stableVersion="v2"),
         _idep("other", stableVersion="v3"),
     ):
@@ -102,6 +103,8 @@ def test_who_serves_a_version_and_whom_an_inference_deployment_change_wakes():
         "InferenceDeployment web (canary)",
     ]
     assert serving(cache, "ns", "v9") == []
+    # A canary at 0% (aborted, or before its first step) takes no traffic: v3 serves only as "other"'s stable.
+    assert serving(cache, "ns", "v3") == ["InferenceDeployment other (stable)"]
     assert serving(cache, "elsewhere", "v1") == []
     # What it serves now, and v0: held in use by what it (or another) served before.
     woken = sorted(

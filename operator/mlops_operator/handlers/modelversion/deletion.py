@@ -1,9 +1,12 @@
 """Finalizers and deletion of a ModelVersion.
 
-- `mlops.dev/in-use` protects a version an InferenceDeployment serves (its status.stableVersion or
-  canaryVersion), the way Kubernetes protects a PersistentVolumeClaim a pod uses: it is added while
-  anything serves the version and removed when nothing does. A deletion meanwhile waits (the InUse
-  condition names who serves it; a DeletionBlocked event), and so does the registry's archive.
+- `mlops.dev/in-use` protects a version an InferenceDeployment serves (its status.stableVersion, or
+  its canaryVersion while the canary takes traffic), the way Kubernetes protects a
+  PersistentVolumeClaim a pod uses: it is added while anything serves the version and removed when
+  nothing does. A canary at 0% (not started, or aborted: the InferenceDeployment aborts the canary of
+  a version being deleted) serves nothing, so a deleted canary version goes once its canary stops.
+  A deletion meanwhile waits (the InUse condition names who serves it; a DeletionBlocked event), and
+  so does the registry's archive.
 - `mlops.dev/registry` (from registration on) lets deletion archive the registry's version
   (deletionPolicy Archive). The version is found by the UID tag the registration put on it, not by
   what status recorded: a delete that lands while registration runs (its status write then fails)
@@ -46,6 +49,8 @@ def serving(cache: Cache, namespace: str, name: str) -> list[str]:
     for idep in cache.in_namespace("InferenceDeployment", namespace):
         status = idep.get("status") or {}
         roles = [role for field, role in SERVING_FIELDS.items() if status.get(field) == name]
+        if "canary" in roles and not int(status.get("canaryWeight") or 0):
+            roles.remove("canary")  # no traffic: not started yet, or aborted
         if roles:
             users.append(f"InferenceDeployment {idep['metadata']['name']} ({', '.join(roles)})")
     return sorted(users)
