@@ -141,3 +141,17 @@ def test_finished_jobs_go_once_their_result_is_recorded_never_the_one_the_stage_
         "mv-compile-a1",
         "mv-evaluate-a1",
     ]
+
+
+def test_a_deadline_changed_after_compile_started_applies_to_the_next_attempt():
+    job = _job("mv-compile-a1", started=NOW - timedelta(seconds=100), deadline=None)  # made before deadlines
+    ctx = _ctx("Compiling", "mv-compile-a1", job, _running_pod(job))
+    longer = ModelVersionSpec.model_validate(
+        {**SPEC.wire(), "compile": {"target": "onnx", "deadlineSeconds": 900}}
+    )
+    outcome = modelversion.reconcile(longer, ctx)
+    assert isinstance(outcome, Outcome)
+    ready = next(c for c in outcome.conditions if c.type == "SpecAccepted")
+    assert ready.status == "True"  # not a compile-relevant change
+    assert outcome.requeue_after is not None
+    assert 800 <= outcome.requeue_after <= 803  # the spec's deadline now, not the pinned one

@@ -56,9 +56,9 @@ def _accepted(spec: ModelVersionSpec, status: Mapping[str, Any]) -> ConditionUpd
             "False",
             "ImmutableAfterStart",
             "the spec changed after compile started; only stage, registry.aliases, "
-            "registry.credentialsSecretRef, registry.deletionPolicy, scheduling and serviceAccountName "
-            "may change. This version goes on with the spec it started with: create a new ModelVersion "
-            "to compile differently",
+            "registry.credentialsSecretRef, registry.deletionPolicy, scheduling, serviceAccountName and "
+            "the stages' deadlineSeconds may change. This version goes on with the spec it started "
+            "with: create a new ModelVersion to compile differently",
         )
     return ConditionUpdate(SPEC_ACCEPTED, "True", "Accepted", "")
 

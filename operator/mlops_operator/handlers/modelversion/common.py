@@ -48,6 +48,11 @@ def pinned_spec(ctx: ReconcileContext, spec: ModelVersionSpec) -> ModelVersionSp
         merged.pop(name, None)
         if name in current:
             merged[name] = current[name]
+    for section in ("compile", "evaluation"):
+        deadline = (current.get(section) or {}).get("deadlineSeconds")
+        merged[section] = {k: v for k, v in (merged.get(section) or {}).items() if k != "deadlineSeconds"}
+        if deadline is not None:
+            merged[section]["deadlineSeconds"] = deadline
     if merged.get("registry") and spec.registry:
         registry = dict(merged["registry"])
         for name in ("aliases", "credentialsSecretRef", "deletionPolicy"):
