@@ -489,3 +489,20 @@ def test_the_stable_versions_modelversion_being_deleted_is_said_while_it_serves_
     assert "v1 serves on 2 ready replica(s)" in ready.message
     assert "ModelVersion v1, which serves, is being deleted" in ready.message
     assert [(e.reason, e.type) for e in outcome.events] == [("ServedModelVersionGone", "Warning")]
+
+
+def test_only_the_canarys_own_version_going_away_withdraws_it():
+    from mlops_operator.handlers.inferencedeployment import _withdrawn
+
+    rollout = _rollout("v2", generation=2, observed=2, currentPodHash="new", stableRS="old")
+    ctx = _ctx_with({"stableVersion": "v1"})
+    gone = ("ModelVersionDeleting", "ModelVersion v2 is being deleted")
+    assert _withdrawn(SPEC, ctx, rollout, "v2", gone) == gone
+    assert _withdrawn(SPEC, ctx, rollout, "v2", ("RepositoryUnavailable", "S3 down")) is None
+    assert _withdrawn(SPEC, ctx, rollout, "v2", ("EndpointNotAllowed", "not allowed")) is None
+    # The spec names v3 (not Ready yet) while v2's canary runs: v2 is judged on its own.
+    v2 = {"kind": "ModelVersion", "metadata": {"name": "v2", "namespace": "ns", "uid": "mv2"}, "status": {}}
+    ctx = _ctx_with({"stableVersion": "v1"}, ("ModelVersion", v2))
+    assert _withdrawn(SPEC, ctx, rollout, "v3", ("ModelVersionNotFound", "v3"))[0] == "ModelVersionNotReady"
+    # The stable's own template is no canary.
+    assert _withdrawn(SPEC, ctx, _rollout("v1", generation=2, observed=2), "v1", gone) is None

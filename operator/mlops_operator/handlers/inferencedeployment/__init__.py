@@ -54,7 +54,7 @@ from .children import (
 )
 from .repository import hash_of, published
 from .status import CANARY_ABORTED, CANARY_WAITING, Situation, observe, ready
-from .version import DELETING, not_servable, template_version, waiting_on_modelversion
+from .version import DELETING, NOT_FOUND, NOT_READY, not_servable, template_version, waiting_on_modelversion
 
 __all__ = [
     "CANARY_WAITING",
@@ -66,6 +66,7 @@ __all__ = [
     "waiting_on_modelversion",
 ]
 
+WITHDRAWN_REASONS = frozenset({NOT_FOUND, DELETING, NOT_READY})
 CANARY_WITHDRAWN = "CanaryWithdrawn"  # the Warning event of the operator's abort (Ready says CanaryAborted)
 ROLLOUTS_GONE = (
     "Argo Rollouts is not installed (its CRDs are not served): a Deployment serves, and a new version "
@@ -118,9 +119,11 @@ def _withdrawn(
     canary = template_version(workload)
     if canary is None or canary == ctx.status.get("stableVersion"):
         return None
-    if canary == name:
-        return problem
-    return not_servable(spec, read_object(ctx, "ModelVersion", "modelversions", canary), canary)
+    if canary != name:
+        problem = not_servable(spec, read_object(ctx, "ModelVersion", "modelversions", canary), canary)
+    # Only the version itself going away withdraws it; an S3 blip or a refused analysis address
+    # (the spec's, not the version's) leaves the canary running.
+    return problem if problem is not None and problem[0] in WITHDRAWN_REASONS else None
 
 
 def _waiting(

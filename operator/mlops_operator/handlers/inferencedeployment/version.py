@@ -15,6 +15,7 @@ from ..base import READY
 # rolled out anew, but the stable version it is goes on serving until the spec names another.
 DELETING = "ModelVersionDeleting"
 NOT_FOUND = "ModelVersionNotFound"
+NOT_READY = "ModelVersionNotReady"
 
 
 def waiting_on_modelversion(cache: Cache, mv: Mapping[str, Any]) -> Iterable[ObjectKey]:
@@ -53,10 +54,10 @@ def not_servable(
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
     if status.get("phase") != "Ready" or ready.get("status") != "True":
         why = f"{ready.get('reason')}: {ready.get('message', '')}" if ready else "not reconciled yet"
-        return "ModelVersionNotReady", f"ModelVersion {name} is {status.get('phase') or 'Pending'} ({why})"
+        return NOT_READY, f"ModelVersion {name} is {status.get('phase') or 'Pending'} ({why})"
     engine = status.get("engine") or {}
     if not engine.get("uri") or not engine.get("metadataURI"):
-        return "ModelVersionNotReady", f"ModelVersion {name} has no compiled engine in its status"
+        return NOT_READY, f"ModelVersion {name} has no compiled engine in its status"
     if engine.get("format") == "tensorrt":
         built_on = engine.get("gpuProduct")
         if spec.resources.gpus == 0:
