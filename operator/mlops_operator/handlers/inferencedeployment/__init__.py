@@ -47,6 +47,7 @@ from ..reads import read_object
 from .canary import UNREADABLE_ANALYSIS
 from .children import (
     owned_one,
+    recreate_missing,
     retire_other_workload,
     set_abort,
     sync_children,
@@ -145,14 +146,14 @@ def _waiting(
     if workload is None:
         phase = "Failed" if problem[0] in ("EngineGPUMismatch", "InvalidModel") else "Pending"
         return Outcome(phase, (ready("False", problem[0], problem[1]),))
-    events: tuple[Event, ...] = ()
+    events = _repair_while_waiting(spec, ctx, kind, workload)
     withdrawn = _withdrawn(spec, ctx, workload, name, problem) if kind == "Rollout" else None
     serving = template_version(workload)
     if withdrawn is not None and not (workload.get("status") or {}).get("abort"):
         workload = set_abort(ctx, workload, True)
         ROLLOUTS_ABORTED.labels(namespace=ctx.namespace).inc()
         message = f"aborted the canary of {serving}: {withdrawn[1]}; {status.get('stableVersion')} keeps 100%"
-        events = (Event(CANARY_WITHDRAWN, message, "Warning"),)
+        events = (*events, Event(CANARY_WITHDRAWN, message, "Warning"))
     # The spec names the stable version, whose ModelVersion went away: the note says it (in Ready).
     waiting = None if note is not None and name == status.get("stableVersion") else problem
     situation = Situation(waiting=waiting, withdrawn=withdrawn, note=note, fallback=fallback, other=other)
@@ -161,6 +162,28 @@ def _waiting(
     # CanaryWaiting (or Ready) says why.
     fields = {**outcome.fields, "observedGeneration": status.get("observedGeneration")}
     return Outcome(outcome.phase, outcome.conditions, fields, events=(*outcome.events, *events))
+
+
+def _repair_while_waiting(
+    spec: InferenceDeploymentSpec, ctx: ReconcileContext, kind: Workload, workload: Mapping[str, Any]
+) -> tuple[Event, ...]:
+    """While the spec's version waits, the children of the version the workload runs that are
+    missing (a Service deleted by hand) are created again from its ModelVersion and the repository
+    the status records for it; none when those are gone too."""
+    serving = template_version(workload)
+    known = ctx.status.get("repository") or {}
+    if not serving or known.get("modelVersion") != serving or kind != ctx.status.get("workloadKind"):
+        return ()
+    mv = read_object(ctx, "ModelVersion", "modelversions", serving)
+    status = (mv or {}).get("status") or {}
+    if mv is None or not status.get("engine") or not (status.get("pinned") or {}).get("datasetSpec"):
+        return ()
+    try:
+        prometheus = analysis_address(spec, ctx.config)
+    except EndpointNotAllowedError:
+        return ()
+    inputs = _serving_inputs(spec, ctx, mv, known, prometheus=prometheus, workload_exists=True)
+    return recreate_missing(ctx, inputs, build_children(inputs, kind), kind)
 
 
 def _sync(

@@ -45,7 +45,7 @@ def owned_one(ctx: ReconcileContext, kind: str) -> Mapping[str, Any] | None:
     return owned[0] if owned else None
 
 
-def _apply(
+def apply_children(
     ctx: ReconcileContext,
     inputs: ServingInputs,
     children: Sequence[Mapping[str, Any]],
@@ -84,6 +84,29 @@ def _apply(
     return written
 
 
+def recreate_missing(
+    ctx: ReconcileContext, inputs: ServingInputs, children: Sequence[Mapping[str, Any]], kind: Workload
+) -> tuple[Event, ...]:
+    """Create again the children that are missing, nothing else (while the spec's own version waits:
+    what exists stays as the last applied spec left it)."""
+    missing = [
+        c
+        for c in children
+        if ctx.cache.get(str(c["kind"]), ctx.namespace, str(c["metadata"]["name"])) is None
+    ]
+    if not missing:
+        return ()
+    apply_children(ctx, inputs, missing, kind, None)
+    return tuple(
+        Event(
+            "ChildRecreated",
+            f"the {c['kind']} {c['metadata']['name']} was missing: created it again",
+            "Warning",
+        )
+        for c in missing
+    )
+
+
 def sync_children(
     ctx: ReconcileContext,
     inputs: ServingInputs,
@@ -113,7 +136,7 @@ def sync_children(
                 Event("ChildReverted", f"{what} was edited (by hand?): applied it again", "Warning")
             )
     if stale:
-        workload = _apply(ctx, inputs, stale, kind, workload) or workload
+        workload = apply_children(ctx, inputs, stale, kind, workload) or workload
     for other_kind, name in obsolete_children(inputs, kind):
         found = ctx.cache.get(other_kind, ctx.namespace, name)
         if found is not None and controller_uid(found) == ctx.uid:
