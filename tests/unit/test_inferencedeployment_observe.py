@@ -1,4 +1,6 @@
-"""How an InferenceDeployment reads its aborted Rollout, as data (no clients: a call would raise)."""
+"""An InferenceDeployment's status read from its workload, pods and ModelVersions, as data (no
+clients: a call would raise): Ready only with the required ready replicas, the real canary weight,
+why a canary was aborted, a version pulled away, a Deployment standing in for a Rollout (issue 15)."""
 
 from __future__ import annotations
 
