@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.faults import TcpProxy
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import create_s3_secret
@@ -124,6 +126,97 @@ def test_s3_down_during_a_dataset_refresh_is_source_unavailable_then_ready(
         operator.stop()
         if not s3.running:
             s3.start()
+
+
+def _dataset_body(s3: LocalS3, bucket: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {
+                "uri": f"s3://{bucket}/data/",
+                "endpointURL": s3.endpoint_url,
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            },
+            "refreshInterval": "2s",
+        },
+    }
+
+
+# The restarted apiserver refuses for a moment while its RBAC authorizer re-syncs (403): the fault.
+@pytest.mark.forbidden_expected
+def test_a_dataset_deleted_while_the_operator_is_cut_off_is_forgotten(
+    healthy_control_plane: ControlPlane,
+    proxy: TcpProxy,
+    s3: LocalS3,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    heal_record: list[Healed],
+):
+    """Issue 15 item 1: an object deleted during a gap in the watch must be forgotten after the
+    re-list. The apiserver restarts during the gap, so the operator cannot resume its watches where
+    they stopped (410 Gone: its resourceVersions predate the new watch cache) and must re-list. Old
+    operator: kopf's re-list emitted no deletion, and the Dataset lived on in the cache (counted in
+    mlops_objects, listed from S3 every refresh). A new Dataset of the same name is then its own."""
+    control_plane = healthy_control_plane
+    old_bucket, new_bucket = f"gone-{namespace}", f"new-{namespace}"
+    for bucket, size in ((old_bucket, 10), (new_bucket, 20)):
+        s3.client().create_bucket(Bucket=bucket)
+        s3.client().put_object(Bucket=bucket, Key="data/a.bin", Body=b"a" * size)
+    create_s3_secret(core, namespace)
+    operator = start_fast_operator(
+        control_plane, namespace, tmp_path / "operator.log", proxy=proxy, MLOPS_RESYNC_SECONDS="0"
+    )
+    try:
+        body = _dataset_body(s3, old_bucket, "gap")
+        custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
+        _wait_dataset(custom, namespace, "gap", "Validated", 60)
+        wait_for(
+            lambda: 'mlops_objects{kind="Dataset",phase="Ready"} 1.0' in operator.metrics(),
+            "the operator to count the Ready Dataset",
+            10,
+        )
+        cut_at = time.monotonic()
+        with proxy.cut_for(0):
+            custom.delete_namespaced_custom_object(G, V, namespace, "datasets", "gap")
+
+            def gone() -> bool:
+                try:
+                    _dataset(custom, namespace, "gap")
+                except client.ApiException as error:
+                    return error.status == 404
+                return False
+
+            wait_for(gone, "the Dataset to be deleted (no finalizer holds a Dataset)", 10)
+            control_plane.restart_apiserver()
+        healed_at = time.monotonic()
+
+        def counted() -> list[str]:
+            lines = operator.metrics().splitlines()
+            return [line for line in lines if line.startswith('mlops_objects{kind="Dataset"')]
+
+        try:
+            wait_for(lambda: not counted(), "the operator to forget the Dataset deleted", DATASET_HEAL_BOUND)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; still counted: {counted()}") from None
+        heal_record.append(
+            Healed(
+                "a Dataset deleted while the operator is cut off (and the apiserver restarts)",
+                "it is forgotten once the operator re-lists (no more S3 listing of it)",
+                healed_at - cut_at,
+                time.monotonic() - healed_at,
+                "test_a_dataset_deleted_while_the_operator_is_cut_off_is_forgotten",
+            )
+        )
+        body = _dataset_body(s3, new_bucket, "gap")
+        custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
+        fresh = _wait_dataset(custom, namespace, "gap", "Validated", DATASET_HEAL_BOUND)
+        assert fresh["status"]["totalBytes"] == 20, "the new Dataset's own data"
+    finally:
+        operator.stop()
 
 
 def test_registry_down_while_registering_is_registry_unavailable_then_one_version(
