@@ -283,3 +283,52 @@ def test_a_job_deleted_by_hand_mid_run_is_put_back_not_left_running(
         _assert_succeeded_once(custom, core, namespace, "hand")
     finally:
         operator.stop()
+
+
+def test_a_rendezvous_service_deleted_by_hand_mid_run_is_put_back(
+    control_plane: ControlPlane,
+    dataset: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    heal_record: list[Healed],
+):
+    """Issue 15 item 2 for the TrainingRun's other child kind: the headless Service a distributed
+    run's workers find each other through. Deleted by hand while the run is Running, it must come
+    back (a worker that restarts could not resolve its master otherwise); the run is not disturbed."""
+    operator = start_fast_operator(control_plane, namespace, tmp_path / "operator.log")
+    run = _run("ddp", dataset, distributed={"nodes": 2, "procsPerNode": 1}, resources={"gpusPerWorker": 1})
+    try:
+        custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", run)
+        _wait_phase(custom, namespace, "ddp", "Running")
+        first_uid = core.read_namespaced_service("ddp-rdzv", namespace).metadata.uid
+        deleted = time.monotonic()
+        core.delete_namespaced_service("ddp-rdzv", namespace)
+
+        def replaced() -> str | None:
+            try:
+                service = core.read_namespaced_service("ddp-rdzv", namespace)
+            except client.ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            return str(service.metadata.uid) if service.metadata.uid != first_uid else None
+
+        wait_for(replaced, "the deleted rendezvous Service to be created again", HEAL_BOUND)
+        heal_record.append(
+            Healed(
+                "a distributed TrainingRun's rendezvous Service deleted by hand",
+                "the Service is created again; the run goes on",
+                0.0,
+                time.monotonic() - deleted,
+                "test_a_rendezvous_service_deleted_by_hand_mid_run_is_put_back",
+            )
+        )
+        assert core.read_namespaced_service("ddp-rdzv", namespace).spec.cluster_ip == "None"
+        for pod in _running_pods(core, namespace, "ddp-a1", count=2):
+            finish_pod(core, namespace, pod, exit_code=0, message=SUCCESS)
+        _wait_phase(custom, namespace, "ddp", "Succeeded", timeout=HEAL_BOUND)
+        _assert_succeeded_once(custom, core, namespace, "ddp")
+    finally:
+        operator.stop()
