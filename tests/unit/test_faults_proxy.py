@@ -102,6 +102,7 @@ def test_cut_resets_an_idle_connection_at_once(proxy: TcpProxy) -> None:
     sending anything, as when a NAT entry or a load balancer drops the connection."""
     with _connect(proxy) as sock:
         assert _roundtrip(sock) == b"ping"
+        time.sleep(0.3)  # the proxy's threads are blocked reading both sides now, as under a watch
         proxy.cut()
         sock.settimeout(2)
         with pytest.raises(ConnectionResetError):
