@@ -250,7 +250,7 @@ class Engine:
         if isinstance(result, Unchanged):
             self._failures.pop(key, None)
             RECONCILE_TOTAL.labels(kind=kind, result="ok").inc()
-            PHASES.set(kind, namespace, name, (body.get("status") or {}).get("phase"))
+            self._set_phase(key, (body.get("status") or {}).get("phase"))
             return result.requeue_after
         requeue = result.requeue_after
         if requeue is None:
@@ -275,8 +275,16 @@ class Engine:
                     log.warning("and so did reporting it: %s", redact(str(again)))
             requeue = self._backoff(key)
         RECONCILE_TOTAL.labels(kind=kind, result="ok" if failed is None else "error").inc()
-        PHASES.set(kind, namespace, name, result.phase)
+        self._set_phase(key, result.phase)
         return requeue
+
+    def _set_phase(self, key: ObjectKey, phase: str | None) -> None:
+        """The object's phase in `mlops_objects`, unless it was deleted while it was reconciled (its
+        deletion already took it out; a late set would count it forever)."""
+        if self.cache.get(*key) is not None:
+            PHASES.set(*key, phase)
+            if self.cache.get(*key) is None:  # deleted between the check and the set
+                PHASES.set(*key, None)
 
     def _transient_retry(self, body: Obj, outcome: Outcome) -> float | None:
         """The one retry rule of every kind: an outcome whose Ready reason is transient and that

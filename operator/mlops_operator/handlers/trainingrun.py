@@ -357,6 +357,7 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
             {"jobName": name, "attemptStartTime": now, "nextAttemptTime": None},
             requeue_after=float(_start_deadline(spec, ctx)),
         )
+    repaired = _repair_rendezvous(ctx, spec, attempt) if live else ()
     if seen.state == "Running":
         if status.get("phase") != "Running" and attempt == 1 and status.get("startTime"):
             TRAINING_TIME_TO_START.observe((ctx.now() - from_rfc3339(status["startTime"])).total_seconds())
@@ -368,8 +369,31 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
                 ),
                 accepted,
             ),
+            events=repaired,
         )
     return _starting(spec, ctx, job=job, seen=seen, accepted=accepted, now=now)
+
+
+def _repair_rendezvous(ctx: ReconcileContext, spec: TrainingRunSpec, attempt: int) -> tuple[Event, ...]:
+    """A distributed attempt's rendezvous Service, put back when someone deleted it: a worker that
+    restarts resolves its master through it. Read from the cache (the Service informer), so a run
+    whose Service is there costs nothing."""
+    if spec.distributed.nodes <= 1:
+        return ()
+    service = build_rendezvous_service(_inputs_from_pin(ctx, spec, attempt))
+    name = service["metadata"]["name"]
+    present = any(
+        o["metadata"]["name"] == name and not o["metadata"].get("deletionTimestamp")
+        for o in ctx.cache.owned("Service", ctx.uid)
+    )
+    if present:
+        return ()
+    applied = ctx.require_clients().raw.apply(service, ctx.config.field_manager)
+    applied.setdefault("kind", "Service")
+    ctx.cache.upsert("Service", applied)
+    return (
+        Event("ChildRepaired", f"Service {name} (the workers' rendezvous) was missing and is created again"),
+    )
 
 
 def _start_deadline(spec: TrainingRunSpec, ctx: ReconcileContext) -> int:
