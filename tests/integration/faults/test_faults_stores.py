@@ -219,6 +219,50 @@ def test_a_dataset_deleted_while_the_operator_is_cut_off_is_forgotten(
         operator.stop()
 
 
+def test_operator_killed_at_random_points_of_a_dataset_check(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+    rng: random.Random,
+    heal_record: list[Healed],
+):
+    """kill -9 at a random moment of a Dataset's first check (listing, fingerprinting, the manifest's
+    multipart upload, the status patch): the next operator finishes it; one manifest, the right
+    fingerprint."""
+    bucket = f"k9-{namespace}"
+    s3.client().create_bucket(Bucket=bucket)
+    for i in range(50):
+        s3.client().put_object(Bucket=bucket, Key=f"data/part-{i:03}.bin", Body=b"x" * (i + 1))
+    create_s3_secret(core, namespace)
+    logs = iter(tmp_path / f"operator-{i}.log" for i in range(10))
+    operator = start_fast_operator(control_plane, namespace, next(logs))
+    try:
+        custom.create_namespaced_custom_object(G, V, namespace, "datasets", _dataset_body(s3, bucket, "k9"))
+        time.sleep(rng.uniform(0, 1.0))
+        kill9(operator)
+        restarted = time.monotonic()
+        operator = start_fast_operator(control_plane, namespace, next(logs))
+        ready = _wait_dataset(custom, namespace, "k9", "Validated", DATASET_HEAL_BOUND)
+        heal_record.append(
+            Healed(
+                "operator kill -9 during a Dataset's first check",
+                "nothing: the next operator finishes the check; one manifest",
+                0.0,
+                time.monotonic() - restarted,
+                "test_operator_killed_at_random_points_of_a_dataset_check",
+            )
+        )
+        assert ready["status"]["objectCount"] == 50
+        assert ready["status"]["totalBytes"] == sum(range(1, 51))
+        listed = s3.client().list_objects_v2(Bucket=bucket, Prefix="data/.mlops/").get("Contents", [])
+        assert [o["Key"] for o in listed] == [ready["status"]["manifestURI"].split(f"{bucket}/", 1)[1]]
+    finally:
+        operator.stop()
+
+
 def test_registry_down_while_registering_is_registry_unavailable_then_one_version(
     control_plane: ControlPlane,
     mlflow_server: LocalMlflow,
