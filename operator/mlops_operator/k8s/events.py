@@ -1,8 +1,8 @@
 """Kubernetes events about our objects.
 
-Reasons and messages pass through `redact` first (a reason can come from a workload's result): events are readable by anyone who can `kubectl describe`, so
-anything that looks like a credential is masked before it leaves the operator (`redaction.redact`,
-re-exported here).
+Reasons and messages pass through `redact` first (a reason can come from a workload's result):
+events are readable by anyone who can `kubectl describe`, so anything that looks like a credential
+is masked before it leaves the operator (`redaction.redact`, re-exported here).
 """
 
 from __future__ import annotations

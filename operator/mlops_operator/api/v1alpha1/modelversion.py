@@ -396,7 +396,9 @@ class ModelVersionStatus(StatusBase):
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation results.")
     accuracy: float | None = Field(
         default=None,
-        description="metrics.accuracy rounded to 4 decimals, for `kubectl get` (the exact value is in metrics).",
+        description=(
+            "metrics.accuracy rounded to 4 decimals, for `kubectl get` (the exact value is in metrics)."
+        ),
     )
     gates: list[GateResult] = Field(default_factory=list, description="Acceptance gate results.")
     registry: RegistryStatus | None = Field(default=None, description="Registration.")
