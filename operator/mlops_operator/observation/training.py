@@ -94,6 +94,17 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
         return Observation("Missing")
     started = job.get("status", {}).get("startTime")
     if complete := _condition(job, "Complete"):
+        # The Job's completion can reach the cache before its pods' ends do (after a re-list the jobs
+        # informer may list first): a pod still running here has its final state, and the trainer's
+        # result, on the way. Declaring Succeeded now would record no result, for good.
+        ending = [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            and not p.get("metadata", {}).get("deletionTimestamp")
+        ]
+        if ending:
+            return Observation("Running", started_at=started)
         done = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
         # Rank 0 (index 0, or the only pod) reports the run's result.
         done.sort(
