@@ -148,12 +148,14 @@ def _follow_peering(engine: Engine, name: str, *, cluster_wide: bool) -> None:
     async def leading(stopped: kopf.DaemonStopped, uid: str | None, **_: Any) -> None:
         running.add(uid)
         engine.queue.pause(False)
+        log.info("leading: reconciles run")
         try:
             await stopped.wait()
         finally:
             running.discard(uid)
             if not running:
                 engine.queue.pause(True)
+                log.info("standing by: reconciles paused")
 
     plural = "clusterkopfpeerings" if cluster_wide else "kopfpeerings"
     kopf.daemon(

@@ -49,14 +49,15 @@ def test_standby_replica_pauses_then_takes_over(
             control_plane, namespace, tmp_path / "active.log", {**peering, "MLOPS_PEERING_PRIORITY": "20"}
         )
         try:
-            # Peering is cooperative, not a lock: the standby stops once its streams have paused, a
-            # moment after it sees the higher-priority peer (the single status-write path, with its
-            # resourceVersion precondition, keeps that window safe).
+            # Peering is cooperative, not a lock: the standby stops reconciling once kopf has paused
+            # it (its engine's queue, driven by the daemon on the peering object), a moment after it
+            # sees the higher-priority peer (the single status-write path, with its resourceVersion
+            # precondition, keeps that window safe). Its informers go on: a warm cache for a takeover.
             def paused() -> bool:
                 _, seen, after = standby.log.read_text().partition("Pausing operations in favour of")
-                return bool(seen) and "Pausing the watch-stream for modelversions" in after
+                return bool(seen) and "standing by: reconciles paused" in after
 
-            wait_for(paused, "the standby's streams to pause", 30)
+            wait_for(paused, "the standby's reconciles to pause", 30)
             custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _model_version("mv-a"))
             wait_for(lambda: _reconciled(custom, namespace, "mv-a"), "the active replica to reconcile", 30)
             assert "mv-a" not in standby.log.read_text()
