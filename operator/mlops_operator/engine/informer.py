@@ -63,6 +63,11 @@ CRDS = WatchedResource(
 )
 
 
+# Between failed lists: 1 s doubling to this, so a long outage is noticed within seconds of its end
+# without a request storm meanwhile (one list per informer per 10 s).
+MAX_RELIST_DELAY = 10.0
+
+
 class _ExpiredError(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
@@ -214,7 +219,7 @@ class Informer:
                 version = None
             except Exception as error:  # network trouble, apiserver restart: back off and list again
                 failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
+                delay = min(MAX_RELIST_DELAY, 0.5 * 2**failures)
                 log.warning(
                     "watching %s failed (%s); listing again in %.1fs", self._resource.plural, error, delay
                 )
