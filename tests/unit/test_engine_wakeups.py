@@ -223,3 +223,29 @@ def test_one_namespace_never_holds_more_than_its_share_of_workers():
     finally:
         queue.stop()
     assert most["a"] == 2
+
+
+def test_a_dataset_waiting_on_its_credentials_is_due_at_once_when_a_secret_changed():
+    from mlops_operator.api.v1alpha1 import DatasetSpec
+    from mlops_operator.handlers import dataset as dataset_handler
+    from mlops_operator.handlers.context import ReconcileContext
+
+    now = datetime.now(UTC)
+    checked = to_rfc3339(now - timedelta(seconds=5))
+    spec = {"source": {"uri": "s3://bucket/p/", "credentialsSecretRef": {"name": "s3-creds"}}}
+    ready = {"type": READY, "status": "False", "reason": "SourceUnavailable", "lastTransitionTime": checked}
+    body = _obj("Dataset", "data", "d-uid", spec=spec)
+    body["metadata"]["generation"] = 1
+    body["status"] = {"observedGeneration": 1, "lastCheckedTime": checked, "conditions": [ready]}
+    config = OperatorConfig(retry_min_seconds=3600, retry_max_seconds=3600)
+    parsed = DatasetSpec.model_validate(spec)
+    waiting = ReconcileContext(body, None, config, now=lambda: now)
+    assert dataset_handler.due_in(parsed, waiting) == pytest.approx(3595, abs=1)
+    woken = ReconcileContext(body, None, config, now=lambda: now, secrets_changed=True)
+    assert dataset_handler.due_in(parsed, woken) == 0.0
+    # And the engine marks exactly the objects whose Secret changed.
+    engine = _engine()
+    engine.cache.upsert("Dataset", body)
+    engine.child_event("Secret", "MODIFIED", _obj("Secret", "s3-creds", "s-uid"))
+    engine.child_event("Secret", "MODIFIED", _obj("Secret", "unrelated", "u-uid"))
+    assert engine._secret_woken == {("Dataset", "a", "data")}

@@ -129,6 +129,8 @@ class Engine:
         )
         self.events = EventPoster(self.clients.raw)
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._secret_woken: set[ObjectKey] = set()
 
     def start(self) -> None:
         self.events.start()
@@ -183,7 +185,10 @@ class Engine:
         for kind, handler in HANDLERS.items():
             for body in self.cache.in_namespace(kind, namespace):
                 if name in secret_names(body):
-                    self.queue.add((kind, namespace, str(body["metadata"]["name"])))
+                    key = (kind, namespace, str(body["metadata"]["name"]))
+                    with self._lock:
+                        self._secret_woken.add(key)
+                    self.queue.add(key)
                     for dependent in handler.dependents(self.cache, body):
                         self.queue.add(dependent)
 
@@ -238,7 +243,12 @@ class Engine:
         if body is None:
             return None  # deleted meanwhile
         info = kind_by_name(kind)
-        ctx = ReconcileContext(body, self.clients, self.config, cache=self.cache)
+        with self._lock:
+            secrets_changed = key in self._secret_woken
+            self._secret_woken.discard(key)
+        ctx = ReconcileContext(
+            body, self.clients, self.config, cache=self.cache, secrets_changed=secrets_changed
+        )
         failed: Exception | None = None
         with observe_reconcile(kind):
             try:

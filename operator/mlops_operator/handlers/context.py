@@ -65,6 +65,9 @@ class ReconcileContext:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     now: Callable[[], datetime] = _utcnow
     cache: Cache = field(default_factory=Cache)
+    # A Secret the object names appeared or changed since its last reconcile: what waited on
+    # credentials (a Dataset's next check, gated by its own backoff) is worth trying now.
+    secrets_changed: bool = False
 
     @property
     def namespace(self) -> str:

@@ -68,6 +68,8 @@ def due_in(spec: DatasetSpec, ctx: ReconcileContext) -> float | None:
     ready: Mapping[str, Any] = find_condition(status.get("conditions", []), READY) or {}
     if ready.get("reason") == TOO_MANY_OBJECTS:
         return 0.0 if status.get("objectLimit") != ctx.config.dataset_max_objects else None
+    if ready.get("reason") in RETRIED_REASONS and ctx.secrets_changed:
+        return 0.0  # its credentials Secret appeared or changed: the outage may be over
     if ready.get("reason") in RETRIED_REASONS:
         delay = outage_requeue(
             status.get("conditions"), str(ready.get("reason")), ctx.now(), ctx.config, failing_since=checked
