@@ -232,7 +232,8 @@ def delta(before: Scrape, after: Scrape, name: str, matchers: dict[str, str] | N
 class PromQL:
     """Evaluates the PromQL that `analysis_queries` writes, over two scrapes of one target: `rate(x[w])`
     as the increase between the scrapes per second, `sum`/`max` over the matching series, the four
-    arithmetic operators on scalars. Enough to hold the queries' names, labels and arithmetic to the
+    arithmetic operators on scalars, and `or` (lowest precedence: the left side unless it is an empty
+    aggregation, i.e. no series matched). Enough to hold the queries' names, labels and arithmetic to the
     server's real counters; the canary tests run them in a real Prometheus."""
 
     _TOKEN = re.compile(
@@ -245,7 +246,7 @@ class PromQL:
     def eval(self, query: str) -> float:
         self.tokens = [t for t in self._TOKEN.findall(query) if any(t)]
         self.pos = 0
-        value = self._expr()
+        value = self._or()
         assert self.pos == len(self.tokens), f"unparsed rest of {query!r}"
         return value
 
@@ -257,6 +258,14 @@ class PromQL:
         assert expected is None or token == expected, f"expected {expected!r}, got {token!r}"
         self.pos += 1
         return token
+
+    def _or(self) -> float:
+        value = self._expr()
+        while self._peek() == "or":
+            self._take()
+            other = self._expr()
+            value = other if math.isnan(value) else value
+        return value
 
     def _expr(self) -> float:
         value = self._term()
@@ -277,7 +286,7 @@ class PromQL:
     def _factor(self) -> float:
         token = self._take()
         if token == "(":
-            value = self._expr()
+            value = self._or()
             self._take(")")
             return value
         if re.fullmatch(r"\d+(\.\d+)?", token):
