@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import yaml
 
 from ..timeutil import from_rfc3339
 from .pki import CertPair, LocalPKI
+from .processes import Started
 from .prometheus_sd import write_targets
 
 BIN_DIR_ENV = "MLOPS_BIN_DIR"
@@ -256,7 +256,7 @@ KWOK_TOLERATION = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "f
 
 
 @dataclass
-class ControlPlane:
+class ControlPlane(Started):
     """Start with `start()` (or as a context manager); `kubeconfig` is an admin kubeconfig."""
 
     bin_dir: Path | None = None
@@ -300,15 +300,6 @@ class ControlPlane:
         self._rollouts_uninstalled = False
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         started = time.monotonic()

@@ -25,10 +25,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import yaml
+
+from .processes import Started
 
 CutMode = Literal["reset", "blackhole"]
 _CHUNK = 64 * 1024
@@ -67,7 +68,7 @@ class _Pair:
 
 
 @dataclass
-class TcpProxy:
+class TcpProxy(Started):
     """Forwards 127.0.0.1:`port` to `upstream_host`:`upstream_port` until cut."""
 
     upstream_host: str
@@ -128,15 +129,6 @@ class TcpProxy:
             held, self._held = self._held, []
         for sock in held:
             _reset(sock)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- faults ------------------------------------------------------------------------------------
 

@@ -15,11 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from .controlplane import free_port
-from .processes import stop_group
+from .processes import Started, stop_group
 from .s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -30,7 +28,7 @@ DEV_ADMIN_PASSWORD = "mlops-dev-admin"  # noqa: S105 - a throwaway credential fo
 
 
 @dataclass
-class LocalMlflow:
+class LocalMlflow(Started):
     workdir: Path
     s3_endpoint_url: str
     artifacts_bucket: str = "mlflow-artifacts"
@@ -114,12 +112,3 @@ class LocalMlflow:
         if process is not None:
             # uvicorn, the CLI's child, may outlive it a moment; the port must be free for a restart.
             stop_group(process, timeout, linger=timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

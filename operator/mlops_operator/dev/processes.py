@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import time
+from types import TracebackType
+from typing import Self
 
 
 def signal_group(group: int, signum: int) -> bool:
@@ -33,3 +35,22 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float, *, linger: floa
     while linger and signal_group(group, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
     signal_group(group, signal.SIGKILL)
+
+
+class Started:
+    """A local server used as a context manager: `start()` on entry, `stop()` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from .processes import Started
 
 # moto accepts any credentials; these fixed ones go into the dev Secret so the real code path
 # (credentials from a Secret) is exercised.
@@ -18,7 +19,7 @@ LOOPBACK_ENDPOINTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass
-class LocalS3:
+class LocalS3(Started):
     port: int = 0
     host: str = "127.0.0.1"
     _server: Any = field(default=None, repr=False)
@@ -48,15 +49,6 @@ class LocalS3:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def client(self) -> Any:
         import boto3  # noqa: PLC0415

@@ -23,12 +23,10 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from ..builders.triton import tritonserver_args
 from .controlplane import free_port
-from .processes import stop_group
+from .processes import Started, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TRITON_VENV = REPO_ROOT / ".venv-triton"
@@ -102,7 +100,7 @@ def tritonserver_command(
 
 
 @dataclass
-class LocalTriton:
+class LocalTriton(Started):
     repository: Path
     workdir: Path
     http_port: int = 0
@@ -197,15 +195,6 @@ class LocalTriton:
         if process is not None:
             # The final SIGKILL of the group: stubs left by a server that died hard hold shared memory.
             stop_group(process, timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _errors(log: str, limit: int = 4000) -> str:
