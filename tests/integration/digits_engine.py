@@ -100,3 +100,22 @@ def train_and_compile(
     metadata = json.loads(client.get_object(Bucket=bucket, Key="engines/digits/metadata.json")["Body"].read())
     onnx = client.get_object(Bucket=bucket, Key="engines/digits/model.onnx")["Body"].read()
     return CompiledEngine(bucket, uri, metadata, onnx)
+
+
+def create_digits_dataset(custom: Any, s3: LocalS3, engine: CompiledEngine, namespace: str) -> None:
+    """The `digits` Dataset over the engine's demo data, read with the namespace's `s3-credentials`
+    Secret (which the caller creates). `custom` is a CustomObjectsApi."""
+    dataset = {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "source": {
+                "uri": f"s3://{engine.bucket}/datasets/digits/v1/",
+                "endpointURL": s3.endpoint_url,
+                "region": DEV_REGION,
+                "credentialsSecretRef": {"name": "s3-credentials"},
+            }
+        },
+    }
+    custom.create_namespaced_custom_object("mlops.dev", "v1alpha1", namespace, "datasets", dataset)

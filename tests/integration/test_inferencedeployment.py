@@ -24,9 +24,9 @@ from kubernetes import client
 
 from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
-from mlops_operator.dev.s3 import DEV_REGION, LocalS3
+from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
-from tests.integration.digits_engine import TRAINER, CompiledEngine
+from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -48,20 +48,7 @@ def serving(
             "the session control plane must run Argo Rollouts and Prometheus (tests/integration/conftest.py)"
         )
     create_s3_secret(core, namespace)
-    dataset = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {
-            "source": {
-                "uri": f"s3://{engine.bucket}/datasets/digits/v1/",
-                "endpointURL": s3.endpoint_url,
-                "region": DEV_REGION,
-                "credentialsSecretRef": {"name": "s3-credentials"},
-            }
-        },
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", dataset)
+    create_digits_dataset(custom, s3, engine, namespace)
     operator = start_operator(
         control_plane,
         namespace,

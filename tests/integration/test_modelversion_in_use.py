@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
-from mlops_operator.dev.s3 import DEV_REGION, LOOPBACK_ENDPOINTS, LocalS3
+from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
 from tests.integration.conftest import create_s3_secret, start_operator
-from tests.integration.digits_engine import TRAINER, CompiledEngine
+from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -41,20 +41,7 @@ def served(
 ) -> Iterator[None]:
     """The operator and the local pod runner (trainer Jobs, serving pods) on a `digits` Dataset."""
     create_s3_secret(core, namespace)
-    dataset = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {
-            "source": {
-                "uri": f"s3://{engine.bucket}/datasets/digits/v1/",
-                "endpointURL": s3.endpoint_url,
-                "region": DEV_REGION,
-                "credentialsSecretRef": {"name": "s3-credentials"},
-            }
-        },
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", dataset)
+    create_digits_dataset(custom, s3, engine, namespace)
     operator = start_operator(
         control_plane,
         namespace,

@@ -28,9 +28,9 @@ from kubernetes import client
 
 from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
-from mlops_operator.dev.s3 import DEV_REGION, LocalS3
+from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret
-from tests.integration.digits_engine import TRAINER, CompiledEngine
+from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
 from tests.integration.faults.conftest import Healed, start_fast_operator
 from tests.integration.test_inferencedeployment import (
     G,
@@ -61,20 +61,7 @@ def fast_serving(
     """test_inferencedeployment's `serving`, with the fault suite's short backoffs."""
     plane = healthy_control_plane
     create_s3_secret(core, namespace)
-    dataset = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {
-            "source": {
-                "uri": f"s3://{engine.bucket}/datasets/digits/v1/",
-                "endpointURL": s3.endpoint_url,
-                "region": DEV_REGION,
-                "credentialsSecretRef": {"name": "s3-credentials"},
-            }
-        },
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", dataset)
+    create_digits_dataset(custom, s3, engine, namespace)
     operator = start_fast_operator(
         plane,
         namespace,
