@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (from Go modules) and cache the binaries the mlops-operator test/dev
 # harness needs: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, promtool, prometheus, rollouts-controller -- plus the Argo Rollouts CRDs,
+# kubectl, etcd, kwok, helm, promtool, prometheus, rollouts-controller, kueue -- plus the Argo Rollouts CRDs,
+# Kueue's CRDs and webhook manifests,
 # the Prometheus Operator's monitoring.coreos.com CRDs the chart's optional objects use, and kwok
 # stage YAMLs.
 #
@@ -30,12 +31,13 @@
 #   bin/prometheus-<v>/{promtool,prometheus}
 #   bin/argo-rollouts-<v>/{rollouts-controller,argo-rollouts-crds/*.yaml}
 #   bin/monitoring-crds-<v>/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml
+#   bin/kueue-<v>/{kueue,kueue-crds/*.yaml,kueue-webhooks.yaml}
 #   bin/current/   symlinks to all of the above + versions.env
 #   bin/env.sh     exports MLOPS_BIN_DIR, MLOPS_KWOK_STAGES_DIR, ... and PATH
 #   build/<tool>-<v>/  generated wrapper modules (go.mod/go.sum), safe to delete
 #
 # Version overrides (environment): K8S_VERSION, ETCD_VERSION, KWOK_VERSION,
-# HELM_VERSION, ARGO_ROLLOUTS_VERSION, PROMETHEUS_VERSION, PROMETHEUS_OPERATOR_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
+# HELM_VERSION, ARGO_ROLLOUTS_VERSION, PROMETHEUS_VERSION, PROMETHEUS_OPERATOR_VERSION, KUEUE_VERSION.  MLOPS_BUILD_JOBS (go build -p) defaults
 # to the number of CPUs.
 set -euo pipefail
 
@@ -54,6 +56,8 @@ ARGO_ROLLOUTS_VERSION="${ARGO_ROLLOUTS_VERSION:-v1.10.1}"
 # Only its CRD files are used (nothing is built): the ServiceMonitor, PodMonitor and PrometheusRule
 # the chart renders are dry-run against the real schemas.
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+# Kueue's go.mod says `go 1.25.0` and has no replace directives: builds with the local go1.26.8.
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
 CACHE_ROOT="${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}"
 BIN_ROOT="${CACHE_ROOT}/bin"
@@ -75,7 +79,7 @@ done
 # Binaries expected in current/ (entries that must exist for the cache to count as complete).
 CURRENT_ENTRIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm
                  promtool prometheus rollouts-controller kwok-stages argo-rollouts-crds monitoring-crds
-                 versions.env)
+                 kueue kueue-crds kueue-webhooks.yaml versions.env)
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 die() { printf '[build-tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -451,6 +455,40 @@ else
   note monitoring-crds "${PROMETHEUS_OPERATOR_VERSION}" "extracted in $(elapsed "${t0}")"
 fi
 
+# ------------------------------------------------------------------- kueue ---
+# The kueue manager (cmd/kueue) plus its CRDs (config/components/crd/bases) and webhook manifests
+# (config/components/webhook/manifests.yaml; the control plane rewrites their clientConfig to a
+# loopback URL).  The binary has no --version flag: its build info (`go version -m`) names the module
+# version, and pkg/version.GitVersion (logged at start) is set by ldflags as upstream's Makefile does.
+KUEUE_DIR="${BIN_ROOT}/kueue-${KUEUE_VERSION}"
+kueue_ok() {
+  [[ -x "${KUEUE_DIR}/kueue" && -f "${KUEUE_DIR}/kueue-crds/kueue.x-k8s.io_workloads.yaml" \
+     && -f "${KUEUE_DIR}/kueue-webhooks.yaml" ]] \
+    && version_ok "sigs.k8s.io/kueue"$'\t'"${KUEUE_VERSION}" go version -m "${KUEUE_DIR}/kueue"
+}
+if [[ "${FORCE}" == 0 ]] && kueue_ok; then
+  note kueue "${KUEUE_VERSION}" cached
+else
+  [[ "${MODE}" == check ]] && die "kueue ${KUEUE_VERSION} (manager, CRDs, webhooks) not built"
+  t0="$(now)"; log "building kueue ${KUEUE_VERSION} (cmd/kueue) and extracting its CRDs and webhook manifests"
+  src="$(mod_field "sigs.k8s.io/kueue@${KUEUE_VERSION}" Dir)" || die "cannot download sigs.k8s.io/kueue@${KUEUE_VERSION}"
+  kueue_gomod="$(mod_field "sigs.k8s.io/kueue@${KUEUE_VERSION}" GoMod)"
+  tmp="$(tmpdir_for "kueue-${KUEUE_VERSION}")"
+  EXTRA_GOMOD="$(replace_lines "${kueue_gomod}")"
+  kv="sigs.k8s.io/kueue/pkg/version"
+  build_wrapper "kueue-${KUEUE_VERSION}" sigs.k8s.io/kueue "${KUEUE_VERSION}" "${tmp}/kueue" \
+    "-s -w -X ${kv}.GitVersion=${KUEUE_VERSION} -X ${kv}.GitCommit=module-${KUEUE_VERSION}" \
+    sigs.k8s.io/kueue/cmd/kueue || { EXTRA_GOMOD=""; die "kueue build failed"; }
+  EXTRA_GOMOD=""
+  mkdir -p "${tmp}/kueue-crds"
+  for f in "${src}"/config/components/crd/bases/*.yaml; do install -m 0644 "${f}" "${tmp}/kueue-crds/"; done
+  install -m 0644 "${src}/config/components/webhook/manifests.yaml" "${tmp}/kueue-webhooks.yaml"
+  install_dir "${tmp}" "${KUEUE_DIR}"
+  kueue_ok || die "kueue ${KUEUE_VERSION}: binary's build info is not sigs.k8s.io/kueue ${KUEUE_VERSION}, or CRDs/webhooks missing"
+  log "built kueue ${KUEUE_VERSION} in $(elapsed "${t0}")"
+  note kueue "${KUEUE_VERSION}" "built in $(elapsed "${t0}")"
+fi
+
 # ----------------------------------------------------------------- current ---
 mkdir -p "${CURRENT_DIR}"
 link() { ln -sfn "$1" "${CURRENT_DIR}/$2"; }
@@ -464,6 +502,9 @@ link "../prometheus-${PROMETHEUS_VERSION}/prometheus" prometheus
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/argo-rollouts-crds" argo-rollouts-crds
 link "../argo-rollouts-${ARGO_ROLLOUTS_VERSION}/rollouts-controller" rollouts-controller
 link "../monitoring-crds-${PROMETHEUS_OPERATOR_VERSION}" monitoring-crds
+link "../kueue-${KUEUE_VERSION}/kueue" kueue
+link "../kueue-${KUEUE_VERSION}/kueue-crds" kueue-crds
+link "../kueue-${KUEUE_VERSION}/kueue-webhooks.yaml" kueue-webhooks.yaml
 
 versions="K8S_VERSION=${K8S_VERSION}
 ETCD_VERSION=${ETCD_VERSION}
@@ -471,7 +512,8 @@ KWOK_VERSION=${KWOK_VERSION}
 HELM_VERSION=${HELM_VERSION}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION}
 ARGO_ROLLOUTS_VERSION=${ARGO_ROLLOUTS_VERSION}
-PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION}"
+PROMETHEUS_OPERATOR_VERSION=${PROMETHEUS_OPERATOR_VERSION}
+KUEUE_VERSION=${KUEUE_VERSION}"
 if [[ "$(cat "${CURRENT_DIR}/versions.env" 2>/dev/null)" != "${versions}" ]]; then
   printf '%s\n' "${versions}" >"${CURRENT_DIR}/versions.env.tmp"
   mv -f "${CURRENT_DIR}/versions.env.tmp" "${CURRENT_DIR}/versions.env"
@@ -480,6 +522,8 @@ envsh="# Generated by hack/build-tools.sh -- source me.
 export MLOPS_BIN_DIR='${CURRENT_DIR}'
 export MLOPS_KWOK_STAGES_DIR='${CURRENT_DIR}/kwok-stages'
 export MLOPS_ARGO_ROLLOUTS_CRDS_DIR='${CURRENT_DIR}/argo-rollouts-crds'
+export MLOPS_KUEUE_CRDS_DIR='${CURRENT_DIR}/kueue-crds'
+export MLOPS_KUEUE_WEBHOOKS='${CURRENT_DIR}/kueue-webhooks.yaml'
 $(sed 's/^/export MLOPS_/' <<<"${versions}")
 case \":\${PATH}:\" in *':${CURRENT_DIR}:'*) ;; *) export PATH='${CURRENT_DIR}':\"\${PATH}\" ;; esac"
 if [[ "$(cat "${BIN_ROOT}/env.sh" 2>/dev/null)" != "${envsh}" ]]; then
