@@ -2,9 +2,10 @@
 
 etcd, kube-apiserver (RBAC on, client-certificate auth), kube-controller-manager and kube-scheduler
 run as child processes from binaries built by `hack/build-tools.sh`; kwok plays the kubelet of
-simulated GPU nodes. Optionally, a real Argo Rollouts controller (`argo_rollouts=True`) and a real
-Prometheus (`prometheus=True`) run beside them. Everything lives in one temporary directory that
-`stop()` removes, and every process is stopped with it.
+simulated GPU nodes. Optionally, a real Argo Rollouts controller (`argo_rollouts=True`), a real
+Prometheus (`prometheus=True`) and a real Kueue (`kueue=True`, with its webhooks) run beside them.
+Everything lives in one temporary directory that `stop()` removes, and every process is stopped with
+it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, cast
 import yaml
 
 from ..timeutil import from_rfc3339
+from . import kueue as kueue_docs
 from .pki import CertPair, LocalPKI
 from .processes import Started
 from .prometheus_sd import write_targets
@@ -63,6 +65,26 @@ ARGO_ROLLOUTS_CRDS_DIR = "argo-rollouts-crds"
 ROLLOUTS_USER = "argo-rollouts-controller"  # the rollouts-controller's client certificate identity
 # The namespace the rollouts-controller reads its own ConfigMaps (notifications, plugins) from.
 ROLLOUTS_NAMESPACE = "argo-rollouts"
+# Kueue's manager, its CRDs and its webhook manifests (hack/build-tools.sh puts them side by side).
+KUEUE = "kueue"
+KUEUE_CRDS_DIR = "kueue-crds"
+KUEUE_WEBHOOKS = "kueue-webhooks.yaml"
+KUEUE_USER = "kueue-controller"  # the kueue manager's client certificate identity
+# With internal cert management off, Kueue v0.17 reads its metrics serving certificate from this fixed
+# path (cmd/kueue/main.go), and exits if it is missing. The control plane starts it in a mount
+# namespace of its own (unshare) where /etc is an overlay holding our certificate there: nothing is
+# written to the host's /etc.
+KUEUE_METRICS_CERT_DIR = "/etc/kueue/metrics/certs"
+_KUEUE_LAUNCH = f"""set -e
+certs="$1"; scratch="$2"; shift 2
+mount --make-rprivate /
+mount -t tmpfs tmpfs "$scratch"
+mkdir "$scratch/upper" "$scratch/work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$scratch/upper,workdir=$scratch/work" /etc
+mkdir -p {KUEUE_METRICS_CERT_DIR}
+cp "$certs/tls.crt" "$certs/tls.key" {KUEUE_METRICS_CERT_DIR}/
+exec "$@"
+"""
 # The file SD job Prometheus scrapes serving pods' metrics endpoints under (`job="triton"`).
 PROMETHEUS_SD_JOB = "triton"
 
@@ -101,6 +123,17 @@ def find_binaries(bin_dir: Path | None = None, extra: Sequence[str] = ()) -> dic
             f"missing {', '.join(missing)} in {directory}: run hack/build-tools.sh (or make tools) first"
         )
     return found
+
+
+def kueue_built(bin_dir: Path | None = None) -> bool:
+    """Whether hack/build-tools.sh has built Kueue (the manager, its CRDs, its webhooks) into the bin
+    dir: ControlPlane(kueue=True) needs it; everything else runs without it."""
+    directory = bin_dir or default_bin_dir()
+    return (
+        os.access(directory / KUEUE, os.X_OK)
+        and (directory / KUEUE_CRDS_DIR).is_dir()
+        and (directory / KUEUE_WEBHOOKS).is_file()
+    )
 
 
 def free_port() -> int:
@@ -275,12 +308,21 @@ class ControlPlane(Started):
     # (1s: an analysis in a test sees a new sample each second); off by default.
     prometheus: bool = False
     prometheus_scrape_interval: str = "1s"
+    # A real Kueue manager (its webhooks registered on loopback, Jobs with a queue-name label only) and
+    # its CRDs; off by default. Needs `unshare` and overlayfs (see KUEUE_METRICS_CERT_DIR).
+    kueue: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlops-cp-")))
     components: list[Component] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         optional = [
-            n for n, on in ((ROLLOUTS_CONTROLLER, self.argo_rollouts), (PROMETHEUS, self.prometheus)) if on
+            n
+            for n, on in (
+                (ROLLOUTS_CONTROLLER, self.argo_rollouts),
+                (PROMETHEUS, self.prometheus),
+                (KUEUE, self.kueue),
+            )
+            if on
         ]
         self.binaries = find_binaries(self.bin_dir, optional)
         self.apiserver_port = free_port()
@@ -293,6 +335,14 @@ class ControlPlane(Started):
         self.rollouts_metrics_port = free_port() if self.argo_rollouts else 0
         self.rollouts_healthz_port = free_port() if self.argo_rollouts else 0
         self._rollouts_crds_apply: subprocess.Popen[str] | None = None
+        self.kueue_serving = kueue_docs.KueueServing(
+            webhook_port=free_port() if self.kueue else 0,
+            health_port=free_port() if self.kueue else 0,
+            metrics_port=free_port() if self.kueue else 0,
+            cert_dir=str(self.workdir / "kueue" / "certs"),
+        )
+        self._kueue_crds_apply: subprocess.Popen[str] | None = None
+        self.kueue_startup_seconds = 0.0
         # How to tell each component is up again after a restart (URL, TLS context), and which
         # components a fault has stopped on purpose (not a start-up failure).
         self._health: dict[str, tuple[str, ssl.SSLContext | None]] = {}
@@ -310,6 +360,8 @@ class ControlPlane(Started):
             self._create_nodes()
             if self.argo_rollouts:
                 self._start_argo_rollouts()
+            if self.kueue:
+                self._start_kueue()
             if self.prometheus:
                 self._wait_http(f"{self.prometheus_url}/-/ready", PROMETHEUS)
         except BaseException:
@@ -321,6 +373,9 @@ class ControlPlane(Started):
         if self._rollouts_crds_apply is not None and self._rollouts_crds_apply.poll() is None:
             self._rollouts_crds_apply.kill()  # start-up failed while it ran
             self._rollouts_crds_apply.communicate()
+        if self._kueue_crds_apply is not None and self._kueue_crds_apply.poll() is None:
+            self._kueue_crds_apply.kill()
+            self._kueue_crds_apply.communicate()
         for component in reversed(self.components):
             component.stop()
         self.components.clear()
@@ -346,6 +401,15 @@ class ControlPlane(Started):
         # A dev control plane only: the rollouts-controller gets cluster-admin (system:masters) rather
         # than its chart's ClusterRole, which would have to be kept in step with each Argo release.
         rollouts = pki.issue("rollouts", common_name=ROLLOUTS_USER, organizations=("system:masters",))
+        if self.kueue:  # the same for Kueue's manager (its chart's ClusterRole is Kueue's business)
+            self._kueue_client = pki.issue("kueue", common_name=KUEUE_USER, organizations=("system:masters",))
+            self._kueue_serving_cert = pki.issue(
+                "kueue-serving",
+                common_name="kueue-webhook",
+                dns_names=("localhost",),
+                ips=("127.0.0.1",),
+                server=True,
+            )
         sa = pki.service_account_keys()
         self.ca_cert = pki.ca_cert
         self.admin_cert = admin
@@ -413,6 +477,8 @@ class ControlPlane(Started):
         self._wait_http(f"{self.url}/readyz", "kube-apiserver", self._ssl_context(admin))
         if self.argo_rollouts:
             self._begin_rollouts_crds()
+        if self.kueue:
+            self._begin_kueue_crds()
         common_flags = ["--leader-elect=false", "--v=0"]
         if self.controller_qps is not None:
             qps = self.controller_qps
@@ -512,6 +578,82 @@ class ControlPlane(Started):
         if self._rollouts_crds_apply.returncode != 0:
             raise ControlPlaneError(f"applying the Argo Rollouts CRDs failed: {errors.strip()}")
         self._wait_conditions("crd", self._rollouts_crd_names, "Established", "kube-apiserver")
+
+    def _begin_kueue_crds(self) -> None:
+        """Start the server-side apply of Kueue's CRDs (the Workload CRD alone is 1.4 MB) as soon as
+        the apiserver answers, as for Argo Rollouts'."""
+        files = sorted((self.binaries[KUEUE].parent / KUEUE_CRDS_DIR).glob("*.yaml"))
+        if not files:
+            raise ControlPlaneError(f"no Kueue CRDs next to {self.binaries[KUEUE]}")
+        self._kueue_crd_names = [crd_name(f) for f in files]
+        self._kueue_crds_apply = subprocess.Popen(
+            [
+                str(self.binaries["kubectl"]),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "--field-manager=mlops-dev",
+                *[f"-f={f}" for f in files],
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _start_kueue(self) -> None:
+        """Kueue's manager once its CRDs are Established (their conversion webhook pointed at it):
+        internal cert management off, its webhook server on loopback with our serving certificate, no
+        leader election; then, once its /readyz says the webhook server is up, its Mutating- and
+        ValidatingWebhookConfiguration (upstream's, by URL). Up when both are registered."""
+        started = time.monotonic()
+        assert self._kueue_crds_apply is not None
+        _, errors = self._kueue_crds_apply.communicate(timeout=self.startup_timeout)
+        if self._kueue_crds_apply.returncode != 0:
+            raise ControlPlaneError(f"applying the Kueue CRDs failed: {errors.strip()}")
+        ca_pem = self.ca_cert.read_bytes()
+        port = self.kueue_serving.webhook_port
+        patch = json.dumps(kueue_docs.conversion_patch(port, ca_pem))
+        for name in kueue_docs.CONVERSION_CRDS:
+            if name in self._kueue_crd_names:
+                self.kubectl("patch", "crd", name, "--type=merge", "-p", patch)
+        self._wait_conditions("crd", self._kueue_crd_names, "Established", "kube-apiserver")
+        directory = self.workdir / "kueue"
+        certs = Path(self.kueue_serving.cert_dir)
+        certs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._kueue_serving_cert.cert, certs / "tls.crt")
+        shutil.copyfile(self._kueue_serving_cert.key, certs / "tls.key")
+        (certs / "tls.key").chmod(0o600)
+        (directory / "scratch").mkdir()
+        config = directory / "config.yaml"
+        config.write_text(yaml.safe_dump(kueue_docs.manager_config(self.kueue_serving)))
+        kubeconfig = self._write_kubeconfig(directory / "kueue.kubeconfig", self._kueue_client)
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise ControlPlaneError("Kueue needs `unshare` (util-linux): see KUEUE_METRICS_CERT_DIR")
+        self._launch(
+            KUEUE,
+            [
+                unshare,
+                "--mount",
+                *(["--map-root-user"] if os.geteuid() != 0 else []),
+                "--",
+                "/bin/sh",
+                "-c",
+                _KUEUE_LAUNCH,
+                "kueue-launch",
+                str(certs),
+                str(directory / "scratch"),
+                str(self.binaries[KUEUE]),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+            ],
+        )
+        ready = f"http://127.0.0.1:{self.kueue_serving.health_port}/readyz"
+        self._health[KUEUE] = (ready, None)
+        self._wait_http(ready, KUEUE)
+        webhooks = yaml.safe_load_all((self.binaries[KUEUE].parent / KUEUE_WEBHOOKS).read_text())
+        self.kubectl_apply(kueue_docs.loopback_webhooks(list(webhooks), port, ca_pem))
+        self.kueue_startup_seconds = time.monotonic() - started
 
     def _launch_prometheus(self) -> None:
         directory = self.prometheus_sd_file.parent
@@ -686,6 +828,14 @@ class ControlPlane(Started):
 
     def start_rollouts_controller(self) -> float:
         return self.start_component(ROLLOUTS_CONTROLLER)
+
+    def stop_kueue(self) -> None:
+        """Kueue's manager down (its webhooks stay registered, as in a cluster whose Kueue pod is
+        gone: Job creates then fail, failurePolicy Fail)."""
+        self.stop_component(KUEUE)
+
+    def start_kueue(self) -> float:
+        return self.start_component(KUEUE)
 
     def uninstall_argo_rollouts(self) -> None:
         """As `kubectl delete -f install.yaml` does: the controller stops and its CRDs go, and with
