@@ -66,6 +66,13 @@ TRAINING_TIME_TO_START = Histogram(
     "From a TrainingRun's start to its first attempt running (queueing, scheduling, image pull).",
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
 )
+TRAINING_QUEUE_SECONDS = Histogram(
+    "mlops_trainingrun_queue_seconds",
+    "How long a TrainingRun waited for capacity in one stretch (Queued: unschedulable pods, or a Job "
+    "Kueue had not admitted), observed when it leaves the queue; by the LocalQueue ('' without Kueue).",
+    ["queue"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400),
+)
 TRAINING_DURATION = Histogram(
     "mlops_training_duration_seconds",
     "From a TrainingRun's start to its end, by result.",

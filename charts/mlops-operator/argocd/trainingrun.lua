@@ -8,6 +8,9 @@
 local PHASES = {
   Pending = "Progressing", -- between attempts (BackoffBeforeRetry, WaitingForPreviousAttempt)
   WaitingForDataset = "Progressing", -- DatasetNotReady
+  -- Waiting for capacity (Unschedulable, NoNodeFits, WaitingForAdmission, Preempted): a queue, as
+  -- Argo CD judges a pending Job; NoNodeFits too, since a cluster autoscaler may add the node.
+  Queued = "Progressing",
   Starting = "Progressing",
   Running = "Progressing",
   Suspended = "Suspended", -- spec.suspend: true

@@ -12,7 +12,7 @@ from typing import Any
 
 from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
-from ..api.v1alpha1.common import Scheduling
+from ..api.v1alpha1.common import PodScheduling
 
 WORKLOAD_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -119,7 +119,7 @@ def s3_env(*, endpoint_url: str | None, region: str | None, credentials: Any | N
 
 def apply_scheduling(
     pod_spec: dict[str, Any],
-    scheduling: Scheduling,
+    scheduling: PodScheduling,
     *,
     uses_gpus: bool,
     gpu_product: str | None,

@@ -44,6 +44,9 @@ ATTENTION_REASONS = frozenset(
         "InvalidModel",
         "FailedCreate",
         "ProgressDeadlineExceeded",
+        # Queued, but no node could ever take the pods as they ask; or Kueue evicted a running Job.
+        "NoNodeFits",
+        "Preempted",
     }
     # Pods that do not start; not Unschedulable: waiting for GPUs to free up is a queue, not a fault.
     | SERVING_STUCK_REASONS

@@ -8,13 +8,17 @@ second Job. Rules that keep attempts honest:
 - an attempt starts only when every earlier attempt's Job, and with it every pod, is gone (Jobs are
   deleted in the foreground, so a pod in its grace period keeps its Job), so two attempts never write
   the same checkpoint prefix;
-- an attempt whose pods do not run within the start deadline fails, with the kubelet's or the
-  scheduler's reason.
+- waiting for capacity is a queue, not a failure: a Job Kueue holds suspended, or pods the scheduler
+  cannot place, make the run `Queued` (never a failed attempt, never a new Job) until the user's
+  optional queue timeout;
+- an attempt whose pods, once admitted and scheduled, do not run within the start deadline fails,
+  with the kubelet's reason (an image pull, a config error, FailedCreate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -31,8 +35,15 @@ from ..builders.training import (
 from ..engine.cache import Cache, ObjectKey
 from ..k8s.conditions import ConditionUpdate, find_condition
 from ..k8s.events import Event
-from ..metrics import TRAINING_ATTEMPTS, TRAINING_DURATION, TRAINING_GPU_SECONDS, TRAINING_TIME_TO_START
+from ..metrics import (
+    TRAINING_ATTEMPTS,
+    TRAINING_DURATION,
+    TRAINING_GPU_SECONDS,
+    TRAINING_QUEUE_SECONDS,
+    TRAINING_TIME_TO_START,
+)
 from ..observation.pods import PERMANENT_START_FAILURES
+from ..observation.queueing import Queued, queued, scheduled_since, workload_of
 from ..observation.training import Failure, Observation, finite_metrics, observe
 from ..redaction import redact
 from ..timeutil import from_rfc3339, to_rfc3339
@@ -45,6 +56,10 @@ FINISHED = ("Succeeded", "Failed")
 SPEC_ACCEPTED = "SpecAccepted"
 CHILDREN_DELETED = "ChildrenDeleted"
 START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+QUEUE_TIMEOUT_EXCEEDED = "QueueTimeoutExceeded"
+# Failures whose pods never ran and never will: their Jobs go at once (a run that failed otherwise
+# keeps its Job, pods and logs for whoever debugs it).
+NEVER_RAN = (START_DEADLINE_EXCEEDED, QUEUE_TIMEOUT_EXCEEDED)
 # A Job that has made no pod for this long is asked why (its FailedCreate events), then every PROBE.
 NO_PODS_GRACE = timedelta(seconds=10)
 PROBE_INTERVAL = 30.0
@@ -240,9 +255,9 @@ def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     requeue: float | None = None
     deleted = find_condition(status.get("conditions", []), CHILDREN_DELETED)
     last_failure = (status.get("failures") or [{}])[-1]
-    if status["phase"] == "Failed" and last_failure.get("reason") == START_DEADLINE_EXCEEDED:
-        # Its pods never ran and never will (a bad image, a missing ServiceAccount): remove them. A run
-        # that failed otherwise keeps its Job, pods and logs for whoever debugs it.
+    if status["phase"] == "Failed" and last_failure.get("reason") in NEVER_RAN:
+        # Its pods never ran and never will (a bad image, a missing ServiceAccount, a queue given up
+        # on): remove them, and with them its place in Kueue's queue.
         for job in _jobs(ctx):
             _delete_job(ctx, job)
     if ttl is not None and completion and not deleted:
@@ -270,6 +285,15 @@ def _finished(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
 
 
 def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
+    result = _reconcile(spec, ctx)
+    if not isinstance(result, Outcome) or result.phase == "Queued" or "queue" in result.fields:
+        return result
+    # Whatever ended the wait (admitted, scheduled, the Job deleted, a failure) ends the stretch.
+    left = _left_queue(ctx)
+    return replace(result, fields={**result.fields, **left}) if left else result
+
+
+def _reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
     status = ctx.status
     if status.get("phase") in FINISHED:
         return _finished(spec, ctx)
@@ -358,6 +382,10 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
             requeue_after=float(_start_deadline(spec, ctx)),
         )
     repaired = _repair_rendezvous(ctx, spec, attempt) if live else ()
+    pods = _pods(ctx, job)
+    waiting = queued(job, pods, workload_of(job, ctx.cache.owned("Workload", str(job["metadata"]["uid"]))))
+    if waiting is not None:
+        return _queued(spec, ctx, waiting, accepted, now, events=repaired)
     if seen.state == "Running":
         if status.get("phase") != "Running" and attempt == 1 and status.get("startTime"):
             TRAINING_TIME_TO_START.observe((ctx.now() - from_rfc3339(status["startTime"])).total_seconds())
@@ -372,6 +400,65 @@ def reconcile(spec: TrainingRunSpec, ctx: ReconcileContext) -> Result:
             events=repaired,
         )
     return _starting(spec, ctx, job=job, seen=seen, accepted=accepted, now=now)
+
+
+def _queued(
+    spec: TrainingRunSpec,
+    ctx: ReconcileContext,
+    waiting: Queued,
+    accepted: ConditionUpdate,
+    now: str,
+    *,
+    events: tuple[Event, ...],
+) -> Outcome:
+    """Waiting for capacity: no failed attempt, no new Job. The stretch is timed from when it began
+    (as the objects say, or as first seen), for the histogram, status and the user's queue timeout."""
+    status, attempt = ctx.status, int(ctx.status["attempt"])
+    previous = status.get("queue") or {}
+    since = str(previous.get("since") or waiting.since or now)
+    timeout = spec.scheduling.queue_timeout_seconds
+    waited = max(0.0, (ctx.now() - from_rfc3339(since)).total_seconds())
+    if timeout is not None and waited >= timeout:
+        TRAINING_QUEUE_SECONDS.labels(queue=waiting.local_queue or "").observe(waited)
+        failure = Failure(
+            False,
+            QUEUE_TIMEOUT_EXCEEDED,
+            f"waited {int(waited)}s for capacity, longer than scheduling.queueTimeoutSeconds "
+            f"({timeout}s): {waiting.reason}: {waiting.message}",
+        )
+        outcome = _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
+        return replace(outcome, fields={**outcome.fields, **_queue_fields(ctx, waited)})
+    queue = {
+        "reason": waiting.reason,
+        "message": waiting.message,
+        "since": since,
+        "localQueue": waiting.local_queue,
+        "clusterQueue": waiting.cluster_queue,
+    }
+    return Outcome(
+        "Queued",
+        (ready_condition("False", waiting.reason, f"attempt {attempt}: {waiting.message}"), accepted),
+        {"queue": {k: v for k, v in queue.items() if v is not None}},
+        events=events,
+        requeue_after=max(1.0, timeout - waited) if timeout is not None else None,
+    )
+
+
+def _queue_fields(ctx: ReconcileContext, waited: float) -> dict[str, Any]:
+    return {"queue": None, "queuedSeconds": round(float(ctx.status.get("queuedSeconds") or 0) + waited, 3)}
+
+
+def _left_queue(ctx: ReconcileContext) -> dict[str, Any]:
+    """A run that was Queued and is not any more: the stretch it waited, into the histogram and
+    status.queuedSeconds, and status.queue cleared."""
+    previous = ctx.status.get("queue")
+    if not previous:
+        return {}
+    waited = max(
+        0.0, (ctx.now() - from_rfc3339(str(previous.get("since") or to_rfc3339(ctx.now())))).total_seconds()
+    )
+    TRAINING_QUEUE_SECONDS.labels(queue=str(previous.get("localQueue") or "")).observe(waited)
+    return _queue_fields(ctx, waited)
 
 
 def _repair_rendezvous(ctx: ReconcileContext, spec: TrainingRunSpec, attempt: int) -> tuple[Event, ...]:
@@ -428,7 +515,13 @@ def _starting(
     now: str,
 ) -> Outcome:
     status, attempt = ctx.status, int(ctx.status["attempt"])
-    started = from_rfc3339(status.get("attemptStartTime") or job["metadata"]["creationTimestamp"])
+    pods = _pods(ctx, job)
+    # The start clock runs from when the pods were admitted and scheduled, not while they queued.
+    clock = [
+        status.get("attemptStartTime") or job["metadata"]["creationTimestamp"],
+        scheduled_since(job, pods),
+    ]
+    started = max(from_rfc3339(str(c)) for c in clock if c)
     deadline_seconds = _start_deadline(spec, ctx)
     deadline = started + timedelta(seconds=deadline_seconds)
     reason, message, permanent = (
@@ -437,12 +530,9 @@ def _starting(
         False,
     )
     requeue = max(0.0, (deadline - ctx.now()).total_seconds())
-    pods = _pods(ctx, job)
     if seen.stuck:
         reason, message = seen.stuck
         permanent = reason in PERMANENT_START_FAILURES
-    elif seen.unschedulable:
-        reason, message = "Unschedulable", seen.unschedulable
     elif not pods and ctx.now() - started >= NO_PODS_GRACE:
         if cause := _failed_create(ctx, job):
             reason, message = "FailedCreate", cause
@@ -453,7 +543,8 @@ def _starting(
         failure = Failure(
             not permanent,
             START_DEADLINE_EXCEEDED,
-            f"the attempt's pods did not start within {deadline_seconds}s ({reason}: {message})",
+            f"the attempt's pods did not start within {deadline_seconds}s of being scheduled "
+            f"({reason}: {message})",
         )
         return _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
     return Outcome(

@@ -122,8 +122,12 @@ def observe(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) ->
             started_at=started,
             finished_at=complete.get("lastTransitionTime"),
         )
-    failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
     job_failed = _condition(job, "Failed")
+    if (job.get("spec") or {}).get("suspend") and not job_failed:
+        # Held by Kueue (not yet admitted, or evicted): the Job controller deletes its pods, and those
+        # ending meanwhile are not failures (it does not count them either).
+        return Observation("Pending", started_at=started)
+    failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
     if failed_pods or job_failed:
         if failed_pods:
             failure = classify_pod_failure(failed_pods[0])

@@ -248,8 +248,8 @@ class Toleration(ApiModel):
     )
 
 
-class Scheduling(ApiModel):
-    """Where and with what priority the workload's pods are scheduled."""
+class PodScheduling(ApiModel):
+    """Where and with what priority the pods are scheduled."""
 
     priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the pods.")
     node_selector: Annotated[
@@ -267,6 +267,12 @@ class Scheduling(ApiModel):
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations added to the pods.", max_length=32
     )
+
+
+class Scheduling(PodScheduling):
+    """Where and with what priority a batch workload's pods are scheduled, the Kueue queue it waits in,
+    and how long it may take to start or wait."""
+
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue to submit the workload to (sets the kueue.x-k8s.io/queue-name label).",
@@ -281,10 +287,39 @@ class Scheduling(ApiModel):
             "How long an attempt's pods may take to start running (scheduling, image pull, container "
             "creation) before the attempt fails with StartDeadlineExceeded; empty uses the operator's "
             "default (MLOPS_START_DEADLINE_SECONDS, 600). The failure is retryable, except for an image "
-            "name Kubernetes cannot parse. Queue the workload with Kueue (queueName) rather than raise "
-            "this to wait for capacity."
+            "name Kubernetes cannot parse. It counts from when the pods were admitted (Kueue) and "
+            "scheduled: waiting for capacity is Queued, never a failure (see queueTimeoutSeconds)."
         ),
     )
+    queue_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=31536000,
+        description=(
+            "Give up when the workload has waited this long in one stretch for capacity (Queued: "
+            "unschedulable pods, or a Job Kueue has not admitted): it then fails with "
+            "QueueTimeoutExceeded, not retried. Empty (the default) waits as long as it takes."
+        ),
+    )
+
+
+class QueueStatus(ApiModel):
+    """Why a workload waits for capacity: the scheduler cannot place its pods, or Kueue has not
+    admitted (or has evicted) its Job."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    reason: Literal["Unschedulable", "NoNodeFits", "WaitingForAdmission", "Preempted"] = Field(
+        description=(
+            "Unschedulable: no room now (the scheduler's message); NoNodeFits: no node could take the "
+            "pods even empty (it stays pending until such a node joins); WaitingForAdmission: Kueue "
+            "holds the Job suspended in its queue; Preempted: Kueue evicted it and it waits again."
+        )
+    )
+    message: str = Field(default="", description="The scheduler's or Kueue's own words.", max_length=1024)
+    since: str | None = Field(default=None, description="When this stretch of waiting began.")
+    local_queue: str | None = Field(default=None, description="The Kueue LocalQueue it waits in.")
+    cluster_queue: str | None = Field(default=None, description="The Kueue ClusterQueue, once known.")
 
 
 class Condition(ApiModel):

@@ -14,8 +14,8 @@ from .common import (
     LabelValue,
     LocalObjectReference,
     ObjectName,
+    PodScheduling,
     Quantity,
-    Scheduling,
     StatusBase,
     nested,
 )
@@ -264,7 +264,7 @@ class InferenceDeploymentSpec(ApiModel):
     autoscaling: Autoscaling | None = Field(
         default=None, description="Autoscaling (replicas is then ignored); empty keeps replicas."
     )
-    scheduling: Scheduling = nested(Scheduling, "Scheduling of the serving pods.")
+    scheduling: PodScheduling = nested(PodScheduling, "Scheduling of the serving pods.")
     service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount of the serving pods."
     )

@@ -99,6 +99,11 @@ KINDS: tuple[KindInfo, ...] = (
         description="One training of one model on one Dataset, on GPU pods (torchrun when distributed).",
         printer_columns=(
             PHASE,
+            PrinterColumn(
+                "Queued",
+                ".status.queue.reason",
+                description="While Queued: Unschedulable, NoNodeFits, WaitingForAdmission or Preempted.",
+            ),
             PrinterColumn("Dataset", ".spec.datasetRef.name"),
             PrinterColumn("Model", ".spec.model", priority=1),
             PrinterColumn("Nodes", ".spec.distributed.nodes", "integer"),

@@ -15,6 +15,7 @@ from .common import (
     LocalObjectReference,
     ObjectName,
     Quantity,
+    QueueStatus,
     Scheduling,
     SecretKeyReference,
     StatusBase,
@@ -183,7 +184,7 @@ class TrainingRunSpec(ApiModel):
 
 
 TrainingRunPhase = Literal[
-    "Pending", "WaitingForDataset", "Starting", "Running", "Suspended", "Succeeded", "Failed"
+    "Pending", "WaitingForDataset", "Queued", "Starting", "Running", "Suspended", "Succeeded", "Failed"
 ]
 
 
@@ -194,7 +195,10 @@ class AttemptFailure(ApiModel):
 
     attempt: int = Field(description="The attempt, starting at 1.")
     reason: str = Field(
-        description="Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, the trainer's reason.",
+        description=(
+            "Evicted, Preempted, NodeLost, OOMKilled, StartDeadlineExceeded, QueueTimeoutExceeded, the "
+            "trainer's reason."
+        ),
         max_length=128,
     )
     message: str = Field(default="", description="The pod's or the trainer's message.", max_length=1024)
@@ -224,7 +228,10 @@ class TrainingRunStatus(StatusBase):
 
     phase: TrainingRunPhase | None = Field(
         default=None,
-        description="Pending, WaitingForDataset, Starting, Running, Suspended, Succeeded or Failed.",
+        description=(
+            "Pending, WaitingForDataset, Queued (waiting for capacity: see queue), Starting, Running, "
+            "Suspended, Succeeded or Failed."
+        ),
     )
     attempt: int | None = Field(default=None, description="Current attempt, starting at 1.")
     dataset_fingerprint: str | None = Field(
@@ -260,3 +267,10 @@ class TrainingRunStatus(StatusBase):
         ),
     )
     gpu_seconds: float | None = Field(default=None, description="GPU time consumed by all attempts so far.")
+    queue: QueueStatus | None = Field(
+        default=None, description="While Queued: what the run waits for, where, and since when."
+    )
+    queued_seconds: float | None = Field(
+        default=None,
+        description="Time spent Queued in finished stretches of waiting, over all attempts (not failures).",
+    )
