@@ -104,7 +104,7 @@ def test_trainingrun_columns_match_the_issue():
     columns = [
         c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if "priority" not in c
     ]
-    assert columns == ["Phase", "Dataset", "Nodes", "GPUs", "Attempt", "Ready", "Age"]
+    assert columns == ["Phase", "Queued", "Dataset", "Nodes", "GPUs", "Attempt", "Ready", "Age"]
 
 
 def _all_models() -> set[type[ApiModel]]:
