@@ -24,6 +24,7 @@ from mlops_operator.dev.controlplane import (
     ControlPlane,
     GpuNodePool,
     free_port,
+    kueue_built,
 )
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
@@ -59,6 +60,8 @@ def control_plane() -> Iterator[ControlPlane]:
         apiserver_args=("--enable-admission-plugins=OwnerReferencesPermissionEnforcement",),
         argo_rollouts=True,
         prometheus=True,
+        # Kueue's webhooks see every Job create, but it manages only Jobs that name a LocalQueue.
+        kueue=kueue_built(),
     )
     plane.start()
     try:
