@@ -20,7 +20,7 @@ import prometheus_client
 
 from .api.v1alpha1 import GROUP, KINDS, VERSION, KindInfo
 from .engine.controller import Engine
-from .engine.discovery import RolloutsDiscovery
+from .engine.discovery import CrdDiscovery, kueue_discovery, rollouts_discovery
 from .engine.informer import (
     AUTOSCALERS,
     DEPLOYMENTS,
@@ -44,7 +44,7 @@ class Runtime:
 
     engine: Engine | None = None
     informers: list[Informer] = []
-    discovery: RolloutsDiscovery | None = None
+    discovery: list[CrdDiscovery] = []
 
 
 RUNTIME = Runtime()
@@ -103,8 +103,12 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.informers = [informer(resource, namespace) for resource in children for namespace in scopes]
     wait_all(RUNTIME.informers, timeout=120)
     # InferenceDeployments run as Argo Rollouts while its CRDs are installed, as Deployments otherwise.
-    RUNTIME.discovery = RolloutsDiscovery(engine, scopes, informer)
-    wait_all([RUNTIME.discovery.crd_informer], timeout=120)
+    # Kueue's Workloads, while Kueue is installed: where a queued Job waits, and why.
+    RUNTIME.discovery = [
+        rollouts_discovery(engine, scopes, informer),
+        kueue_discovery(engine, scopes, informer),
+    ]
+    wait_all([d.crd_informer for d in RUNTIME.discovery], timeout=120)
     # Our kinds last: their first list queues every object, whose reconcile then sees all children.
     ours = [
         Informer(
@@ -172,8 +176,8 @@ def _follow_peering(engine: Engine, name: str, *, cluster_wide: bool) -> None:
 def cleanup(**_: Any) -> None:
     for informer in RUNTIME.informers:
         informer.stop()
-    if RUNTIME.discovery is not None:
-        RUNTIME.discovery.stop()
+    for discovery in RUNTIME.discovery:
+        discovery.stop()
     if RUNTIME.engine is not None:
         RUNTIME.engine.stop()
 

@@ -205,12 +205,12 @@ class Engine:
                 obj.get("metadata", {}).get("name"),
             )
             return None
-        if obj.get("kind") == "Pod":
-            if owner is not None and owner[0] == "Job":
-                # A training or stage pod -> its Job -> the Job's owner.
-                job = self.cache.get(*owner)
-                owner = self.cache.owner_of(job) if job is not None else None
-            elif owner is None:
+        if obj.get("kind") in ("Pod", "Workload") and owner is not None and owner[0] == "Job":
+            # A training or stage pod, or the Kueue Workload of such a Job -> the Job -> its owner.
+            job = self.cache.get(*owner)
+            owner = self.cache.owner_of(job) if job is not None else None
+        elif obj.get("kind") == "Pod":
+            if owner is None:
                 # A serving pod's ReplicaSet is not watched: its InferenceDeployment's UID label
                 # names the owner instead, honoured only within the pod's own namespace.
                 labels = obj.get("metadata", {}).get("labels") or {}

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..k8s.rawapi import RawApi
@@ -41,6 +41,9 @@ class WatchedResource:
     group_version_path: str  # "/api/v1" or "/apis/batch/v1"
     plural: str
     metadata_only: bool = False  # PartialObjectMetadata: labels, owners, versions; no spec or data
+    # What of each object is kept (controller-runtime's cache transform): for objects that are large
+    # and mostly unread, such as Kueue Workloads and their pod templates.
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
 
     def path(self, namespace: str | None) -> str:
         if namespace is None:
@@ -146,6 +149,8 @@ class Informer:
             if not token:
                 break
         kind = self._resource.kind
+        if self._resource.transform is not None:
+            objects = [self._resource.transform(obj) for obj in objects]
         for obj in objects:  # list items carry no kind; the cache and handlers want it
             obj["kind"] = kind
         changes = self._cache.replace_scope(kind, self._namespace, objects)
@@ -194,6 +199,8 @@ class Informer:
                 version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
+                if self._resource.transform is not None:
+                    obj = self._resource.transform(obj)
                 obj["kind"] = self._resource.kind  # PartialObjectMetadata says its own kind
                 meta = obj["metadata"]
                 if kind == "DELETED":
