@@ -37,6 +37,8 @@ _UNRESOLVABLE_FILTERS = (
     "had untolerated taint",
     "didn't match pod topology spread constraints (missing required label)",
 )
+# The scheduler's whole message when the cluster has no node at all (ErrNoNodesAvailable).
+_NO_NODES = "no nodes available to schedule pods"
 _COUNTED = re.compile(r"(\d+) ([^,]+?)(?=, \d+ |\.?$)")
 _AVAILABLE = re.compile(r"0/(\d+) nodes are available: (.*)$")
 
@@ -88,11 +90,15 @@ def scheduler_says_never(message: str) -> bool:
     that every node fails a filter preemption cannot resolve. Without a preemption part (a pod that
     may not preempt), the filters' own reasons decide; "Insufficient X" alone stays busy, since the
     scheduler does not say then whether X is used or absent. No nodes at all never fits either."""
+    if message.strip().startswith(_NO_NODES):
+        return True
     filters, _, preemption = message.partition("preemption:")
     if match := _AVAILABLE.search(preemption.strip()):
         total, reasons = int(match.group(1)), _counts(match.group(2))
         return total == 0 or reasons.get(_NOT_HELPFUL, 0) >= total
-    match = _AVAILABLE.search(filters.strip().rstrip("."))
+    # The filters' histogram ends at its first ". ": post-filter messages (DRA's "no new claims to
+    # deallocate", "preemption: not eligible ...") follow it.
+    match = _AVAILABLE.search(filters.strip().split(". ", 1)[0].rstrip("."))
     if match is None:
         return False
     total = int(match.group(1))
@@ -100,7 +106,7 @@ def scheduler_says_never(message: str) -> bool:
         return True
     # A node may be counted under several reasons: never only when every reason is unresolvable.
     reasons = _counts(match.group(2))
-    unresolvable = {r: n for r, n in reasons.items() if r.startswith(_UNRESOLVABLE_FILTERS)}
+    unresolvable = {r: n for r, n in reasons.items() if any(f in r for f in _UNRESOLVABLE_FILTERS)}
     return bool(reasons) and unresolvable == reasons and sum(reasons.values()) >= total
 
 
