@@ -89,7 +89,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from .dev import pipeline  # noqa: PLC0415 - needs the local extras (moto, cryptography)
 
-    return pipeline.run(Path(args.samples), Path(args.crds), namespace=args.namespace, keep=args.keep)
+    return pipeline.run(
+        Path(args.samples), Path(args.crds), namespace=args.namespace, keep=args.keep, kueue=args.kueue
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--crds", default="crds", help="directory of CRDs to install")
     dev.add_argument("--namespace", default="mlops-demo")
     dev.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    dev.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run a real Kueue (hack/build-tools.sh builds it), with a LocalQueue `default`",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     validate = sub.add_parser("validate", help="check manifests against the API models")

@@ -25,7 +25,8 @@ from kubernetes import config
 from mlops_contract import envvars
 
 from ..api.v1alpha1 import kind_by_name
-from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port
+from . import kueue as kueue_docs
+from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port, kueue_built
 from .mlflow import LocalMlflow
 from .runner import LocalPodRunner, ServingRuntime
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
@@ -309,14 +310,44 @@ def _second_version(plane: ControlPlane, namespace: str, docs: list[dict[str, An
     print(plane.kubectl("get", "idep", "-n", namespace, check=False).stdout, flush=True)
 
 
-def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool = False) -> int:
+# What `mlopsctl dev --kueue` sets up: a flavor for the simulated H100 nodes, a ClusterQueue of all
+# their GPUs, and a LocalQueue `default` in the demo namespace (spec.scheduling.queueName: default).
+DEV_KUEUE_FLAVOR = "h100"
+DEV_CLUSTER_QUEUE = "dev"
+DEV_LOCAL_QUEUE = "default"
+
+
+def _kueue_queues(plane: ControlPlane, namespace: str) -> None:
+    pool = plane.node_pools[0]
+    plane.kubectl_apply(
+        [
+            kueue_docs.resource_flavor(DEV_KUEUE_FLAVOR, pool.gpu_product),
+            kueue_docs.cluster_queue(
+                DEV_CLUSTER_QUEUE,
+                [
+                    kueue_docs.FlavorQuota(
+                        DEV_KUEUE_FLAVOR, cpu="1000", memory="8Ti", gpus=pool.count * pool.gpus_per_node
+                    )
+                ],
+            ),
+            kueue_docs.local_queue(namespace, DEV_LOCAL_QUEUE, DEV_CLUSTER_QUEUE),
+        ]
+    )
+
+
+def run(
+    samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool = False, kueue: bool = False
+) -> int:
     if not os.access(TRAINER, os.X_OK):
         _say(f"{TRAINER} is missing: run `make trainer` (make dev does)")
         return 1
     # SIGTERM would end Python without running `finally`, leaving the control plane behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if kueue and not kueue_built():
+        _say("--kueue: Kueue is not built: run hack/build-tools.sh (make tools)")
+        return 1
     plane = ControlPlane(
-        node_pools=(GpuNodePool(count=2, gpus_per_node=8),), argo_rollouts=True, prometheus=True
+        node_pools=(GpuNodePool(count=2, gpus_per_node=8),), argo_rollouts=True, prometheus=True, kueue=kueue
     )
     s3 = LocalS3(port=SAMPLE_S3_PORT)
     mlflow: LocalMlflow | None = None
@@ -338,6 +369,12 @@ def run(samples: Path, crds: Path, *, namespace: str = "mlops-demo", keep: bool 
         _say(f"local MLflow server (the model registry) on {mlflow.tracking_uri}")
         mlflow.start()
         plane.kubectl("create", "namespace", namespace)
+        if kueue:
+            _kueue_queues(plane, namespace)
+            _say(
+                f"Kueue up ({plane.kueue_startup_seconds:.1f}s): ClusterQueue {DEV_CLUSTER_QUEUE}, "
+                f"LocalQueue {DEV_LOCAL_QUEUE} in {namespace}"
+            )
         plane.kubectl(
             "create", "secret", "generic", "s3-credentials", "-n", namespace,
             f"--from-literal=AWS_ACCESS_KEY_ID={DEV_ACCESS_KEY_ID}",
