@@ -107,6 +107,15 @@ def test_trainingrun_columns_match_the_issue():
     assert columns == ["Phase", "Queued", "Dataset", "Nodes", "GPUs", "Attempt", "Ready", "Age"]
 
 
+def test_modelversion_shows_what_a_queued_stage_waits_for_in_the_wide_view_only():
+    crd = crdgen.crd_for(next(i for i in KINDS if i.kind == "ModelVersion"))
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Queued"]["jsonPath"] == ".status.queue.reason"
+    assert columns["Queued"]["priority"] == 1  # the default list stays as it was
+    default = [name for name, c in columns.items() if "priority" not in c]
+    assert default == ["Phase", "Model", "Target", "Accuracy", "Registry Version", "Ready", "Age"]
+
+
 def _all_models() -> set[type[ApiModel]]:
     seen: set[type[ApiModel]] = set()
     todo: list[type[ApiModel]] = [i.spec_model for i in KINDS]  # type: ignore[misc]

@@ -9,6 +9,10 @@ local PHASES = {
   Pending = "Progressing",
   WaitingForTraining = "Progressing",
   Compiling = "Progressing",
+  -- A compile or evaluate Job waits for capacity (Unschedulable, NoNodeFits, WaitingForAdmission,
+  -- Preempted): a queue, as Argo CD judges a pending Job; NoNodeFits too, since a cluster autoscaler
+  -- may add the node.
+  Queued = "Progressing",
   Evaluating = "Progressing",
   Registering = "Progressing",
   Ready = "Healthy",

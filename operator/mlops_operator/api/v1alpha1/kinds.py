@@ -131,6 +131,12 @@ KINDS: tuple[KindInfo, ...] = (
             PrinterColumn("Run", ".spec.source.trainingRunRef.name", priority=1),
             PrinterColumn("Stage", ".spec.stage", priority=1),
             PrinterColumn("P95 ms", ".status.metrics.latency_p95_ms", "number", priority=1),
+            PrinterColumn(
+                "Queued",
+                ".status.queue.reason",
+                description="While Queued: Unschedulable, NoNodeFits, WaitingForAdmission or Preempted.",
+                priority=1,
+            ),
         ),
     ),
     KindInfo(

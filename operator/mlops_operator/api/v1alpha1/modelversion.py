@@ -15,6 +15,7 @@ from .common import (
     LabelValue,
     LocalObjectReference,
     ObjectName,
+    QueueStatus,
     Scheduling,
     SecretKeyReference,
     StatusBase,
@@ -153,8 +154,9 @@ class Compile(ApiModel):
         ge=1,
         le=7 * 24 * 3600,
         description=(
-            "Longest one compile attempt may run, from its Job's start (the Job's activeDeadlineSeconds); "
-            "past it the attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
+            "Longest one compile attempt may run, from when its Job was admitted and its pod scheduled "
+            "(the Job's activeDeadlineSeconds; time Queued for capacity does not count); past it the "
+            "attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
             "Unset: the operator's MLOPS_STAGE_DEADLINE_SECONDS. May change after compile started."
         ),
     )
@@ -190,8 +192,9 @@ class Evaluation(ApiModel):
         ge=1,
         le=7 * 24 * 3600,
         description=(
-            "Longest one evaluate attempt may run, from its Job's start (the Job's activeDeadlineSeconds); "
-            "past it the attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
+            "Longest one evaluate attempt may run, from when its Job was admitted and its pod scheduled "
+            "(the Job's activeDeadlineSeconds; time Queued for capacity does not count); past it the "
+            "attempt is stopped and the ModelVersion fails with StageDeadlineExceeded. "
             "Unset: the operator's MLOPS_STAGE_DEADLINE_SECONDS. May change after compile started."
         ),
     )
@@ -369,7 +372,13 @@ class StageFailure(ApiModel):
 
     stage: str = Field(description="compile or evaluate.", max_length=16)
     attempt: int = Field(description="The attempt, starting at 1.")
-    reason: str = Field(description="The workload's or the pod's reason.", max_length=128)
+    reason: str = Field(
+        description=(
+            "The workload's or the pod's reason, StageDeadlineExceeded or QueueTimeoutExceeded "
+            "(scheduling.queueTimeoutSeconds)."
+        ),
+        max_length=128,
+    )
     message: str = Field(default="", description="Details.", max_length=1024)
     retryable: bool = Field(description="Whether another attempt could help.")
     exit_code: int | None = Field(default=None, description="Exit code, when the workload exited.")
@@ -377,7 +386,15 @@ class StageFailure(ApiModel):
 
 
 ModelVersionPhase = Literal[
-    "Pending", "WaitingForTraining", "Compiling", "Evaluating", "Registering", "Ready", "Rejected", "Failed"
+    "Pending",
+    "WaitingForTraining",
+    "Compiling",
+    "Queued",
+    "Evaluating",
+    "Registering",
+    "Ready",
+    "Rejected",
+    "Failed",
 ]
 
 
@@ -387,7 +404,8 @@ class ModelVersionStatus(StatusBase):
     phase: ModelVersionPhase | None = Field(
         default=None,
         description=(
-            "Pending, WaitingForTraining, Compiling, Evaluating, Registering, Ready, Rejected (a gate "
+            "Pending, WaitingForTraining, Compiling, Queued (a compile or evaluate Job waits for "
+            "capacity: see currentStage and queue), Evaluating, Registering, Ready, Rejected (a gate "
             "failed) or Failed."
         ),
     )
@@ -413,6 +431,17 @@ class ModelVersionStatus(StatusBase):
     )
     attempt: int | None = Field(default=None, description="Attempt of the current compile or evaluate Job.")
     job_name: str | None = Field(default=None, description="The Job of the current stage.")
+    current_stage: Literal["compile", "evaluate"] | None = Field(
+        default=None,
+        description=(
+            "The stage whose Job jobName is, while Compiling, Evaluating or Queued (a Queued version "
+            "resumes this stage)."
+        ),
+    )
+    queue: QueueStatus | None = Field(
+        default=None,
+        description="While Queued: what the stage's Job waits for, where, and since when.",
+    )
     next_attempt_time: str | None = Field(
         default=None, description="When the next attempt starts, while waiting out the retry backoff."
     )

@@ -33,7 +33,7 @@ from .deletion import IN_USE_FINALIZER, SKIP_CLEANUP_ANNOTATION, deleting, prote
 from .dependents import sharing_a_model, waiting_on_dataset, waiting_on_training
 from .promotion import SETTLED_PHASES, promote, restate
 from .registry import FINALIZER, register
-from .stages import STAGE_PHASES, clean_up_finished_jobs, run_stage, start_compile
+from .stages import clean_up_finished_jobs, current_stage, run_stage, start_compile
 
 __all__ = [
     "FINALIZER",
@@ -86,6 +86,6 @@ def reconcile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
         return restate(ctx, accepted)
     if phase == "Registering":
         return register(spec, ctx, accepted)
-    if phase in STAGE_PHASES:
-        return run_stage(spec, ctx, STAGE_PHASES[phase], accepted)
+    if (stage := current_stage(status)) is not None:  # Compiling, Evaluating, or Queued in either
+        return run_stage(spec, ctx, stage, accepted)
     raise RuntimeError(f"unexpected phase {phase!r} after compile started")

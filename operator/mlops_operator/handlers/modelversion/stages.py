@@ -2,13 +2,24 @@
 pin (`status.pinned`), observed through the Job and its pods, retried with backoff when the failure
 is retryable.
 
+Waiting for capacity is a queue, not a failure (as for a TrainingRun): while a stage's Job is held
+suspended by Kueue (WaitingForAdmission, Preempted) or its pod cannot be placed (Unschedulable, or
+NoNodeFits when no node could ever take it), the ModelVersion is `Queued`, with `status.queue`. Which
+stage waits is `status.currentStage` (the phase no longer says it), so a restart resumes it. Queueing
+is never a failed attempt and never makes a new Job; only the user's optional
+scheduling.queueTimeoutSeconds gives up (QueueTimeoutExceeded, not retried, the Job deleted).
+
 Every stage Job has a deadline (activeDeadlineSeconds: the spec's compile/evaluation.deadlineSeconds,
-else MLOPS_STAGE_DEADLINE_SECONDS), counted from the Job's start (Kueue's admission, for a queued
-Job). A stage past it fails with StageDeadlineExceeded, not retried: a build that ran past its
-deadline will most likely do so again (the model, the workspace or the GPU make it slow, or it hangs),
-and every further attempt would hold a GPU for the whole deadline once more. The operator enforces
-the deadline itself too (the Job is deleted), for a Job the Job controller has not stopped, and
-looks again at the deadline, so a running stage is never left without a due time.
+else MLOPS_STAGE_DEADLINE_SECONDS), counted from when it was admitted and its pod scheduled. Kueue's
+admission starts the Job (its startTime) then; a pod the scheduler cannot place does not stop the Job
+controller's clock, so while it waits the operator holds the deadline off (activeDeadlineSeconds
+removed, kept in an annotation) and puts it back, lengthened by the wait, once the pod is scheduled
+(`deadline_hold`). A stage past its deadline fails with StageDeadlineExceeded, not retried: a build
+that ran past its deadline will most likely do so again (the model, the workspace or the GPU make it
+slow, or it hangs), and every further attempt would hold a GPU for the whole deadline once more. The
+operator enforces the deadline itself too (the Job is deleted), for a Job the Job controller has not
+stopped, and looks again at the deadline, so a running stage is never left without a due time. The
+start deadline of a pod that cannot start (an image pull, a config error) counts from its scheduling.
 
 A finished stage Job is deleted (propagation Background) once its result is in status: the next
 reconcile after the status write finds it finished and no longer the current stage's Job.
@@ -16,8 +27,10 @@ reconcile after the status write finds it finished and no longer the current sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
+from math import ceil
 from typing import Any
 
 from ...api.v1alpha1 import DatasetSpec, ModelVersionSpec
@@ -33,8 +46,10 @@ from ...builders.modelversion import (
 from ...builders.training import backoff_seconds
 from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
+from ...k8s.rawapi import MERGE_PATCH, resource_path
 from ...metrics import MODELVERSION_COMPILE_SECONDS
 from ...observation.pods import PERMANENT_START_FAILURES
+from ...observation.queueing import Queued, queued, scheduled_since, workload_of
 from ...observation.training import Observation, finite_metrics, observe
 from ...timeutil import from_rfc3339, to_rfc3339
 from ..base import MAX_MESSAGE, READY, Outcome, Result, Unchanged, ready
@@ -48,7 +63,13 @@ MAX_ATTEMPTS = 3  # per stage, for retryable failures (eviction, node loss, S3 b
 RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 10, 300
 ARTIFACT_KEYS = {"tensorrt": "model.plan", "onnx": "model.onnx"}
 STAGE_PHASES: dict[str, Stage] = {"Compiling": "compile", "Evaluating": "evaluate"}
+PROGRESS_PHASES: dict[Stage, str] = {stage: phase for phase, stage in STAGE_PHASES.items()}
+QUEUED = "Queued"  # either stage's Job waits for capacity; status.currentStage says which
 STAGE_DEADLINE_EXCEEDED = "StageDeadlineExceeded"
+QUEUE_TIMEOUT_EXCEEDED = "QueueTimeoutExceeded"
+# The stage's deadline (seconds), kept here while the operator holds activeDeadlineSeconds off a Job
+# whose pod waits for a node.
+HELD_DEADLINE_ANNOTATION = "mlops.dev/stage-deadline-seconds"
 # After the deadline, the operator waits this long for the Job controller to stop the Job before it
 # deletes the Job itself.
 DEADLINE_GRACE = timedelta(seconds=2)
@@ -60,6 +81,20 @@ def deadline_seconds(spec: ModelVersionSpec, ctx: ReconcileContext, stage: Stage
     return section.deadline_seconds or ctx.config.stage_deadline_seconds
 
 
+def current_stage(status: Mapping[str, Any]) -> Stage | None:
+    """The stage a ModelVersion is in (its Job is status.jobName), from its status; None outside the
+    stages. A Queued version says it in currentStage; one written by an operator that had no Queued
+    phase is Compiling or Evaluating (and an engine in status means compile is done)."""
+    phase = status.get("phase")
+    if phase in STAGE_PHASES:
+        return STAGE_PHASES[str(phase)]
+    if phase != QUEUED:
+        return None
+    if status.get("currentStage") == "compile":
+        return "compile"
+    return "evaluate" if status.get("currentStage") == "evaluate" or status.get("engine") else "compile"
+
+
 def _job_finished(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The Job's Complete or Failed condition, when it has one that is True."""
     for condition in (job.get("status") or {}).get("conditions") or []:
@@ -68,13 +103,59 @@ def _job_finished(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def _held_deadline(job: Mapping[str, Any]) -> int | None:
+    held = ((job.get("metadata") or {}).get("annotations") or {}).get(HELD_DEADLINE_ANNOTATION)
+    try:
+        return int(held) if held is not None else None
+    except ValueError:
+        return None
+
+
 def deadline_of(job: Mapping[str, Any], default_seconds: int) -> tuple[int, datetime | None]:
-    """(The Job's deadline in seconds, when it is reached): activeDeadlineSeconds counts from the
-    Job's startTime, so a Job that has not started (queued, suspended) has no due time yet. A Job made
-    without one (by an older operator) gets `default_seconds`."""
-    seconds = int((job.get("spec") or {}).get("activeDeadlineSeconds") or default_seconds)
+    """(The stage's deadline in seconds, when it is reached): activeDeadlineSeconds counts from the
+    Job's startTime, so a Job that has not started (suspended by Kueue) has no due time yet, nor has
+    one whose deadline the operator holds off while its pod waits for a node. A Job made without one
+    (by an older operator) gets `default_seconds`."""
+    active = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    held = _held_deadline(job)
+    seconds = held if held is not None else int(active or default_seconds)
     started = (job.get("status") or {}).get("startTime")
-    return seconds, (from_rfc3339(started) + timedelta(seconds=seconds) if started else None)
+    if not started or (held is not None and active is None):
+        return seconds, None
+    # Put back after a wait, activeDeadlineSeconds is the deadline plus the wait: due at the same time.
+    return seconds, from_rfc3339(started) + timedelta(seconds=int(active or default_seconds))
+
+
+def deadline_hold(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], waiting: Queued | None
+) -> dict[str, Any] | None:
+    """The merge patch that keeps the Job controller's clock (activeDeadlineSeconds, from the Job's
+    startTime) from counting the time its pod waits for a node; None: nothing to change.
+
+    A Job Kueue holds suspended has no startTime (admission sets it): nothing to do. While the pod
+    is unschedulable the deadline is removed (kept in HELD_DEADLINE_ANNOTATION); once the pod is
+    scheduled it is put back, lengthened by the wait, so it falls due a deadline after the
+    scheduling. Level-based: the Job and its pods say which, whenever the operator looks."""
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    started = status.get("startTime")
+    if not started or spec.get("suspend") or _job_finished(job) is not None:
+        return None
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    active, held = spec.get("activeDeadlineSeconds"), _held_deadline(job)
+    if waiting is not None:
+        if active is None:
+            return None  # held already, or made without a deadline
+        annotation = str(held if held is not None else int(active))
+        return {
+            "metadata": {"annotations": {HELD_DEADLINE_ANNOTATION: annotation}},
+            "spec": {"activeDeadlineSeconds": None},
+        }
+    if held is None or active is not None:
+        return None
+    since = scheduled_since(job, pods) or str(started)
+    waited = max(0, ceil((from_rfc3339(since) - from_rfc3339(str(started))).total_seconds()))
+    return {"spec": {"activeDeadlineSeconds": held + waited}}
 
 
 def past_deadline(job: Mapping[str, Any], default_seconds: int, now: datetime) -> bool:
@@ -89,8 +170,8 @@ def past_deadline(job: Mapping[str, Any], default_seconds: int, now: datetime) -
 
 def finished_jobs(ctx: ReconcileContext) -> list[str]:
     """This ModelVersion's finished stage Jobs whose result is in status: every finished Job but the
-    one the current stage is waiting on (status.jobName while Compiling or Evaluating)."""
-    current = ctx.status.get("jobName") if ctx.status.get("phase") in STAGE_PHASES else None
+    one the current stage is waiting on (status.jobName while Compiling, Evaluating or Queued)."""
+    current = ctx.status.get("jobName") if current_stage(ctx.status) is not None else None
     return sorted(
         str(job["metadata"]["name"])
         for job in ctx.cache.owned("Job", ctx.uid)
@@ -154,6 +235,7 @@ def start_compile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
         "lineage": dict(source.lineage),
         "attempt": 1,
         "jobName": job_name(ctx.name, "compile", 1),
+        "currentStage": "compile",
         "compileStartTime": now,
     }
     # The pin goes into status with the Job: the next reconcile builds every attempt from it.
@@ -171,6 +253,15 @@ def start_compile(spec: ModelVersionSpec, ctx: ReconcileContext) -> Result:
         ),
         fields,
     )
+
+
+def _patch_job(ctx: ReconcileContext, name: str, patch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Merge-patch the stage Job; the cache holds what the apiserver returned."""
+    written = ctx.require_clients().raw.request(
+        "PATCH", resource_path("Job", ctx.namespace, name), body=patch, content_type=MERGE_PATCH
+    )
+    ctx.cache.upsert("Job", written)
+    return written
 
 
 def _stage_job(ctx: ReconcileContext, name: str) -> Mapping[str, Any] | None:
@@ -222,6 +313,7 @@ def _compiled(
         "compileSeconds": seconds,
         "attempt": 1,
         "jobName": job_name(ctx.name, "evaluate", 1),
+        "currentStage": "evaluate",
         "nextAttemptTime": None,
     }
     _start_job(ctx, _stage_inputs(with_status(ctx, fields), spec, "evaluate", 1))
@@ -289,7 +381,7 @@ def _stage_failed(
         }
         failures.append({k: v for k, v in entry.items() if v is not None})
     failures = failures[-20:]
-    phase = status["phase"]
+    phase = PROGRESS_PHASES[stage]  # a Queued stage that fails waits out its backoff as Compiling/Evaluating
     if retryable and attempt < MAX_ATTEMPTS:
         delay = backoff_seconds(attempt, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
         at = to_rfc3339(ctx.now() + timedelta(seconds=delay))
@@ -327,15 +419,35 @@ def _stage_failed(
     )
 
 
+def _start_deadline(spec: ModelVersionSpec, ctx: ReconcileContext) -> int:
+    override = spec.scheduling.start_deadline_seconds
+    return override if override is not None else ctx.config.start_deadline_seconds
+
+
 def run_stage(
+    spec: ModelVersionSpec, ctx: ReconcileContext, stage: Stage, accepted: ConditionUpdate
+) -> Result:
+    """One step of `stage`; status.queue and status.currentStage follow the outcome's phase."""
+    result = _run_stage(spec, ctx, stage, accepted)
+    if not isinstance(result, Outcome):
+        return result
+    fields: dict[str, Any] = {}
+    if ctx.status.get("queue") and result.phase != QUEUED and "queue" not in result.fields:
+        fields["queue"] = None  # whatever ended the wait (admitted, scheduled, a failure) ends it
+    now_in: Stage | None = STAGE_PHASES.get(result.phase, stage if result.phase == QUEUED else None)
+    if "currentStage" not in result.fields and ctx.status.get("currentStage") != now_in:
+        fields["currentStage"] = now_in
+    return replace(result, fields={**result.fields, **fields}) if fields else result
+
+
+def _run_stage(
     spec: ModelVersionSpec, ctx: ReconcileContext, stage: Stage, accepted: ConditionUpdate
 ) -> Result:
     status = ctx.status
     now = to_rfc3339(ctx.now())
     attempt = int(status.get("attempt") or 1)
     name = str(status.get("jobName") or job_name(ctx.name, stage, attempt))
-    phase = str(status["phase"])
-    progress = "Compiling" if stage == "compile" else "Evaluating"
+    progress = PROGRESS_PHASES[stage]  # the phase while it runs (status.phase may be Queued)
     job = _stage_job(ctx, name)
     if job is None:
         next_attempt = status.get("nextAttemptTime")
@@ -343,13 +455,22 @@ def run_stage(
             return Unchanged(max(0.0, (from_rfc3339(next_attempt) - ctx.now()).total_seconds()))
         _start_job(ctx, _stage_inputs(ctx, spec, stage, attempt))
         return Outcome(
-            phase,
+            progress,
             (ready("False", progress, f"{stage} attempt {attempt}: Job {name} created"), accepted),
             {"jobName": name, "nextAttemptTime": None},
         )
-    seen = observe(job, ctx.cache.owned("Pod", str(job["metadata"]["uid"])))
+    job_uid = str(job["metadata"]["uid"])
+    pods = ctx.cache.owned("Pod", job_uid)
+    seen = observe(job, pods)
+    if seen.state == "Succeeded":
+        return (_compiled if stage == "compile" else _evaluated)(spec, ctx, seen, accepted, now)
+    waiting = queued(job, pods, workload_of(job, ctx.cache.owned("Workload", job_uid)))
+    if waiting is not None:
+        return _queued(spec, ctx, stage, job, pods=pods, waiting=waiting, accepted=accepted, now=now)
+    if (patch := deadline_hold(job, pods, None)) is not None:
+        job = _patch_job(ctx, name, patch)  # scheduled after a wait: the deadline counts from here
     limit, due = deadline_of(job, deadline_seconds(spec, ctx, stage))
-    if seen.state != "Succeeded" and past_deadline(job, limit, ctx.now()):
+    if past_deadline(job, limit, ctx.now()):
         if _job_finished(job) is None:  # the Job controller has not stopped it: the operator does
             ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Background")
         section = STAGE_SECTIONS[stage]
@@ -370,8 +491,6 @@ def run_stage(
         )
     # A stage still running is due again at its deadline (and the grace period after it).
     at_deadline = (due + DEADLINE_GRACE - ctx.now()).total_seconds() if due is not None else None
-    if seen.state == "Succeeded":
-        return (_compiled if stage == "compile" else _evaluated)(spec, ctx, seen, accepted, now)
     if seen.state == "Failed":
         assert seen.failure is not None
         failure = seen.failure
@@ -388,8 +507,10 @@ def run_stage(
         )
     if seen.stuck:
         reason, message = seen.stuck
-        created = from_rfc3339(job["metadata"].get("creationTimestamp") or now)
-        deadline = created + timedelta(seconds=ctx.config.start_deadline_seconds)
+        # The start clock runs from when the pod was admitted and scheduled, not while it queued.
+        clock = [job["metadata"].get("creationTimestamp") or now, scheduled_since(job, pods)]
+        started = max(from_rfc3339(str(c)) for c in clock if c)
+        deadline = started + timedelta(seconds=_start_deadline(spec, ctx))
         if reason in PERMANENT_START_FAILURES or ctx.now() >= deadline:
             ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Foreground")
             return _stage_failed(
@@ -404,7 +525,7 @@ def run_stage(
                 accepted=accepted,
             )
         return Outcome(
-            phase,
+            progress,
             (
                 ready("False", reason, f"{stage} attempt {attempt}: the pod cannot start yet: {message}"),
                 accepted,
@@ -413,7 +534,62 @@ def run_stage(
         )
     doing = "running" if seen.state == "Running" else (seen.unschedulable or "starting")
     return Outcome(
-        phase,
+        progress,
         (ready("False", progress, f"{stage} attempt {attempt} of {MAX_ATTEMPTS}: {doing}"), accepted),
         requeue_after=max(0.0, at_deadline) if at_deadline is not None else None,
+    )
+
+
+def _queued(
+    spec: ModelVersionSpec,
+    ctx: ReconcileContext,
+    stage: Stage,
+    job: Mapping[str, Any],
+    *,
+    pods: Sequence[Mapping[str, Any]],
+    waiting: Queued,
+    accepted: ConditionUpdate,
+    now: str,
+) -> Outcome:
+    """The stage's Job waits for capacity: no failed attempt, no new Job, no deadline running. The
+    stretch is timed from when it began (as the objects say, or as first seen) for the user's queue
+    timeout, which alone gives up on it."""
+    status, name = ctx.status, str(job["metadata"]["name"])
+    attempt = int(status.get("attempt") or 1)
+    previous = status.get("queue") or {}
+    since = str(previous.get("since") or waiting.since or now)
+    waited = max(0.0, (ctx.now() - from_rfc3339(since)).total_seconds())
+    timeout = spec.scheduling.queue_timeout_seconds
+    if timeout is not None and waited >= timeout:
+        ctx.require_clients().raw.delete("Job", ctx.namespace, name, propagation="Background")
+        outcome = _stage_failed(
+            spec,
+            ctx,
+            stage,
+            reason=QUEUE_TIMEOUT_EXCEEDED,
+            message=(
+                f"Job {name} waited {int(waited)}s for capacity, longer than "
+                f"scheduling.queueTimeoutSeconds ({timeout}s), and was deleted: {waiting.reason}: "
+                f"{waiting.message}"
+            ),
+            retryable=False,
+            exit_code=None,
+            finished=now,
+            accepted=accepted,
+        )
+        return replace(outcome, fields={**outcome.fields, "queue": None})
+    if (patch := deadline_hold(job, pods, waiting)) is not None:
+        _patch_job(ctx, name, patch)  # the Job controller's deadline must not run out in the queue
+    queue = {
+        "reason": waiting.reason,
+        "message": waiting.message[:MAX_MESSAGE],
+        "since": since,
+        "localQueue": waiting.local_queue,
+        "clusterQueue": waiting.cluster_queue,
+    }
+    return Outcome(
+        QUEUED,
+        (ready("False", waiting.reason, f"{stage} attempt {attempt}: {waiting.message}"), accepted),
+        {"queue": {k: v for k, v in queue.items() if v is not None}, "currentStage": stage},
+        requeue_after=max(1.0, timeout - waited) if timeout is not None else None,
     )
