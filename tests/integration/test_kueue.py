@@ -351,6 +351,35 @@ def test_a_higher_priority_job_preempts_a_running_lower_one(
     wait_for(lambda: not running_pods(core, ns, "low"), "low's pod to go", 60)
     requeued = wait_workload(custom, ns, low, "QuotaReserved", "False")
     record("low: Workload pending again after preemption", workload_record(requeued))
-    assert batch.read_namespaced_job("low", ns).metadata.uid == low.metadata.uid  # the same Job, suspended
+    suspended = batch.read_namespaced_job("low", ns)
+    assert suspended.metadata.uid == low.metadata.uid  # the same Job, suspended, not re-created
+    # Kueue took back what admission injected: the flavor's nodeSelector and tolerations.
+    assert not suspended.spec.template.spec.node_selector
+    assert not suspended.spec.template.spec.tolerations
     record("low: Job after preemption", job_record(batch, core, ns, "low"))
     record("high: Job admitted", job_record(batch, core, ns, "high"))
+
+
+def test_jobs_are_refused_while_kueue_is_down_and_queued_again_once_it_is_back(
+    queues: Queues,
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+) -> None:
+    """Upstream's Job webhook has failurePolicy Fail: with Kueue's manager down, every Job create is
+    refused (as in a cluster whose Kueue pod is gone); restarted, it queues and admits again."""
+    batch = client.BatchV1Api(api)
+    ns = queues.namespace
+    control_plane.stop_kueue()
+    try:
+        with pytest.raises(client.ApiException) as refused:
+            batch.create_namespaced_job(ns, gpu_job("while-down", 1, kueue.queue_labels(queues.local_queue)))
+        record("Job create while Kueue is down", {"status": refused.value.status, "body": refused.value.body})
+        assert 'failed calling webhook \\"mjob.kb.io\\"' in refused.value.body
+    finally:
+        seconds = control_plane.start_kueue()
+    print(f"Kueue answered /readyz again {seconds:.1f}s after its start")
+    job = create_job(batch, ns, gpu_job("after", 1, kueue.queue_labels(queues.local_queue)))
+    wait_workload(custom, ns, job, "Admitted", "True")
+    wait_for(lambda: running_pods(core, ns, "after"), "after's pod to run", 60)
