@@ -10,12 +10,15 @@ kube-scheduler placing pods on simulated (kwok) nodes:
 - an Indexed Job of 2 x 8 GPUs is admitted as one unit or not at all;
 - a Job of a higher WorkloadPriorityClass preempts a running lower one, which goes back to suspended.
 
-Every Workload/Job condition the tests see is printed (run with -s to read them).
+Every Workload/Job condition the tests see is printed (run with -s to read them); with
+KUEUE_RECORD_DIR set, the whole Workloads and Jobs are written there too (tests/data/kueue holds such a
+capture, for tests of code that reads them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -180,6 +183,17 @@ def record(what: str, obj: Any) -> None:
     print(f"\n=== {what}\n{json.dumps(obj, indent=1, sort_keys=True, default=str)}", flush=True)
 
 
+def capture(name: str, obj: Any) -> None:
+    """The whole object, as the apiserver returned it, into $KUEUE_RECORD_DIR/<name>.json (if set)."""
+    directory = os.environ.get("KUEUE_RECORD_DIR")
+    if directory:
+        document = client.ApiClient().sanitize_for_serialization(obj)
+        document["metadata"].pop("managedFields", None)
+        with open(os.path.join(directory, f"{name}.json"), "w") as out:
+            json.dump(document, out, indent=1, sort_keys=True)
+            out.write("\n")
+
+
 def workload_record(workload: dict[str, Any]) -> dict[str, Any]:
     meta = workload["metadata"]
     status = workload.get("status") or {}
@@ -237,6 +251,7 @@ def test_a_job_that_does_not_fit_waits_suspended_in_its_cluster_queue_then_runs(
 
     admitted = wait_workload(custom, ns, first, "Admitted", "True")
     record("first: admitted Workload", workload_record(admitted))
+    capture("workload-admitted", admitted)
     assert condition(admitted, "QuotaReserved")["status"] == "True"  # type: ignore[index]
     assert admitted["metadata"]["labels"][kueue.JOB_UID_LABEL] == first.metadata.uid
     (owner,) = admitted["metadata"]["ownerReferences"]
@@ -254,10 +269,12 @@ def test_a_job_that_does_not_fit_waits_suspended_in_its_cluster_queue_then_runs(
     (pod,) = wait_for(lambda: running_pods(core, ns, "first"), "first's pod to run", 60)
     assert pod.spec.node_name.startswith("gpu-node-")  # placed by kube-scheduler on an H100 node
     record("first: Job once admitted", job_record(batch, core, ns, "first"))
+    capture("job-admitted", batch.read_namespaced_job("first", ns))
 
     second = create_job(batch, ns, gpu_job("second", 8, labels))
     pending = wait_workload(custom, ns, second, "QuotaReserved", "False")
     record("second: pending Workload", workload_record(pending))
+    capture("workload-pending", pending)
     reserved = condition(pending, "QuotaReserved")
     assert reserved is not None
     assert reserved["reason"] == "Pending"
@@ -265,6 +282,7 @@ def test_a_job_that_does_not_fit_waits_suspended_in_its_cluster_queue_then_runs(
     stays(lambda: batch.read_namespaced_job("second", ns).spec.suspend is True, 5)
     assert not core.list_namespaced_pod(ns, label_selector="job-name=second").items
     record("second: Job while pending", job_record(batch, core, ns, "second"))
+    capture("job-pending", batch.read_namespaced_job("second", ns))
     lq = custom.get_namespaced_custom_object(
         "kueue.x-k8s.io", "v1beta2", ns, "localqueues", queues.local_queue
     )
@@ -301,6 +319,7 @@ def test_an_indexed_job_is_admitted_whole_or_not_at_all(
     )
     pending = wait_workload(custom, ns, job, "QuotaReserved", "False")
     record("distributed (2 x 8 GPUs, quota 8): pending Workload", workload_record(pending))
+    capture("workload-indexed-pending", pending)
     (pod_set,) = pending["spec"]["podSets"]
     assert pod_set["count"] == 2
     assert "nvidia.com/gpu" in condition(pending, "QuotaReserved")["message"]  # type: ignore[index]
@@ -351,12 +370,14 @@ def test_a_higher_priority_job_preempts_a_running_lower_one(
     wait_for(lambda: not running_pods(core, ns, "low"), "low's pod to go", 60)
     requeued = wait_workload(custom, ns, low, "QuotaReserved", "False")
     record("low: Workload pending again after preemption", workload_record(requeued))
+    capture("workload-preempted", requeued)
     suspended = batch.read_namespaced_job("low", ns)
     assert suspended.metadata.uid == low.metadata.uid  # the same Job, suspended, not re-created
     # Kueue took back what admission injected: the flavor's nodeSelector and tolerations.
     assert not suspended.spec.template.spec.node_selector
     assert not suspended.spec.template.spec.tolerations
     record("low: Job after preemption", job_record(batch, core, ns, "low"))
+    capture("job-preempted", suspended)
     record("high: Job admitted", job_record(batch, core, ns, "high"))
 
 
