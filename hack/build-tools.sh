@@ -460,6 +460,7 @@ fi
 # (config/components/webhook/manifests.yaml; the control plane rewrites their clientConfig to a
 # loopback URL).  The binary has no --version flag: its build info (`go version -m`) names the module
 # version, and pkg/version.GitVersion (logged at start) is set by ldflags as upstream's Makefile does.
+# 2m46s on 2 shared cores with go1.26.8 (110 dependency modules downloaded by the tidy; ~87 MB stripped).
 KUEUE_DIR="${BIN_ROOT}/kueue-${KUEUE_VERSION}"
 kueue_ok() {
   [[ -x "${KUEUE_DIR}/kueue" && -f "${KUEUE_DIR}/kueue-crds/kueue.x-k8s.io_workloads.yaml" \
