@@ -142,6 +142,7 @@ def test_scheduling_options_reach_the_pod():
     scheduling = {
         "priorityClassName": "training-high",
         "queueName": "team-a",
+        "workloadPriorityClassName": "prod-training",
         "nodeSelector": {"pool": "a"},
         "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
     }
@@ -157,6 +158,7 @@ def test_scheduling_options_reach_the_pod():
     pod = job["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "training-high"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "prod-training"
     assert pod["nodeSelector"] == {"pool": "a"}
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["serviceAccountName"] == "trainer"
@@ -365,3 +367,11 @@ def test_emptydir_sizes_are_settings():
         "scratch": {"sizeLimit": "100Gi"},
         "shm": {"medium": "Memory", "sizeLimit": "2Gi"},
     }
+
+
+def test_a_workload_priority_class_needs_a_queue():
+    from mlops_operator.api.v1alpha1.common import Scheduling  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="needs queueName"):
+        Scheduling.model_validate({"workloadPriorityClassName": "prod"})
+    assert Scheduling.model_validate({"workloadPriorityClassName": "prod", "queueName": "q"})

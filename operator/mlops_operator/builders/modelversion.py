@@ -26,6 +26,7 @@ from .pod import (
     apply_scheduling,
     hardened_container,
     hardened_pod_spec,
+    kueue_labels,
     s3_env,
 )
 
@@ -106,8 +107,7 @@ def _labels(inputs: StageInputs) -> dict[str, str]:
     labels[UID_LABEL] = inputs.uid
     labels[STAGE_LABEL] = inputs.stage
     labels["mlops.dev/attempt"] = str(inputs.attempt)
-    if inputs.spec.scheduling.queue_name:
-        labels["kueue.x-k8s.io/queue-name"] = inputs.spec.scheduling.queue_name
+    labels.update(kueue_labels(inputs.spec.scheduling))
     return labels
 
 

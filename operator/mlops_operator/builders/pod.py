@@ -12,7 +12,7 @@ from typing import Any
 
 from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
-from ..api.v1alpha1.common import PodScheduling
+from ..api.v1alpha1.common import PodScheduling, Scheduling
 
 WORKLOAD_UID = 10001  # the trainer image's user (trainer-image/Dockerfile)
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -142,3 +142,17 @@ def apply_scheduling(
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
     return pod_spec
+
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+
+
+def kueue_labels(scheduling: Scheduling) -> dict[str, str]:
+    """The labels that hand a batch Job to Kueue: its LocalQueue and WorkloadPriorityClass."""
+    labels = {}
+    if scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
+    if scheduling.workload_priority_class_name:
+        labels[KUEUE_PRIORITY_LABEL] = scheduling.workload_priority_class_name
+    return labels

@@ -24,13 +24,12 @@ from mlops_contract.result import TERMINATION_MESSAGE_PATH
 
 from ..api.v1alpha1 import API_VERSION, DatasetSpec, TrainingRunSpec
 from ..k8s.naming import MAX_NAME, common_labels, dns_label, owner_reference, uid_label
-from .pod import WORKLOAD_UID, apply_scheduling, hardened_container, hardened_pod_spec, s3_env
+from .pod import WORKLOAD_UID, apply_scheduling, hardened_container, hardened_pod_spec, kueue_labels, s3_env
 
 KIND = "TrainingRun"
 RENDEZVOUS_PORT = 29500
 ATTEMPT_LABEL = "mlops.dev/attempt"
 RUN_LABEL = "mlops.dev/trainingrun"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 TRAINER_UID = WORKLOAD_UID
 
@@ -91,8 +90,7 @@ def _labels(inputs: TrainingInputs) -> dict[str, str]:
     labels = common_labels(KIND, inputs.name, component="trainer")
     labels[RUN_UID_LABEL] = inputs.uid
     labels[ATTEMPT_LABEL] = str(inputs.attempt)
-    if inputs.spec.scheduling.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = inputs.spec.scheduling.queue_name
+    labels.update(kueue_labels(inputs.spec.scheduling))
     return labels
 
 

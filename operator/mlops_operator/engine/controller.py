@@ -209,16 +209,15 @@ class Engine:
             # A training or stage pod, or the Kueue Workload of such a Job -> the Job -> its owner.
             job = self.cache.get(*owner)
             owner = self.cache.owner_of(job) if job is not None else None
-        elif obj.get("kind") == "Pod":
-            if owner is None:
-                # A serving pod's ReplicaSet is not watched: its InferenceDeployment's UID label
-                # names the owner instead, honoured only within the pod's own namespace.
-                labels = obj.get("metadata", {}).get("labels") or {}
-                uid = labels.get(SERVING_OWNER_LABEL)
-                owner = self.cache.key_of_uid(str(uid)) if uid else None
-                if owner is not None and owner[1] != str(obj.get("metadata", {}).get("namespace")):
-                    FOREIGN_OWNER_CLAIMS.labels(kind="Pod").inc()
-                    return None
+        elif obj.get("kind") == "Pod" and owner is None:
+            # A serving pod's ReplicaSet is not watched: its InferenceDeployment's UID label
+            # names the owner instead, honoured only within the pod's own namespace.
+            labels = obj.get("metadata", {}).get("labels") or {}
+            uid = labels.get(SERVING_OWNER_LABEL)
+            owner = self.cache.key_of_uid(str(uid)) if uid else None
+            if owner is not None and owner[1] != str(obj.get("metadata", {}).get("namespace")):
+                FOREIGN_OWNER_CLAIMS.labels(kind="Pod").inc()
+                return None
         return owner if owner is not None and owner[0] in HANDLERS else None
 
     def _resync_loop(self) -> None:

@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..builders.pod import KUEUE_QUEUE_LABEL as QUEUE_NAME_LABEL
 from ..redaction import redact
 from ..timeutil import from_rfc3339
 
-QUEUE_NAME_LABEL = "kueue.x-k8s.io/queue-name"
 MAX_MESSAGE = 1024
 
 # Busy: pods the scheduler cannot place now. NoNodeFits: no node could take them even empty.

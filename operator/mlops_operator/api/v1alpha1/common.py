@@ -273,11 +273,27 @@ class Scheduling(PodScheduling):
     """Where and with what priority a batch workload's pods are scheduled, the Kueue queue it waits in,
     and how long it may take to start or wait."""
 
+    cel_rules = (
+        CelRule(
+            rule="!has(self.workloadPriorityClassName) || has(self.queueName)",
+            message="workloadPriorityClassName needs queueName (it is Kueue's priority within a queue)",
+            check=lambda s: s.workload_priority_class_name is None or s.queue_name is not None,
+        ),
+    )
+
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue to submit the workload to (sets the kueue.x-k8s.io/queue-name label).",
         max_length=63,
         pattern=DNS_LABEL,
+    )
+    workload_priority_class_name: ObjectName | None = Field(
+        default=None,
+        description=(
+            "Kueue WorkloadPriorityClass (sets the kueue.x-k8s.io/priority-class label): the order in its "
+            "queue and who may preempt whom. A preempted workload is Queued again, not failed, and resumes "
+            "from its last checkpoint when admitted. Needs queueName."
+        ),
     )
     start_deadline_seconds: int | None = Field(
         default=None,
