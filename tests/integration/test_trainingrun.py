@@ -272,21 +272,6 @@ def test_permanent_failure_ends_failed_after_one_attempt(
     assert [j.metadata.name for j in jobs.items] == ["bad-a1"]
 
 
-def test_unschedulable_run_reports_the_schedulers_message(
-    operator: OperatorProcess, dataset: str, custom: client.CustomObjectsApi, namespace: str
-):
-    run = _run("huge", dataset, resources={"gpusPerWorker": 16})
-    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", run)
-
-    def unschedulable() -> dict[str, Any] | None:
-        obj = _get(custom, namespace, "huge")
-        return obj if _ready(obj).get("reason") == "Unschedulable" else None
-
-    obj = wait_for(unschedulable, "the Unschedulable condition", 60)
-    assert obj["status"]["phase"] == "Starting"
-    assert "nvidia.com/gpu" in _ready(obj)["message"]
-
-
 def test_suspend_deletes_the_workload_and_resume_recreates_it(
     operator: OperatorProcess,
     dataset: str,
