@@ -430,7 +430,7 @@ def _queued(
         return replace(outcome, fields={**outcome.fields, **_queue_fields(ctx, waited)})
     queue = {
         "reason": waiting.reason,
-        "message": waiting.message,
+        "message": waiting.message[:MAX_MESSAGE],
         "since": since,
         "localQueue": waiting.local_queue,
         "clusterQueue": waiting.cluster_queue,
