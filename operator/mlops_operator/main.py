@@ -94,7 +94,11 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             engine.clients.raw,
             resource,
             namespace,
-            label_selector=None if resource is SECRETS else MANAGED_BY_SELECTOR,
+            # Secrets are ours by reference only; Kueue's Workloads carry none of our labels (Kueue
+            # copies none of the Job's): both are listed unfiltered.
+            label_selector=None
+            if resource is SECRETS or resource.kind == "Workload"
+            else MANAGED_BY_SELECTOR,
             cache=engine.cache,
             on_event=engine.child_event,
             watch_timeout=config.watch_timeout_seconds,
