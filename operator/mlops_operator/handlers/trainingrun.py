@@ -519,7 +519,7 @@ def _starting(
     # The start clock runs from when the pods were admitted and scheduled, not while they queued.
     clock = [
         status.get("attemptStartTime") or job["metadata"]["creationTimestamp"],
-        scheduled_since(job, pods),
+        scheduled_since(job, pods, now),
     ]
     started = max(from_rfc3339(str(c)) for c in clock if c)
     deadline_seconds = _start_deadline(spec, ctx)

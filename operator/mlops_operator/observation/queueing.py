@@ -197,17 +197,36 @@ def queued(
     return suspended_by_kueue(job, workload) or unschedulable_pods(pods)
 
 
-def scheduled_since(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:
+def scheduled_since(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str | None = None
+) -> str | None:
     """When the attempt's start clock starts: the latest of the Job's start (reset when Kueue
     admits it) and its pods' scheduling. A start deadline counts from here: image pulls, config
-    errors and FailedCreate are stuck pods; the wait before is the queue."""
+    errors and FailedCreate are stuck pods; the wait before is the queue.
+
+    A Job Kueue has just unsuspended, before the Job controller has given it a startTime, has not
+    started yet: with `now` given, its clock starts now (not at the Job's creation, long queued)."""
     moments = [str((job.get("status") or {}).get("startTime") or "")]
+    if now is not None and admitted_not_started(job):
+        moments.append(now)
     for pod in _live(pods):
         cond = _condition(pod, "PodScheduled")
         if cond is not None and cond.get("status") == "True" and cond.get("lastTransitionTime"):
             moments.append(str(cond["lastTransitionTime"]))
     moments = [m for m in moments if m]
     return max(moments, key=from_rfc3339) if moments else None
+
+
+def admitted_not_started(job: Mapping[str, Any]) -> bool:
+    """A Job in a Kueue LocalQueue that is no longer suspended (admitted) but that the Job controller
+    has not started yet (no status.startTime): the moment between Kueue's unsuspend and the Job
+    controller's next sync, in which an operator that reads it must not count the queued time."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    return (
+        bool(labels.get(QUEUE_NAME_LABEL))
+        and not (job.get("spec") or {}).get("suspend")
+        and not (job.get("status") or {}).get("startTime")
+    )
 
 
 def workload_of(job: Mapping[str, Any], workloads: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
