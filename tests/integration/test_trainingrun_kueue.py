@@ -219,7 +219,7 @@ def test_a_run_beyond_its_cluster_queues_quota_waits_for_admission_then_runs_the
     finish_pod(core, namespace, first_pod, exit_code=0, message=SUCCESS)
     _wait_phase(custom, namespace, "first", "Succeeded")
     running = _wait_phase(custom, namespace, "second", "Running", timeout=45)["status"]
-    assert (running["attempt"], running.get("failures"), running["jobName"]) == (1, None, "second-a1")
+    assert (running["attempt"], running.get("failures"), running["jobName"]) == (1, None, "second-a1"), json.dumps(running, indent=1)
     assert "queue" not in running
     assert running["queuedSeconds"] >= time.time() - started - 5 >= START_DEADLINE
     admitted = jobs.read_namespaced_job("second-a1", namespace)
