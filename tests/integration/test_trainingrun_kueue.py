@@ -32,6 +32,7 @@ from mlops_operator.dev.runner import LocalPodRunner
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
 from tests.integration.test_modelversion import _finish_stage, _mv, _wait, compiled, evaluated
+from tests.integration.test_modelversion import _get as _get_mv
 from tests.integration.test_trainingrun import SUCCESS, G, V, _get, _ready, _run, _running_pods, _wait_phase
 from tests.integration.test_trainingrun_queueing import _wait_gpus_free
 from tests.waiting import wait_for, wait_for_events
@@ -219,7 +220,9 @@ def test_a_run_beyond_its_cluster_queues_quota_waits_for_admission_then_runs_the
     finish_pod(core, namespace, first_pod, exit_code=0, message=SUCCESS)
     _wait_phase(custom, namespace, "first", "Succeeded")
     running = _wait_phase(custom, namespace, "second", "Running", timeout=45)["status"]
-    assert (running["attempt"], running.get("failures"), running["jobName"]) == (1, None, "second-a1"), json.dumps(running, indent=1)
+    assert (running["attempt"], running.get("failures"), running["jobName"]) == (1, None, "second-a1"), (
+        json.dumps(running, indent=1)
+    )
     assert "queue" not in running
     assert running["queuedSeconds"] >= time.time() - started - 5 >= START_DEADLINE
     admitted = jobs.read_namespaced_job("second-a1", namespace)
@@ -447,6 +450,10 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
         assert summary["status"] == "Succeeded", summary
         assert summary["checkpoint"]["resumedFromStep"] > 0, summary["checkpoint"]
         assert summary["steps"] == summary["totalSteps"]
+        print(
+            f"low: preempted, queued {done['queuedSeconds']}s, resumed from step "
+            f"{summary['checkpoint']['resumedFromStep']} of {summary['totalSteps']}"
+        )
 
         events = wait_for_events(
             core, namespace, "low", lambda e: any(x.reason == "Preempted" for x in e), "the Preempted event"
@@ -514,7 +521,7 @@ def test_a_modelversions_stage_jobs_wait_in_the_named_local_queue(
     assert job.spec.suspend is True
     uid = job.metadata.uid
     time.sleep(START_DEADLINE + 3)
-    status = _get(custom, namespace, "queued")["status"]
+    status = _get_mv(custom, namespace, "queued")["status"]
     assert (status["phase"], status.get("failures")) == ("Queued", None), status
     assert _pods(core, namespace, "queued-compile-a1") == []
 
