@@ -340,3 +340,22 @@ def test_scheduled_since_is_the_latest_of_the_jobs_start_and_its_pods_scheduling
     assert scheduled_since(_job(start_time="2026-01-01T13:00:00Z"), pods) == "2026-01-01T13:00:00Z"
     assert scheduled_since(_job(), []) is None
     assert scheduled_since(_job(start_time=T0), []) == T0
+
+
+def test_a_readmitted_jobs_clock_starts_at_its_readmission_not_its_first_start() -> None:
+    first, readmitted, now = "2026-01-01T12:00:00Z", "2026-01-01T14:00:00Z", "2026-01-01T14:00:03Z"
+    # The Job controller has synced the resume: its JobResumed time counts, whatever startTime says.
+    resumed = _job(
+        queue="q", start_time=first, conditions=[_cond("Suspended", "False", "JobResumed", at=readmitted)]
+    )
+    assert scheduled_since(resumed, []) == readmitted
+    # Kueue has unsuspended it, the Job controller not yet: still Suspended=True with the previous
+    # admission's startTime (not cleared on suspension without MutableSchedulingDirectivesForSuspendedJobs).
+    pending = _job(
+        queue="q", start_time=first, conditions=[_cond("Suspended", "True", "JobSuspended", at=first)]
+    )
+    assert scheduled_since(pending, [], now) == now
+    # Never a future clock for a Job outside Kueue, nor for one still suspended.
+    assert scheduled_since(_job(start_time=first), [], now) == first
+    held = _job(queue="q", suspend=True, start_time=first, conditions=[_cond("Suspended", "True", at=first)])
+    assert scheduled_since(held, [], now) == first

@@ -207,6 +207,9 @@ def scheduled_since(
     A Job Kueue has just unsuspended, before the Job controller has given it a startTime, has not
     started yet: with `now` given, its clock starts now (not at the Job's creation, long queued)."""
     moments = [str((job.get("status") or {}).get("startTime") or "")]
+    resumed = _condition(job, "Suspended")  # False, JobResumed: when the Job was last admitted
+    if resumed is not None and resumed.get("status") == "False" and resumed.get("lastTransitionTime"):
+        moments.append(str(resumed["lastTransitionTime"]))
     if now is not None and admitted_not_started(job):
         moments.append(now)
     for pod in _live(pods):
@@ -222,10 +225,12 @@ def admitted_not_started(job: Mapping[str, Any]) -> bool:
     has not started yet (no status.startTime): the moment between Kueue's unsuspend and the Job
     controller's next sync, in which an operator that reads it must not count the queued time."""
     labels = (job.get("metadata") or {}).get("labels") or {}
+    # Still Suspended=True: a startTime there is the previous admission's (a re-admitted, preempted
+    # Job, where the Job controller does not clear it on suspension).
     return (
         bool(labels.get(QUEUE_NAME_LABEL))
         and not (job.get("spec") or {}).get("suspend")
-        and not (job.get("status") or {}).get("startTime")
+        and (not (job.get("status") or {}).get("startTime") or _true(job, "Suspended") is not None)
     )
 
 
