@@ -54,6 +54,18 @@ class Queue:
     high: str
 
 
+def _priority_class(name: str, value: int) -> dict[str, Any]:
+    """A pod PriorityClass: Kueue takes its value as the Workload's priority when no
+    WorkloadPriorityClass is named (`preemptionPolicy: Never`: the scheduler preempts no pod for it)."""
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name},
+        "value": value,
+        "preemptionPolicy": "Never",
+    }
+
+
 @pytest.fixture
 def make_queue(control_plane: ControlPlane, namespace: str) -> Iterator[Callable[..., Queue]]:
     """Makes a ResourceFlavor, a ClusterQueue (LowerPriority preemption within it) with `gpus` H100
@@ -86,6 +98,8 @@ def make_queue(control_plane: ControlPlane, namespace: str) -> Iterator[Callable
                 kueue.local_queue(namespace, q.name, q.cluster_queue),
                 kueue.workload_priority_class(q.low, 100),
                 kueue.workload_priority_class(q.high, 1000),
+                _priority_class(q.low, 100),
+                _priority_class(q.high, 1000),
             ]
         )
         control_plane.kubectl(
@@ -106,6 +120,7 @@ def make_queue(control_plane: ControlPlane, namespace: str) -> Iterator[Callable
             control_plane.kubectl(
                 "delete", "workloadpriorityclass", q.low, q.high, "--wait=false", check=False
             )
+            control_plane.kubectl("delete", "priorityclass", q.low, q.high, "--wait=false", check=False)
 
 
 def _operator_env() -> dict[str, str]:
@@ -351,7 +366,9 @@ def _env(pod: client.V1Pod) -> dict[str, str | None]:
     return {e.name: e.value for e in pod.spec.containers[0].env or []}
 
 
+@pytest.mark.parametrize("priority", ["workloadPriorityClassName", "priorityClassName"])
 def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_from_its_checkpoint(
+    priority: str,
     kueue_operator: OperatorProcess,
     make_queue: Callable[..., Queue],
     s3: LocalS3,
@@ -380,7 +397,8 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
             "checkpoint": {"uri": f"s3://{bucket}/checkpoints/low/", "intervalSteps": 20},
             "output": {"uri": f"s3://{bucket}/models/low/"},
             "retry": {"maxAttempts": 3, "backoffSeconds": 0},
-            "scheduling": {"queueName": queue.name, "workloadPriorityClassName": queue.low},
+            # Kueue's WorkloadPriorityClass, or the pods' PriorityClass (Kueue reads either).
+            "scheduling": {"queueName": queue.name, priority: queue.low},
         },
     }
     high = _run(
@@ -388,7 +406,7 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
         bucket,
         resources={"gpusPerWorker": 1},
         command=["hold"],  # not run by the runner: kwok keeps its pod Running until the test ends it
-        scheduling={"queueName": queue.name, "workloadPriorityClassName": queue.high},
+        scheduling={"queueName": queue.name, priority: queue.high},
     )
     runner = LocalPodRunner(api, namespace, executables={"mlops-trainer": str(TRAINER)})
     runner.start()
@@ -396,7 +414,12 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
         custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", low)
         _wait_phase(custom, namespace, "low", "Running", timeout=45)
         low_job = jobs.read_namespaced_job("low-a1", namespace)
-        assert low_job.metadata.labels[kueue.PRIORITY_CLASS_LABEL] == queue.low
+        if priority == "workloadPriorityClassName":
+            assert low_job.metadata.labels[kueue.PRIORITY_CLASS_LABEL] == queue.low
+        else:
+            assert low_job.spec.template.spec.priority_class_name == queue.low
+        workload = wait_for(lambda: _workload(custom, namespace, low_job), "the low run's Workload")
+        assert workload["spec"]["priority"] == 100  # Kueue took the run's priority class
         (before,) = [p for p in _pods(core, namespace, "low-a1") if p.status.phase == "Running"]
         wait_for(
             lambda: _checkpoints(s3, bucket, "checkpoints/low/"), "the low run's first checkpoint", 90, 0.5
