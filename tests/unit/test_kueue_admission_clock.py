@@ -7,6 +7,8 @@ from typing import Any
 
 from mlops_operator.builders.pod import KUEUE_QUEUE_LABEL
 from mlops_operator.observation.queueing import admitted_not_started, scheduled_since
+from tests.unit.test_trainingrun_queueing import _ago, _cache, _ctx, _reconcile
+from tests.unit.test_trainingrun_queueing import _job as _run_job
 
 NOW = "2026-01-01T12:30:00Z"
 
@@ -41,3 +43,18 @@ def test_a_started_suspended_or_unqueued_job_keeps_the_clock_the_objects_give() 
     assert scheduled_since(_job(suspend=True), [], NOW) is None
     assert not admitted_not_started(_job(queue=None))  # no Kueue: the Job controller started it
     assert scheduled_since(_job(queue=None), [], NOW) is None
+
+
+def test_a_run_kueue_has_just_admitted_after_a_long_queue_is_starting_not_failed() -> None:
+    # Queued 20 minutes (past the 600 s start deadline); Kueue has unsuspended the Job, the Job
+    # controller has not given it a startTime nor made its pod yet. Before, the clock fell back to
+    # the attempt's start and the run failed StartDeadlineExceeded at the instant it was admitted.
+    ctx = _ctx(
+        _cache(_run_job(queue="team-a")),
+        phase="Queued",
+        queue={"reason": "WaitingForAdmission", "message": "waiting", "since": _ago(1190)},
+    )
+    outcome = _reconcile(ctx)
+    assert outcome.phase == "Starting"
+    assert "failures" not in outcome.fields
+    assert outcome.fields.get("attempt", 1) == 1
