@@ -537,7 +537,11 @@ class ControlPlane(Started):
         if not files:
             raise ControlPlaneError(f"no Argo Rollouts CRDs next to {self.binaries[ROLLOUTS_CONTROLLER]}")
         self._rollouts_crd_names = [crd_name(f) for f in files]
-        self._rollouts_crds_apply = subprocess.Popen(
+        self._rollouts_crds_apply = self._apply_in_background(files)
+
+    def _apply_in_background(self, files: Sequence[Path]) -> subprocess.Popen[str]:
+        """`kubectl apply --server-side` of `files`, left running: the caller collects it."""
+        return subprocess.Popen(
             [
                 str(self.binaries["kubectl"]),
                 f"--kubeconfig={self.kubeconfig}",
@@ -586,19 +590,7 @@ class ControlPlane(Started):
         if not files:
             raise ControlPlaneError(f"no Kueue CRDs next to {self.binaries[KUEUE]}")
         self._kueue_crd_names = [crd_name(f) for f in files]
-        self._kueue_crds_apply = subprocess.Popen(
-            [
-                str(self.binaries["kubectl"]),
-                f"--kubeconfig={self.kubeconfig}",
-                "apply",
-                "--server-side",
-                "--field-manager=mlops-dev",
-                *[f"-f={f}" for f in files],
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self._kueue_crds_apply = self._apply_in_background(files)
 
     def _start_kueue(self) -> None:
         """Kueue's manager once its CRDs are Established (their conversion webhook pointed at it):

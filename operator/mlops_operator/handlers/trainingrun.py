@@ -428,17 +428,10 @@ def _queued(
         )
         outcome = _failed(spec, ctx, failure=failure, finished_at=now, accepted=accepted, now=now)
         return replace(outcome, fields={**outcome.fields, **_queue_fields(ctx, waited)})
-    queue = {
-        "reason": waiting.reason,
-        "message": waiting.message[:MAX_MESSAGE],
-        "since": since,
-        "localQueue": waiting.local_queue,
-        "clusterQueue": waiting.cluster_queue,
-    }
     return Outcome(
         "Queued",
         (ready_condition("False", waiting.reason, f"attempt {attempt}: {waiting.message}"), accepted),
-        {"queue": {k: v for k, v in queue.items() if v is not None}},
+        {"queue": waiting.status(since)},
         events=events,
         requeue_after=max(1.0, timeout - waited) if timeout is not None else None,
     )

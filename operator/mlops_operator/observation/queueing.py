@@ -55,6 +55,17 @@ class Queued:
     def never_fits(self) -> bool:
         return self.reason == "NoNodeFits"
 
+    def status(self, since: str) -> dict[str, str]:
+        """status.queue (QueueStatus) for a stretch of waiting that began at `since`."""
+        fields = {
+            "reason": self.reason,
+            "message": self.message[:MAX_MESSAGE],
+            "since": since,
+            "localQueue": self.local_queue,
+            "clusterQueue": self.cluster_queue,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
 
 def _conditions(obj: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     if not obj:

@@ -580,16 +580,9 @@ def _queued(
         return replace(outcome, fields={**outcome.fields, "queue": None})
     if (patch := deadline_hold(job, pods, waiting)) is not None:
         _patch_job(ctx, name, patch)  # the Job controller's deadline must not run out in the queue
-    queue = {
-        "reason": waiting.reason,
-        "message": waiting.message[:MAX_MESSAGE],
-        "since": since,
-        "localQueue": waiting.local_queue,
-        "clusterQueue": waiting.cluster_queue,
-    }
     return Outcome(
         QUEUED,
         (ready("False", waiting.reason, f"{stage} attempt {attempt}: {waiting.message}"), accepted),
-        {"queue": {k: v for k, v in queue.items() if v is not None}, "currentStage": stage},
+        {"queue": waiting.status(since), "currentStage": stage},
         requeue_after=max(1.0, timeout - waited) if timeout is not None else None,
     )
