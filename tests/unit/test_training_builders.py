@@ -370,7 +370,7 @@ def test_emptydir_sizes_are_settings():
 
 
 def test_a_workload_priority_class_needs_a_queue():
-    from mlops_operator.api.v1alpha1.common import Scheduling  # noqa: PLC0415
+    from mlops_operator.api.v1alpha1.common import Scheduling
 
     with pytest.raises(ValueError, match="needs queueName"):
         Scheduling.model_validate({"workloadPriorityClassName": "prod"})
