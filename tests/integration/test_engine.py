@@ -76,9 +76,12 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
     lists = sorted(r[1] for r in requests if r[0] == "list")
     # Our four kinds, and the children's informers: Jobs, Pods, Deployments, Services, autoscalers,
     # Secrets (metadata only), and Rollouts and AnalysisTemplates (the session's control plane runs
-    # Argo Rollouts, so its CRD is found). The CRD itself is cluster-scoped: not in this namespace.
+    # Argo Rollouts, so its CRD is found), and Kueue's Workloads where the session runs Kueue. The
+    # CRDs themselves are cluster-scoped: not in this namespace.
+    kueue = ["workloads"] if control_plane.kueue else []
     assert lists == sorted(
         [
+            *kueue,
             "datasets",
             "trainingruns",
             "modelversions",
