@@ -51,7 +51,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "trainingrun-no-status": ("Progressing", "waiting for the operator to reconcile this TrainingRun"),
     "trainingrun-dataset-not-found": ("Missing", "DatasetNotFound: Dataset nowhere does not exist"),
     "trainingrun-dataset-not-ready": ("Progressing", "DatasetNotReady: "),
-    "trainingrun-starting-unschedulable": ("Progressing", "Unschedulable: "),
+    "trainingrun-queued-no-node-fits": ("Progressing", "NoNodeFits: "),
     "trainingrun-running": ("Progressing", "Running: attempt 1 of 3 is running"),
     "trainingrun-backoff": ("Progressing", "BackoffBeforeRetry: attempt "),
     "trainingrun-suspended": ("Suspended", "Suspended: suspended before it started"),

@@ -144,7 +144,7 @@ def test_every_phase_has_the_health_argocd_should_show(
             "trainingrun-dataset-not-ready", objects.wait_reason("TrainingRun", "blocked", "DatasetNotReady")
         )
         objects.check(
-            "trainingrun-starting-unschedulable", objects.wait_reason("TrainingRun", "huge", "Unschedulable")
+            "trainingrun-queued-no-node-fits", objects.wait_reason("TrainingRun", "huge", "NoNodeFits")
         )
         objects.check("trainingrun-suspended", objects.wait_reason("TrainingRun", "paused", "Suspended"))
         pods = {}

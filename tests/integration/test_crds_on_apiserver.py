@@ -87,7 +87,17 @@ def test_printer_columns_and_category(
     for path in valid_samples():
         _create(custom, namespace, load(path))
     header, row = control_plane.kubectl("get", "tr", "-n", namespace).stdout.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "DATASET", "NODES", "GPUS", "ATTEMPT", "READY", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "QUEUED",
+        "DATASET",
+        "NODES",
+        "GPUS",
+        "ATTEMPT",
+        "READY",
+        "AGE",
+    ]
     # Cells sit under their headers; empty ones (no status yet) are blank.
     cells = {name: row[header.index(name) :].split(" ")[0] for name in header.split()}
     assert cells["NAME"] == "digits-cnn-r1"
