@@ -16,6 +16,9 @@ MLFLOW_VERSION := 3.17.2
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes of `make test` (pytest-xdist, whole files per process): each starts its own local
+# control plane, so tests never share a cluster. 2 halves the integration tests' wall time on 2 cores.
+TEST_WORKERS ?= 2
 # What the operator and the workloads agree on (stdlib only): installed, editable, into both venvs.
 CONTRACT := contract
 LINTED := operator tests trainer-image bench $(CONTRACT)
@@ -89,7 +92,7 @@ unit: install
 
 ## test: lint, typecheck, then the operator's unit and integration tests and the trainer's tests
 test: lint typecheck tools trainer mlflow triton
-	$(BIN)/python -m pytest tests --ignore=tests/trainer --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --ignore=tests/trainer -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 	$(TRAINER_VENV)/bin/python -m pytest tests/trainer $(PYTEST_ARGS)
 
 ## dev: the sample pipeline on a local control plane (DEV_ARGS=--keep leaves it running)

@@ -1,6 +1,6 @@
 """The fault suite's fixtures: short backoffs for the operator, a proxy it can be cut off behind, and
-a record of how long each fault took to heal (printed at the end of the run and written to
-`<pytest basetemp>/fault-heal-times.json`: the README's "Failure modes" table comes from it).
+a record of how long each fault took to heal (printed at the end of the run by tests/conftest.py and
+written to `<pytest basetemp>/fault-heal-times.json`: the README's "Failure modes" table comes from it).
 
 `MLOPS_FAULTS_OPERATOR_SRC=<dir>` runs the operators of this suite from another copy of the
 operator's package directory (the `operator/` folder of an older commit, e.g. from `git archive`):
@@ -9,7 +9,6 @@ the way to show that a fault test fails on code without the fix.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.faults import TcpProxy, kubeconfig_through
+from tests.conftest import HEAL_PROPERTY
 from tests.integration.conftest import OperatorProcess, start_operator
 from tests.integration.operator_rbac import operator_identity
 
@@ -43,17 +43,15 @@ class Healed:
     test: str
 
 
-_RECORDS: list[Healed] = []
-
-
 @pytest.fixture
 def heal_record(request: pytest.FixtureRequest) -> Iterator[list[Healed]]:
-    """Append a Healed to this list to have it reported (only tests that pass report)."""
+    """Append a Healed to this list to have it reported (only tests that pass report): it travels in
+    the test's report to tests/conftest.py, which prints the table whichever worker ran the test."""
     mine: list[Healed] = []
     yield mine
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.passed:
-        _RECORDS.extend(mine)
+        request.node.user_properties.extend((HEAL_PROPERTY, asdict(r)) for r in mine)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -62,21 +60,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    if not _RECORDS:
-        return
-    path = Path(str(config._tmp_path_factory.getbasetemp())) / "fault-heal-times.json"  # type: ignore[attr-defined]
-    path.write_text(json.dumps([asdict(r) for r in _RECORDS], indent=1))
-    terminalreporter.section("fault suite: time to heal")
-    terminalreporter.write_line("| fault | what the user sees | outage (s) | healed after (s) |")
-    terminalreporter.write_line("|---|---|---|---|")
-    for r in _RECORDS:
-        terminalreporter.write_line(
-            f"| {r.fault} | {r.user_sees} | {r.outage_seconds:.1f} | {r.heal_seconds:.1f} |"
-        )
-    terminalreporter.write_line(f"(written to {path})")
 
 
 def operator_env(**extra: str) -> dict[str, str]:
