@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,30 @@ def create_digits_dataset(custom: Any, s3: LocalS3, engine: CompiledEngine, name
         },
     }
     custom.create_namespaced_custom_object("mlops.dev", "v1alpha1", namespace, "datasets", dataset)
+
+
+def create_demo_dataset(s3: LocalS3, core: Any, custom: Any, namespace: str, work_dir: Path) -> str:
+    """A fresh bucket with the trainer's digits demo data, the namespace's `s3-credentials` Secret and
+    the Dataset `digits` over the data, with the data set's own manifest (sha256 per object: operator
+    and trainer fingerprint it alike). Returns the bucket. `core`/`custom`: CoreV1Api/CustomObjectsApi."""
+    from tests.integration.conftest import create_s3_secret
+
+    bucket = f"ml-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=bucket)
+    run_trainer(s3, ["write-demo-data", "--dataset-uri", f"s3://{bucket}/datasets/digits/v1"], work_dir, 120)
+    create_s3_secret(core, namespace)
+    source = {
+        "uri": f"s3://{bucket}/datasets/digits/v1/",
+        "manifestURI": f"s3://{bucket}/datasets/digits/v1/manifest.jsonl",
+        "endpointURL": s3.endpoint_url,
+        "region": DEV_REGION,
+        "credentialsSecretRef": {"name": "s3-credentials"},
+    }
+    dataset = {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "digits"},
+        "spec": {"source": source},
+    }
+    custom.create_namespaced_custom_object("mlops.dev", "v1alpha1", namespace, "datasets", dataset)
+    return bucket

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,11 @@ from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.runner import LocalPodRunner
 from mlops_operator.dev.s3 import (
-    DEV_ACCESS_KEY_ID,
-    DEV_REGION,
-    DEV_SECRET_ACCESS_KEY,
     LOOPBACK_ENDPOINTS,
     LocalS3,
 )
-from tests.integration.conftest import create_s3_secret, start_operator
+from tests.integration.conftest import start_operator
+from tests.integration.digits_engine import create_demo_dataset
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -42,16 +39,6 @@ def trainer() -> Path:
     return TRAINER
 
 
-def _s3_env(s3: LocalS3) -> dict[str, str]:
-    return {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-        "AWS_REGION": DEV_REGION,
-        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-    }
-
-
 def test_real_trainer_trains_compiles_and_evaluates_and_the_version_is_registered(
     trainer: Path,
     control_plane: ControlPlane,
@@ -63,31 +50,7 @@ def test_real_trainer_trains_compiles_and_evaluates_and_the_version_is_registere
     namespace: str,
     tmp_path: Path,
 ):
-    bucket = f"ml-{uuid.uuid4().hex[:10]}"
-    s3.client().create_bucket(Bucket=bucket)
-    subprocess.run(
-        [str(trainer), "write-demo-data", "--dataset-uri", f"s3://{bucket}/datasets/digits/v1"],
-        env={**_s3_env(s3), "MLOPS_TERMINATION_MESSAGE_PATH": str(tmp_path / "demo.json")},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    create_s3_secret(core, namespace)
-    source = {
-        "uri": f"s3://{bucket}/datasets/digits/v1/",
-        # The data set's own manifest (with sha256 per object): operator and trainer fingerprint it alike.
-        "manifestURI": f"s3://{bucket}/datasets/digits/v1/manifest.jsonl",
-        "endpointURL": s3.endpoint_url,
-        "region": DEV_REGION,
-        "credentialsSecretRef": {"name": "s3-credentials"},
-    }
-    dataset: dict[str, Any] = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {"source": source},
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", dataset)
+    bucket = create_demo_dataset(s3, core, custom, namespace, tmp_path)
     run = {
         "apiVersion": f"{G}/{V}",
         "kind": "TrainingRun",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,8 +28,9 @@ from mlops_operator.dev import kueue
 from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.pods import finish_pod
 from mlops_operator.dev.runner import LocalPodRunner
-from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
-from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
+from mlops_operator.dev.s3 import LocalS3
+from tests.integration.conftest import OperatorProcess, start_operator
+from tests.integration.digits_engine import create_demo_dataset
 from tests.integration.test_modelversion import _finish_stage, _mv, _wait, compiled, evaluated
 from tests.integration.test_modelversion import _get as _get_mv
 from tests.integration.test_trainingrun import SUCCESS, G, V, _get, _ready, _run, _running_pods, _wait_phase
@@ -318,47 +318,6 @@ def test_a_distributed_run_is_admitted_whole_or_not_at_all(
 # -- preemption, with the real trainer ---------------------------------------------------------
 
 
-def _s3_env(s3: LocalS3) -> dict[str, str]:
-    return {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-        "AWS_REGION": DEV_REGION,
-        "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,
-    }
-
-
-def _demo_dataset(
-    s3: LocalS3, core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, tmp: Path
-) -> str:
-    """The trainer's digits demo data in a fresh bucket and a Dataset `digits` over it."""
-    bucket = f"ml-{uuid.uuid4().hex[:10]}"
-    s3.client().create_bucket(Bucket=bucket)
-    subprocess.run(
-        [str(TRAINER), "write-demo-data", "--dataset-uri", f"s3://{bucket}/datasets/digits/v1"],
-        env={**_s3_env(s3), "MLOPS_TERMINATION_MESSAGE_PATH": str(tmp / "demo.json")},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    create_s3_secret(core, namespace)
-    source = {
-        "uri": f"s3://{bucket}/datasets/digits/v1/",
-        "manifestURI": f"s3://{bucket}/datasets/digits/v1/manifest.jsonl",
-        "endpointURL": s3.endpoint_url,
-        "region": DEV_REGION,
-        "credentialsSecretRef": {"name": "s3-credentials"},
-    }
-    body = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "Dataset",
-        "metadata": {"name": "digits"},
-        "spec": {"source": source},
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "datasets", body)
-    return bucket
-
-
 def _checkpoints(s3: LocalS3, bucket: str, prefix: str) -> list[str]:
     listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return [o["Key"] for o in listed.get("Contents") or []]
@@ -384,7 +343,7 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
         pytest.fail(f"{TRAINER} is missing: `make trainer` (part of `make test`) installs it")
     _wait_gpus_free(core)
     queue = make_queue(gpus=1)
-    bucket = _demo_dataset(s3, core, custom, namespace, tmp_path)
+    bucket = create_demo_dataset(s3, core, custom, namespace, tmp_path)
     jobs = client.BatchV1Api(api)
     low = {
         "apiVersion": f"{G}/{V}",
