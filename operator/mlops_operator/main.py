@@ -94,11 +94,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             engine.clients.raw,
             resource,
             namespace,
-            # Secrets are ours by reference only; Kueue's Workloads carry none of our labels (Kueue
-            # copies none of the Job's): both are listed unfiltered.
-            label_selector=None
-            if resource is SECRETS or resource.kind == "Workload"
-            else MANAGED_BY_SELECTOR,
+            label_selector=MANAGED_BY_SELECTOR if resource.labelled else None,
             cache=engine.cache,
             on_event=engine.child_event,
             watch_timeout=config.watch_timeout_seconds,

@@ -31,6 +31,7 @@ def test_the_storage_version_is_read_not_assumed():
     assert storage_version(_crd(("v1beta1", False, False))) is None
     (resource,) = kueue_workloads(_crd(("v1beta1", True, False), ("v1beta2", True, True)))
     assert resource.path("team-a") == "/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/workloads"
+    assert not resource.labelled  # Kueue copies none of our labels onto a Workload
     assert kueue_workloads(_crd(("v1beta1", False, False))) == ()
 
 

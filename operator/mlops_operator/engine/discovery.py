@@ -76,8 +76,15 @@ def kueue_workloads(crd: Obj) -> tuple[WatchedResource, ...]:
     version = storage_version(crd)
     if version is None:
         return ()
+    # Kueue copies none of the Job's labels onto its Workload: listed unfiltered, and slimmed.
     return (
-        WatchedResource("Workload", f"/apis/kueue.x-k8s.io/{version}", "workloads", transform=slim_workload),
+        WatchedResource(
+            "Workload",
+            f"/apis/kueue.x-k8s.io/{version}",
+            "workloads",
+            labelled=False,
+            transform=slim_workload,
+        ),
     )
 
 

@@ -41,6 +41,9 @@ class WatchedResource:
     group_version_path: str  # "/api/v1" or "/apis/batch/v1"
     plural: str
     metadata_only: bool = False  # PartialObjectMetadata: labels, owners, versions; no spec or data
+    # Whether the operator's own objects of this kind carry its managed-by label (children it makes),
+    # so the apiserver can filter; False for what others make (tenants' Secrets, Kueue's Workloads).
+    labelled: bool = True
     # What of each object is kept (controller-runtime's cache transform): for objects that are large
     # and mostly unread, such as Kueue Workloads and their pod templates.
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
@@ -60,7 +63,7 @@ AUTOSCALERS = WatchedResource("HorizontalPodAutoscaler", "/apis/autoscaling/v2",
 ROLLOUTS = WatchedResource("Rollout", "/apis/argoproj.io/v1alpha1", "rollouts")
 ANALYSIS_TEMPLATES = WatchedResource("AnalysisTemplate", "/apis/argoproj.io/v1alpha1", "analysistemplates")
 # Tenants' Secrets, metadata only: a Secret a resource names wakes it when it appears or changes.
-SECRETS = WatchedResource("Secret", "/api/v1", "secrets", metadata_only=True)
+SECRETS = WatchedResource("Secret", "/api/v1", "secrets", metadata_only=True, labelled=False)
 CRDS = WatchedResource(
     "CustomResourceDefinition", "/apis/apiextensions.k8s.io/v1", "customresourcedefinitions"
 )
