@@ -277,8 +277,7 @@ def operator_requests(
     """The audit entries of every request the operator made in `namespace` (since `since`): its
     writes always, its reads because the session's control plane audits them too."""
     found = []
-    for line in control_plane.audit_log.read_text().splitlines():
-        entry = json.loads(line)
+    for entry in control_plane.audit_entries():
         if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != OPERATOR_SA_USER:
             continue
         if (entry.get("objectRef") or {}).get("namespace") != namespace:

@@ -353,7 +353,7 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
             "datasetRef": {"name": "digits"},
             "model": "digits-cnn",
             # ~1400 steps: long enough on a CPU to be preempted mid-way after its first checkpoints.
-            "hyperparameters": {"epochs": 60, "batchSize": 64, "numWorkers": 0},
+            "hyperparameters": {"epochs": 20, "batchSize": 64, "numWorkers": 0},
             "resources": {"gpusPerWorker": 1},  # Kueue's GPU quota; the runner's trainer uses the CPU
             "checkpoint": {"uri": f"s3://{bucket}/checkpoints/low/", "intervalSteps": 20},
             "output": {"uri": f"s3://{bucket}/models/low/"},
@@ -424,7 +424,7 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
             env = _env(pod)
             assert env["MLOPS_ATTEMPT"] == "1", env
             assert env["MLOPS_CHECKPOINT_URI"] == f"s3://{bucket}/checkpoints/low/", env
-        done = _wait_phase(custom, namespace, "low", "Succeeded", timeout=180)["status"]
+        done = _wait_phase(custom, namespace, "low", "Succeeded", timeout=420)["status"]
         assert (done["attempt"], done.get("failures")) == (1, None), done
         assert done["queuedSeconds"] > 0
 

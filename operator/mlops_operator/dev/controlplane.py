@@ -895,11 +895,22 @@ class ControlPlane(Started):
             "apply", "--server-side", "--field-manager=mlops-dev", "-f", "-", *extra, input_text=text
         )
 
+    def audit_entries(self, offset: int = 0) -> Iterator[dict[str, Any]]:
+        """The audit log's entries from byte `offset` on; only whole lines: the apiserver may be
+        writing the last one right now."""
+        with self.audit_log.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
     def writes_by(self, username: str, since: datetime | None = None) -> list[dict[str, Any]]:
         """Write requests (create/update/patch/delete) `username` made, from the audit log."""
         entries = []
-        for line in self.audit_log.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in self.audit_entries():
             if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != username:
                 continue
             if entry.get("verb") in READ_VERBS:  # logged only for audit_read_users
@@ -937,15 +948,8 @@ class ControlPlane(Started):
     def denied_requests(self, username: str, offset: int = 0) -> list[dict[str, Any]]:
         """Requests of `username` the apiserver refused with 403 (from the audit log, from byte
         `offset` on): reads show up only for audit_read_users, writes always."""
-        with self.audit_log.open("rb") as log:
-            log.seek(offset)
-            lines = log.read().decode(errors="replace").splitlines()
         denied = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line being written right now
+        for entry in self.audit_entries(offset):
             if entry.get("stage") != "ResponseComplete" or entry["user"]["username"] != username:
                 continue
             if (entry.get("responseStatus") or {}).get("code") == 403:
