@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 from ...metrics import REGISTRY_REQUESTS
 from ...redaction import MASK, redact
@@ -47,12 +47,40 @@ class RegistryTarget:
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """One file of the model package a version is registered with, at `path` inside it (MLflow
+    Model layout: `MLmodel`, `model.onnx`, `input_example.json`, `tensorrt/model.plan`…). Small
+    files the operator builds carry their `content`; large ones stay in the tenant's bucket (`uri`)
+    and are read through `VersionRequest.read` when a provider copies them."""
+
+    path: str
+    content: bytes | None = None
+    uri: str | None = None
+    size_bytes: int | None = None
+
+
+# Opens an object of the tenant's bucket for streaming: (a file-like object, its length in bytes).
+ObjectReader = Callable[[str], tuple[BinaryIO, int]]
+
+
+@dataclass(frozen=True)
 class VersionRequest:
     uid: str  # the ModelVersion's metadata.uid: the idempotency key
     source_uri: str  # the compiled artifact (s3://…/model.onnx or model.plan)
     tags: Mapping[str, str]  # lineage tags
     description: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # "<namespace>/<ModelVersion>": the name of the MLflow run / W&B run that logs the version.
+    run_name: str = ""
+    # The training hyperparameters, flattened to strings (MLflow run params, W&B run config).
+    params: Mapping[str, str] = field(default_factory=dict)
+    # The model package (MLflow Model layout); empty: the version refers to `source_uri` only.
+    files: tuple[PackageFile, ...] = ()
+    # What a reader of the registry wants next to the files: lineage, engine (format, precision,
+    # GPU product, compute capability), signature. JSON-serialisable (W&B artifact metadata).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Reads the `uri` files; None when there are none to read.
+    read: ObjectReader | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
