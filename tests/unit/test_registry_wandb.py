@@ -395,7 +395,7 @@ def test_sdk_failures_become_the_interface_errors_without_the_key() -> None:
 
 def test_a_busy_registry_is_a_transient_wait_not_an_outage() -> None:
     from mlops_operator.handlers.base import ATTENTION_REASONS, TRANSIENT_REASONS
-    from mlops_operator.handlers.modelversion.registry import registry_problem
+    from mlops_operator.handlers.registries import registry_problem
 
     reason, message = registry_problem(RegistryBusyError("another registration holds it"), "registering")
     assert reason == "RegistryBusy"

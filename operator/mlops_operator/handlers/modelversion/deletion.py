@@ -27,8 +27,9 @@ from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
 from ..base import Outcome, Result, Unchanged, ready
 from ..context import ReconcileContext
+from ..registries import REGISTRY_ERRORS, open_registry, registry_problem
 from .common import finalizers, patch_finalizers, retry_after
-from .registry import FINALIZER, REGISTRY_ERRORS, open_registry, registry_problem
+from .registry import FINALIZER
 
 IN_USE_FINALIZER = "mlops.dev/in-use"
 IN_USE = "InUse"

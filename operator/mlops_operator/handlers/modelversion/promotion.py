@@ -12,8 +12,9 @@ from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
 from ..base import ENGINE_REASONS, MAX_MESSAGE, READY, Outcome, Result, Unchanged, ready
 from ..context import ReconcileContext
+from ..registries import REGISTRY_ERRORS, open_registry, registry_problem
 from .common import PROMOTED, SPEC_ACCEPTED, registered_model, retry_after
-from .registry import REGISTRY_ERRORS, apply_aliases, open_registry, registry_problem, registry_status
+from .registry import apply_aliases, registry_status
 
 # Phases in which the status stands: only promotion (Ready) or a changed SpecAccepted writes again.
 SETTLED_PHASES = ("Ready", "Rejected", "Failed")

@@ -7,80 +7,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...api.v1alpha1 import ModelVersionSpec
-from ...integrations.endpoints import EndpointNotAllowedError, require_allowed
-from ...integrations.registry import (
-    ModelRegistry,
-    RegisteredVersion,
-    RegistryBusyError,
-    RegistryRejectedError,
-    RegistryTarget,
-    RegistryUnavailableError,
-    VersionRequest,
-)
+from ...integrations.registry import ModelRegistry, RegisteredVersion, VersionRequest
 from ...k8s.conditions import ConditionUpdate
 from ...metrics import MODELVERSION_REGISTRATIONS
 from ...timeutil import to_rfc3339
 from ..base import Outcome, Result, Unchanged, ready
 from ..context import ReconcileContext
-from ..secrets import CredentialsUnavailableError, read_secret_values
+from ..registries import REGISTRY_ERRORS, open_registry, registered_model_name, registry_problem
 from .common import finalizers, patch_finalizers, retry_after
 
 # Held from registration on, so that deletion can archive the version (deletionPolicy Archive).
 FINALIZER = "mlops.dev/registry"
 STAGE_ALIASES = {"Development": "development", "Staging": "staging", "Production": "production"}
-
-
-class RegistryProblemError(Exception):
-    """The registry cannot be asked at all: an endpoint the allow-list refuses, a missing Secret."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-REGISTRY_ERRORS = (RegistryProblemError, RegistryUnavailableError, RegistryRejectedError)
-
-
-def open_registry(spec: ModelVersionSpec, ctx: ReconcileContext) -> ModelRegistry:
-    """The client of the registry `spec.registry` names, with the tenant's credential."""
-    registry = spec.registry
-    assert registry is not None
-    try:
-        require_allowed(
-            registry.tracking_uri,
-            ctx.config.registry_endpoint_allowlist,
-            setting="MLOPS_REGISTRY_ENDPOINT_ALLOWLIST",
-        )
-    except EndpointNotAllowedError as error:
-        raise RegistryProblemError("EndpointNotAllowed", str(error)) from None
-    credential = None
-    if registry.credentials_secret_ref:
-        ref = registry.credentials_secret_ref
-        try:
-            credential = read_secret_values(ctx, ref.name, [ref.key])[ref.key]
-        except CredentialsUnavailableError as error:
-            raise RegistryProblemError("CredentialsUnavailable", str(error)) from None
-    target = RegistryTarget(
-        provider=registry.provider,
-        model_name=registry.collection or spec.model_name,
-        project=registry.project,
-        entity=registry.entity,
-        tracking_uri=registry.tracking_uri,
-        credential=credential,
-    )
-    return ctx.require_clients().registry(target, ctx.config.registry_timeout_seconds)
-
-
-def registry_problem(error: Exception, doing: str) -> tuple[str, str]:
-    """(Ready reason, message) of a registry error while `doing` something."""
-    if isinstance(error, RegistryProblemError):
-        return error.reason, f"{doing}: {error.message}"
-    if isinstance(error, RegistryBusyError):  # another registration runs: no outage, no warning
-        return "RegistryBusy", f"{doing}: {error}"
-    if isinstance(error, RegistryUnavailableError):
-        return "RegistryUnavailable", f"{doing}: the registry is unavailable ({error}); retrying"
-    return "RegistryRejected", f"{doing}: the registry refused the request ({error})"
 
 
 def desired_aliases(spec: ModelVersionSpec) -> list[str]:
@@ -97,7 +35,7 @@ def registry_status(
     assert spec.registry is not None
     return {
         "provider": spec.registry.provider,
-        "modelName": spec.registry.collection or spec.model_name,
+        "modelName": registered_model_name(spec),
         "version": version.version,
         "url": version.url,
         "aliases": sorted(version.aliases),
