@@ -53,11 +53,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
 from mlops_operator.api.v1alpha1.inferencedeployment import Triton  # noqa: E402
-from mlops_operator.builders.triton import build_model_repository  # noqa: E402
+from mlops_operator.builders.triton import build_model_repository, triton_model_version  # noqa: E402
 from mlops_operator.dev.controlplane import free_port  # noqa: E402
 from mlops_operator.dev.triton import LocalTriton  # noqa: E402
 
 MODEL = "digits"
+# Triton's version of the model, as the operator serves MLflow's version 3 of it (the metrics' label).
+VERSION = triton_model_version("3")
 TRAINER = ROOT / ".venv-trainer" / "bin" / "mlops-trainer"
 Call = Callable[[int], Any]  # sends input number i
 
@@ -89,7 +91,7 @@ def materialize(engine_dir: Path, target: Path, queue_delay_us: int) -> None:
         {"maxBatchSize": 16, "dynamicBatching": {"maxQueueDelayMicroseconds": queue_delay_us}}
     )
     repository = build_model_repository(
-        MODEL, metadata, (engine_dir / "model.onnx").as_uri(), spec, 0, cpu_backend="python"
+        MODEL, metadata, (engine_dir / "model.onnx").as_uri(), spec, 0, cpu_backend="python", version=VERSION
     )
     for path, data in repository.files.items():
         (target / path).parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,9 @@ def server_breakdown(metrics_before: str, metrics_after: str) -> dict[str, float
     """Triton's own per-request averages (µs) between two scrapes: queue, compute input/infer/output."""
 
     def counters(text: str) -> dict[str, float]:
-        found = re.findall(rf'^(nv_inference_\w+)\{{model="{MODEL}",version="1"\}} (\S+)$', text, re.M)
+        found = re.findall(
+            rf'^(nv_inference_\w+)\{{model="{MODEL}",version="{VERSION}"\}} (\S+)$', text, re.M
+        )
         return {name: float(value) for name, value in found}
 
     before, after = counters(metrics_before), counters(metrics_after)

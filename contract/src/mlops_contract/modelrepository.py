@@ -2,8 +2,13 @@
 
 The operator writes, under one content-addressed prefix (`<base>/triton/<model>/<digest[:16]>/`):
 
-    <model>/config.pbtxt, <model>/1/model.py ...   the small files, at their repository paths
-    repository.json                                 this manifest, written last
+    <model>/config.pbtxt, <model>/<version>/model.py ...   the small files, at their repository paths
+    repository.json                                         this manifest, written last
+
+`<version>` is Triton's version number of the one model version a repository holds (a positive
+integer: Triton ignores a version folder named 0 or starting with 0); the operator uses the
+ModelVersion's serving version, so a response's `model_version` and the `version` label of Triton's
+metrics name the registry's version.
 
 and never copies the engine: the manifest names it by URI and sha256. `mlops-trainer
 fetch-model-repository` reads the manifest, writes every file and downloads the engine to its path
@@ -15,7 +20,7 @@ repository.json (schema `mlops.dev/triton-repository/v1`):
      "model": "digits",
      "digest": "<sha256 hex>",
      "files": [{"path": "digits/config.pbtxt", "sha256": "<hex>", "sizeBytes": 412}, ...],
-     "artifact": {"path": "digits/1/model.onnx", "uri": "s3://bucket/engines/x/model.onnx",
+     "artifact": {"path": "digits/3/model.onnx", "uri": "s3://bucket/engines/x/model.onnx",
                   "sha256": "<hex>", "sizeBytes": 104912}}
 
 Paths are relative, `/`-separated, without `.` or `..` parts. The digest is the sha256 of the
@@ -34,8 +39,6 @@ from typing import Any
 
 SCHEMA = "mlops.dev/triton-repository/v1"
 MANIFEST_KEY = "repository.json"
-# The one model version a repository holds (its version policy serves the latest only).
-MODEL_VERSION = "1"
 # How many hex digits of the digest name the repository's prefix: 64 bits, collision-free in practice
 # for the versions of one model, and short enough to read in a URI.
 PREFIX_DIGITS = 16

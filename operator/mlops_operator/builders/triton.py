@@ -2,8 +2,10 @@
 
 Input: the engine's `metadata.json` (schema mlops.dev/engine-metadata/v1, written by the trainer's
 `compile`), the engine's URI, and the InferenceDeployment's `spec.triton` and GPU count. Output: a
-`ModelRepository`: `<model>/config.pbtxt` (+ `<model>/1/model.py` for the python variant), the
-engine placed by reference at `<model>/1/model.plan|model.onnx`, and a content-addressed digest.
+`ModelRepository`: `<model>/config.pbtxt` (+ `<model>/<version>/model.py` for the python variant),
+the engine placed by reference at `<model>/<version>/model.plan|model.onnx`, and a content-addressed
+digest. `<version>` is the ModelVersion's serving version (`triton_model_version`): Triton reports it
+as a response's `model_version` and as the `version` label of its metrics.
 
 Which Triton backend serves it:
 
@@ -55,7 +57,6 @@ from typing import Any, Literal
 
 from mlops_contract.modelrepository import (
     MANIFEST_KEY,
-    MODEL_VERSION,
     PREFIX_DIGITS,
     RepositoryArtifact,
     RepositoryFile,
@@ -73,6 +74,10 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 # a URL, a Prometheus label value in a PromQL string).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ARTIFACT_FILES = {"tensorrt": "model.plan", "onnx": "model.onnx"}
+# Triton's version of a model served without a registry version to follow.
+DEFAULT_TRITON_VERSION = 1
+_MLFLOW_VERSION = re.compile(r"^[0-9]{1,18}$")
+_WANDB_VERSION = re.compile(r"^v([0-9]{1,18})$")
 PYTHON_MODEL_FILE = "model.py"
 # The python variant's model.py: a real module of this package (linted and type-checked), shipped as text.
 PYTHON_MODEL_SOURCE = (
@@ -109,6 +114,31 @@ _TENSORRT_TYPES = {
 }
 
 
+def triton_model_version(registry_version: str | None) -> int:
+    """Triton's version number for a ModelVersion registered as `registry_version` (its
+    status.registry.version), so that a response's `model_version`, the `version` label of Triton's
+    metrics and the registry's version name the same thing:
+
+    - MLflow's "N" (versions count from 1) -> N, as in `models:/<name>/N`;
+    - W&B's "vN" (versions count from v0) -> N + 1: Triton's version folders are positive integers.
+      Triton's model repository docs ("Model Versions"): "The subdirectories that are not
+      numerically named, or have names that start with the character "0" will be ignored", so a
+      folder `0` would leave the model without a version and it would not load. W&B's v0 is Triton
+      1, v3 is 4;
+    - no registry, or a version of neither form -> 1 (`DEFAULT_TRITON_VERSION`).
+
+    Up to 18 digits (Triton's versions are int64). ModelVersion status.servingVersion records the
+    number at registration; this function is the fallback for versions registered before it did.
+    """
+    version = (registry_version or "").strip()
+    if _MLFLOW_VERSION.match(version) and int(version) >= 1:
+        return int(version)
+    found = _WANDB_VERSION.match(version)
+    if found:
+        return int(found.group(1)) + 1
+    return DEFAULT_TRITON_VERSION
+
+
 class TritonBuildError(ValueError):
     """The engine cannot be served as asked (a person can act on the message): e.g. a TensorRT plan
     with no GPU, a dtype Triton has no type for, metadata of another schema."""
@@ -128,13 +158,16 @@ class ModelRepository:
     """One model's Triton repository: small files by content, the engine by reference."""
 
     model: str
+    version: int  # Triton's version of the model: the folder under <model>/ that holds the engine
     platform: str  # tensorrt_plan, onnxruntime_onnx, or python (a backend)
     instance_kind: InstanceKind
     max_batch_size: int
     inputs: tuple[TensorConfig, ...]
     outputs: tuple[TensorConfig, ...]
-    files: Mapping[str, bytes]  # repository path -> content: <model>/config.pbtxt, <model>/1/model.py
-    artifact: RepositoryArtifact  # the engine at <model>/1/model.plan|model.onnx, fetched by URI + sha256
+    # repository path -> content: <model>/config.pbtxt, <model>/<version>/model.py
+    files: Mapping[str, bytes]
+    # the engine at <model>/<version>/model.plan|model.onnx, fetched by URI + sha256
+    artifact: RepositoryArtifact
     # What differs from the spec and why (e.g. preferred batch sizes above the engine's maximum).
     notes: tuple[str, ...] = ()
 
@@ -172,15 +205,19 @@ def build_model_repository(
     gpus: int,
     *,
     cpu_backend: CpuBackend = "onnxruntime",
+    version: int = DEFAULT_TRITON_VERSION,
 ) -> ModelRepository:
     """The repository serving the engine at `artifact_uri` (ModelVersion status.engine.uri), described by
     `engine_metadata` (its metadata.json), as `spec.triton` and `spec.resources.gpus` ask.
 
-    `model` is Triton's model name (metrics label `model`, URL /v2/models/<model>). `cpu_backend`
-    applies to ONNX engines on CPU only (`gpus == 0`); see the module docstring.
+    `model` is Triton's model name (metrics label `model`, URL /v2/models/<model>); `version` its
+    version number (`triton_model_version`: metrics label `version`, a response's `model_version`).
+    `cpu_backend` applies to ONNX engines on CPU only (`gpus == 0`); see the module docstring.
     """
     if not MODEL_NAME.match(model):
         raise TritonBuildError(f"model name {model!r} must match {MODEL_NAME.pattern}")
+    if isinstance(version, bool) or not 1 <= version < 2**63:
+        raise TritonBuildError(f"Triton model version {version!r} is not a positive int64")
     schema = engine_metadata.get("schema")
     if schema != ENGINE_METADATA_SCHEMA:
         raise TritonBuildError(f"engine metadata has schema {schema!r}, expected {ENGINE_METADATA_SCHEMA}")
@@ -221,9 +258,9 @@ def build_model_repository(
     )
     files = {f"{model}/config.pbtxt": config.encode()}
     if platform == "python":
-        files[f"{model}/{MODEL_VERSION}/{PYTHON_MODEL_FILE}"] = PYTHON_MODEL_SOURCE
+        files[f"{model}/{version}/{PYTHON_MODEL_FILE}"] = PYTHON_MODEL_SOURCE
     artifact = RepositoryArtifact(
-        path=f"{model}/{MODEL_VERSION}/{_ARTIFACT_FILES[engine_format]}",
+        path=f"{model}/{version}/{_ARTIFACT_FILES[engine_format]}",
         uri=artifact_uri,
         sha256=str(artifact_meta.get("sha256", "")),
         size_bytes=int(artifact_meta.get("sizeBytes", 0)),
@@ -232,6 +269,7 @@ def build_model_repository(
         raise TritonBuildError(f"engine metadata has no sha256 for {key!r}")
     return ModelRepository(
         model=model,
+        version=version,
         platform=platform,
         instance_kind=kind,
         max_batch_size=max_batch,

@@ -1,7 +1,7 @@
 """The `model.py` of the python-backend variant: an ONNX model served by Triton's python backend.
 
-Not imported by the operator: `builders.triton` ships this file's text as `<model>/1/model.py` of a
-repository for CPU-only serving where the tritonserver has no ONNX Runtime backend. It runs inside
+Not imported by the operator: `builders.triton` ships this file's text as `<model>/<version>/model.py`
+of a repository for CPU-only serving where the tritonserver has no ONNX Runtime backend. It runs inside
 Triton's python backend stub, which provides `triton_python_backend_utils`; `onnxruntime` and numpy
 must be importable there (this project's .venv-triton; in a Triton image, an execution environment).
 

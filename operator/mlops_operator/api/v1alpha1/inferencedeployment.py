@@ -19,6 +19,7 @@ from .common import (
     StatusBase,
     nested,
 )
+from .modelversion import RegistryAlias, _alias_reserved
 
 
 class DynamicBatching(ApiModel):
@@ -233,6 +234,44 @@ class Autoscaling(ApiModel):
     )
 
 
+_RESERVED = "!{0}.matches('^[lL][aA][tT][eE][sS][tT]$') && !{0}.matches('^[vV][0-9]+$') && !{0}.startsWith('uid-')"
+
+
+class RegistryAliases(ApiModel):
+    """Registry aliases that follow what serves, in the registry of the served ModelVersion (its
+    spec.registry): `stable` names the version serving 100% once a rollout completes, `canary` the
+    version a running canary serves."""
+
+    cel_rules = (
+        CelRule(
+            rule=f"(!has(self.stable) || ({_RESERVED.format('self.stable')})) && "
+            f"(!has(self.canary) || ({_RESERVED.format('self.canary')}))",
+            message="aliases latest, v<N> and uid-… are reserved by the registries and the operator",
+            check=lambda a: not any(_alias_reserved(x) for x in (a.stable, a.canary) if x is not None),
+        ),
+        CelRule(
+            rule="!has(self.stable) || !has(self.canary) || self.stable != self.canary",
+            message="stable and canary must be different aliases (an alias names one version at a time)",
+            check=lambda a: a.stable is None or a.stable != a.canary,
+        ),
+    )
+
+    stable: RegistryAlias | None = Field(
+        default=None,
+        description=(
+            "Alias moved to the registry version of the ModelVersion serving all traffic once its rollout "
+            "is complete (e.g. production); it leaves the version it replaces."
+        ),
+    )
+    canary: RegistryAlias | None = Field(
+        default=None,
+        description=(
+            "Alias on the registry version of a running canary (weight above 0, e.g. canary); taken off "
+            "that version when the canary is promoted or aborted."
+        ),
+    )
+
+
 class InferenceDeploymentSpec(ApiModel):
     """Desired state of an InferenceDeployment."""
 
@@ -268,6 +307,13 @@ class InferenceDeploymentSpec(ApiModel):
     service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount of the serving pods."
     )
+    registry_aliases: RegistryAliases | None = Field(
+        default=None,
+        description=(
+            "Registry aliases that say what serves (in the served ModelVersion's spec.registry); empty "
+            "leaves the registry untouched."
+        ),
+    )
 
 
 class ServedRepository(ApiModel):
@@ -278,10 +324,34 @@ class ServedRepository(ApiModel):
     model_version: str = Field(description="The ModelVersion it serves.")
     engine_uri: str = Field(description="The engine it references.")
     uri: str = Field(description="Its content-addressed S3 prefix (repository.json inside).")
+    triton_version: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Triton's version number of the model in it (the ModelVersion's servingVersion): a "
+            "response's model_version and the version label of Triton's metrics."
+        ),
+    )
     settings_hash: str | None = Field(
         default=None,
         description="Hash of the settings it was built with (triton, resources.gpus, the CPU backend).",
     )
+
+
+class ServingRegistry(ApiModel):
+    """The registry aliases the operator last applied for what serves, as the registry answered."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    model_name: str | None = Field(default=None, description="Registered model (or W&B collection).")
+    stable_alias: str | None = Field(default=None, description="spec.registryAliases.stable when applied.")
+    stable_model_version: str | None = Field(default=None, description="The ModelVersion the alias names.")
+    stable_registry_version: str | None = Field(default=None, description="Its version in the registry.")
+    canary_alias: str | None = Field(default=None, description="spec.registryAliases.canary when applied.")
+    canary_model_version: str | None = Field(
+        default=None, description="The ModelVersion the canary alias names (none: on no version)."
+    )
+    canary_registry_version: str | None = Field(default=None, description="Its version in the registry.")
 
 
 InferenceDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Available", "Degraded", "Failed"]
@@ -313,4 +383,7 @@ class InferenceDeploymentStatus(StatusBase):
     )
     applied_hash: str | None = Field(
         default=None, description="Hash of the children last applied; unchanged children are not re-sent."
+    )
+    registry: ServingRegistry | None = Field(
+        default=None, description="Where spec.registryAliases point in the registry (what was applied)."
     )

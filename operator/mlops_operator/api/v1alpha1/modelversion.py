@@ -420,6 +420,14 @@ class ModelVersionStatus(StatusBase):
     )
     gates: list[GateResult] = Field(default_factory=list, description="Acceptance gate results.")
     registry: RegistryStatus | None = Field(default=None, description="Registration.")
+    serving_version: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Triton's version number for this ModelVersion: the registry version (MLflow N; W&B vN -> "
+            "N+1), 1 without a registry"
+        ),
+    )
     spec_hash: str | None = Field(
         default=None,
         description="Hash of what the compiled artifact depends on, fixed when compile started.",

@@ -79,7 +79,7 @@ def _serving_inputs(
     spec: InferenceDeploymentSpec,
     ctx: ReconcileContext,
     mv: Mapping[str, Any],
-    repository: Mapping[str, str],
+    repository: Mapping[str, Any],
     *,
     prometheus: str | None,
     workload_exists: bool,
@@ -191,7 +191,7 @@ def _sync(
     ctx: ReconcileContext,
     kind: Workload,
     mv: Mapping[str, Any],
-    repository: Mapping[str, str],
+    repository: Mapping[str, Any],
     *,
     prometheus: str | None,
 ) -> tuple[ServingInputs, str, Mapping[str, Any], tuple[Event, ...]]:
@@ -233,7 +233,7 @@ def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
     # holds it): judged on the rest, and Ready's reason says so.
     problem = not_servable(spec, mv, name, deleting_ok=name == stable)
     note = _stable_note(ctx, stable, mv if name == stable else None)
-    repository: dict[str, str] | None = None
+    repository: dict[str, Any] | None = None
     prometheus: str | None = None
     if problem is None:
         try:

@@ -1,6 +1,10 @@
 """The Triton model repository of the version rolled out: built (builders/triton.py) and published
 to its content-addressed prefix next to the engine, with the tenant's S3 credentials (the
-ModelVersion's pinned Dataset), unless the status says that prefix already holds it."""
+ModelVersion's pinned Dataset), unless the status says that prefix already holds it.
+
+The model in it is the ModelVersion's Triton version (`serving_version`: its status.servingVersion,
+the registry's version number), so the stable pods and a canary's each answer with their own
+version; status.repository.tritonVersion says which."""
 
 from __future__ import annotations
 
@@ -10,7 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...api.v1alpha1 import DatasetSpec, InferenceDeploymentSpec
-from ...builders.triton import TritonBuildError, build_model_repository
+from ...builders.triton import (
+    DEFAULT_TRITON_VERSION,
+    TritonBuildError,
+    build_model_repository,
+    triton_model_version,
+)
 from ...integrations.endpoints import EndpointNotAllowedError
 from ...integrations.s3 import S3UnavailableError, split_object_uri
 from ...integrations.triton_repository import publish_repository
@@ -36,21 +45,33 @@ def settings_hash(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> str:
     )
 
 
+def serving_version(mv_status: Mapping[str, Any]) -> int:
+    """Triton's version of a ModelVersion: its status.servingVersion, written at registration; for
+    one registered before that field existed, derived from status.registry.version alike."""
+    recorded = mv_status.get("servingVersion")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        return recorded
+    return triton_model_version((mv_status.get("registry") or {}).get("version"))
+
+
 def published(
     spec: InferenceDeploymentSpec, ctx: ReconcileContext, mv: Mapping[str, Any]
-) -> dict[str, str] | tuple[str, str]:
-    """The published repository of this ModelVersion ({modelVersion, engineURI, uri, settingsHash}):
-    from status when it was published for this very engine and settings, else built and published
-    now; or (reason, message)."""
+) -> dict[str, Any] | tuple[str, str]:
+    """The published repository of this ModelVersion ({modelVersion, engineURI, uri, settingsHash,
+    tritonVersion}): from status when it was published for this very engine, settings and Triton
+    version, else built and published now; or (reason, message). A status from before
+    tritonVersion was recorded held version 1."""
     engine = mv["status"]["engine"]
     known = ctx.status.get("repository") or {}
     settings = settings_hash(spec, ctx)
+    version = serving_version(mv["status"])
     if (
         known.get("modelVersion") == mv["metadata"]["name"]
         and known.get("engineURI") == engine["uri"]
         and known.get("settingsHash") == settings
+        and known.get("tritonVersion", DEFAULT_TRITON_VERSION) == version
     ):
-        return dict(known)
+        return {**known, "tritonVersion": version}
     dataset = DatasetSpec.model_validate((mv["status"].get("pinned") or {})["datasetSpec"])
     try:
         store = open_store(ctx, dataset.source)
@@ -63,6 +84,7 @@ def published(
             spec.triton,
             spec.resources.gpus,
             cpu_backend=ctx.config.triton_cpu_backend,
+            version=version,
         )
         prefix = publish_repository(store, str(engine["uri"]).rsplit("/", 1)[0], repository)
     except TritonBuildError as error:
@@ -74,4 +96,5 @@ def published(
         "engineURI": str(engine["uri"]),
         "uri": prefix,
         "settingsHash": settings,
+        "tritonVersion": version,
     }
