@@ -234,7 +234,10 @@ class Autoscaling(ApiModel):
     )
 
 
-_RESERVED = "!{0}.matches('^[lL][aA][tT][eE][sS][tT]$') && !{0}.matches('^[vV][0-9]+$') && !{0}.startsWith('uid-')"
+# ModelVersion's reserved-alias rule (spec.registry.aliases), for one alias `{0}`.
+_RESERVED = (
+    "!{0}.matches('^[lL][aA][tT][eE][sS][tT]$') && !{0}.matches('^[vV][0-9]+$') && !{0}.startsWith('uid-')"
+)
 
 
 class RegistryAliases(ApiModel):
