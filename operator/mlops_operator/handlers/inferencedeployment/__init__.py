@@ -2,7 +2,8 @@
 One module per concern (Argo Rollouts' `rollout/` package is the model): `version` (which
 ModelVersion, and whether it can be served), `repository` (publishing its Triton repository),
 `children` (the desired children, applied and repaired), `canary` (why a canary was aborted),
-`status` (the workload's status read into the InferenceDeployment's).
+`status` (the workload's status read into the InferenceDeployment's), `registry_aliases` (the
+registry's aliases moved to what serves).
 
 Each call, level-based:
 1. reads the ModelVersion the spec names. Not there, not Ready, being deleted, or built for another
@@ -15,7 +16,8 @@ Each call, level-based:
    Argo Rollouts Rollout with its Services and AnalysisTemplate where Argo Rollouts is served and the
    strategy is canary, a Deployment otherwise (also while Argo Rollouts is not installed: a fallback
    that status and an event name; the other kind is retired once the new one serves);
-4. reads the workload's status into the InferenceDeployment's (status.py).
+4. reads the workload's status into the InferenceDeployment's (status.py);
+5. moves spec.registryAliases to the registry versions of what serves (registry_aliases.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ...metrics import ROLLOUTS_ABORTED, ROLLOUTS_STARTED
 from ..base import READY, Outcome, Result
 from ..context import ReconcileContext
 from ..reads import read_object
+from . import registry_aliases
 from .canary import UNREADABLE_ANALYSIS
 from .children import (
     owned_one,
@@ -222,6 +225,12 @@ def _analysis_condition(
 
 
 def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
+    outcome = _serve(spec, ctx)
+    # Then the registry is told what serves (registry_aliases.py); its outage never changes serving.
+    return registry_aliases.sync(spec, ctx, outcome)
+
+
+def _serve(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Outcome:
     status = ctx.status
     name = spec.model_version_ref.name
     mv = read_object(ctx, "ModelVersion", "modelversions", name)
