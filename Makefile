@@ -43,13 +43,14 @@ $(TRAINER_STAMP): trainer-image/pyproject.toml $(CONTRACT)/pyproject.toml
 	$(TRAINER_VENV)/bin/python -m pip install -q -e ./$(CONTRACT) -e './trainer-image[dev]'
 	touch $(TRAINER_STAMP)
 
-## mlflow: the MLflow tracking server's own venv (mlflow server, its basic-auth app, boto3 for S3)
+## mlflow: the MLflow tracking server's own venv (mlflow server, its basic-auth app, boto3 for S3),
+## which is also the data scientist's client of tests and `make dev` (onnx, onnxruntime: mlflow.onnx/pyfunc)
 mlflow: $(MLFLOW_STAMP)
 
 $(MLFLOW_STAMP): Makefile
 	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/python -m pip install -q --upgrade pip
-	$(MLFLOW_VENV)/bin/python -m pip install -q 'mlflow[auth]==$(MLFLOW_VERSION)' boto3
+	$(MLFLOW_VENV)/bin/python -m pip install -q 'mlflow[auth]==$(MLFLOW_VERSION)' boto3 'onnx>=1.16,<2' 'onnxruntime>=1.18,<2'
 	touch $(MLFLOW_STAMP)
 
 ## triton: tritonserver's own venv (nvidia-pytriton 0.7.0 = tritonserver 2.51, onnxruntime, tritonclient)

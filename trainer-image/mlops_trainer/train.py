@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import signal
 import tempfile
@@ -40,6 +41,11 @@ MODEL_KEY = "model.pt"
 ONNX_KEY = "model.onnx"
 METADATA_KEY = "metadata.json"
 METADATA_SCHEMA = "mlops.dev/model-metadata/v1"
+# One held-out sample as the model takes it, in MLflow's input-example layouts (a batch of one as
+# nested lists; the same under "inputs" for a serving request): the registered MLflow Model's
+# input example, so users see what the model takes without reading the data.
+INPUT_EXAMPLE_KEY = "input_example.json"
+SERVING_INPUT_EXAMPLE_KEY = "serving_input_example.json"
 
 
 class PreemptionFlag:
@@ -571,12 +577,17 @@ class Trainer:
             "hyperparameters": self.params.to_json(),
             "runName": settings.run_name,
             "wandbRunId": run.wandb_run_id,
-            "versions": {"torch": torch.__version__, "mlopsTrainer": __version__},
+            "versions": {"torch": torch.__version__, "mlopsTrainer": __version__,
+                         "python": platform.python_version()},
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }  # fmt: skip
+        example = test_split.features[:1].astype(np.float32).tolist()
+        metadata["inputExample"] = {"key": INPUT_EXAMPLE_KEY, "servingKey": SERVING_INPUT_EXAMPLE_KEY}
         metadata_bytes = json.dumps(metadata, indent=2, sort_keys=True).encode()
         output.write_atomic(MODEL_KEY, state_bytes)
         output.write_atomic(ONNX_KEY, onnx_bytes)
+        output.write_atomic(INPUT_EXAMPLE_KEY, json.dumps(example).encode())
+        output.write_atomic(SERVING_INPUT_EXAMPLE_KEY, json.dumps({"inputs": example}).encode())
         output.write_atomic(METADATA_KEY, metadata_bytes)
 
         with tempfile.TemporaryDirectory(dir=_scratch(settings.work_dir)) as folder:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import boto3
 from botocore.config import Config
@@ -95,6 +95,11 @@ class ObjectStore(Protocol):
         """The object's lines (without their newline) as they download, in bounded memory;
         `ObjectTooLargeError` when it is larger than `max_bytes` (before any line, when its size
         says so), `S3UnavailableError` when it cannot be read, also midway."""
+        ...
+
+    def open_object(self, bucket: str, key: str) -> tuple[BinaryIO, int]:
+        """The object as a stream to copy elsewhere without holding it (the caller closes it), and
+        its length; `S3UnavailableError` when it cannot be opened (reason ObjectNotFound: gone)."""
         ...
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
@@ -233,6 +238,15 @@ class Boto3ObjectStore:
             raise _unavailable(error, f"cannot read {uri}") from None
         if pending:
             yield pending
+
+    def open_object(self, bucket: str, key: str) -> tuple[BinaryIO, int]:
+        uri = f"s3://{bucket}/{key}"
+        try:
+            response = self._client.get_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            raise _unavailable(error, f"cannot read {uri}") from None
+        body: BinaryIO = response["Body"]
+        return body, int(response["ContentLength"])
 
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         try:

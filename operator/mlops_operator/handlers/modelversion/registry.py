@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...api.v1alpha1 import ModelVersionSpec
-from ...integrations.registry import ModelRegistry, RegisteredVersion, VersionRequest
+from ...integrations.registry import ModelRegistry, RegisteredVersion
 from ...k8s.conditions import ConditionUpdate
 from ...metrics import MODELVERSION_REGISTRATIONS
 from ...timeutil import to_rfc3339
@@ -15,6 +15,7 @@ from ..base import Outcome, Result, Unchanged, ready
 from ..context import ReconcileContext
 from ..registries import REGISTRY_ERRORS, open_registry, registered_model_name, registry_problem
 from .common import finalizers, patch_finalizers, retry_after
+from .package import PackageUnavailableError, version_request
 
 # Held from registration on, so that deletion can archive the version (deletionPolicy Archive).
 FINALIZER = "mlops.dev/registry"
@@ -80,8 +81,6 @@ def apply_aliases(
 
 def register(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: ConditionUpdate) -> Result:
     assert spec.registry is not None
-    status = ctx.status
-    engine: Mapping[str, Any] = status.get("engine") or {}
     held = finalizers(ctx)
     if FINALIZER not in held:
         # First the finalizer, in a reconcile of its own: the patch changes the resourceVersion the
@@ -90,16 +89,15 @@ def register(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: ConditionU
         return Unchanged(requeue_after=1.0)
     try:
         registry = open_registry(spec, ctx)
-        registered = registry.register(
-            VersionRequest(
-                uid=ctx.uid,
-                source_uri=str(engine.get("uri") or ""),
-                tags=_tags(ctx, spec),
-                description=f"ModelVersion {ctx.namespace}/{ctx.name}",
-                metrics=dict(status.get("metrics") or {}),
-            )
-        )
+        # Registered before (a lost response, a restart): no need to read the package again.
+        registered = registry.find(ctx.uid) or registry.register(version_request(spec, ctx, _tags(ctx, spec)))
         version, applied = apply_aliases(spec, registry, registered.version, [])
+    except PackageUnavailableError as error:
+        reason = "SourceUnavailable"
+        message = f"registering {spec.model_name}: {error}; retrying"
+        return Outcome(
+            "Registering", (ready("False", reason, message), accepted), requeue_after=retry_after(ctx, reason)
+        )
     except REGISTRY_ERRORS as error:
         reason, message = registry_problem(error, f"registering {spec.model_name}")
         return Outcome(
