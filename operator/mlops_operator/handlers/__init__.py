@@ -44,5 +44,7 @@ HANDLERS: dict[str, KindHandler] = {
         modelversion.reconcile,
         _all(modelversion.sharing_a_model, inferencedeployment.waiting_on_modelversion),
     ),
-    "InferenceDeployment": KindHandler(inferencedeployment.reconcile, modelversion.served_by),
+    "InferenceDeployment": KindHandler(
+        inferencedeployment.reconcile, _all(modelversion.served_by, modelversion.aliases_moved_by)
+    ),
 }

@@ -30,7 +30,7 @@ from ..base import Result, Unchanged
 from ..context import ReconcileContext
 from .common import PLURAL, SPEC_ACCEPTED, pinned_spec
 from .deletion import IN_USE_FINALIZER, SKIP_CLEANUP_ANNOTATION, deleting, protect_while_in_use, served_by
-from .dependents import sharing_a_model, waiting_on_dataset, waiting_on_training
+from .dependents import aliases_moved_by, sharing_a_model, waiting_on_dataset, waiting_on_training
 from .promotion import SETTLED_PHASES, promote, restate
 from .registry import FINALIZER, register
 from .stages import clean_up_finished_jobs, current_stage, run_stage, start_compile
@@ -40,6 +40,7 @@ __all__ = [
     "IN_USE_FINALIZER",
     "PLURAL",
     "SKIP_CLEANUP_ANNOTATION",
+    "aliases_moved_by",
     "reconcile",
     "served_by",
     "sharing_a_model",

@@ -46,3 +46,19 @@ def sharing_a_model(cache: Cache, mv: Mapping[str, Any]) -> Iterable[ObjectKey]:
             continue
         if (other.get("status") or {}).get("registry") and registered_model(other) == model:
             yield (KIND, str(meta["namespace"]), str(other["metadata"]["name"]))
+
+
+def aliases_moved_by(cache: Cache, idep: Mapping[str, Any]) -> Iterable[ObjectKey]:
+    """Registered ModelVersions whose aliases an InferenceDeployment's status.registry may have
+    moved: the ones it names, and the ones claiming one of its aliases."""
+    record = (idep.get("status") or {}).get("registry") or {}
+    aliases = {record.get("stableAlias"), record.get("canaryAlias")} - {None}
+    if not aliases:
+        return
+    named = {record.get("stableModelVersion"), record.get("canaryModelVersion")}
+    namespace = str(idep["metadata"]["namespace"])
+    for mv in cache.in_namespace(KIND, namespace):
+        registry = (mv.get("status") or {}).get("registry") or {}
+        claims = aliases & set(registry.get("aliases") or [])
+        if registry.get("version") and (claims or mv["metadata"]["name"] in named):
+            yield (KIND, namespace, str(mv["metadata"]["name"]))

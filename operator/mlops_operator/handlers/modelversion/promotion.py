@@ -32,7 +32,38 @@ def _aliases_taken_by_others(ctx: ReconcileContext, mine: Mapping[str, Any]) -> 
             continue
         if theirs.get("version") != mine.get("version"):
             taken |= claimed & set(theirs.get("aliases") or [])
-    return taken
+    return taken | _aliases_moved_by_deployments(ctx, mine)
+
+
+def _aliases_moved_by_deployments(ctx: ReconcileContext, mine: Mapping[str, Any]) -> set[str]:
+    """Aliases whose place in this version's status an InferenceDeployment's status.registry (the
+    serving aliases it moved) contradicts: claimed here, it says another version of the same
+    registered model has them or, for one it took off, no version; not claimed here, it says
+    this version has them."""
+    model = registered_model(ctx.body)
+    claimed = set(mine.get("aliases") or [])
+    stale: set[str] = set()
+    for idep in ctx.cache.in_namespace("InferenceDeployment", ctx.namespace):
+        record = (idep.get("status") or {}).get("registry") or {}
+        for slot in ("stable", "canary"):
+            alias, name = record.get(f"{slot}Alias"), record.get(f"{slot}ModelVersion")
+            if not alias:
+                continue
+            if name == ctx.name:
+                if record.get(f"{slot}RegistryVersion") == mine.get("version") and alias not in claimed:
+                    stale.add(alias)
+            elif alias in claimed and name:
+                other = ctx.cache.get("ModelVersion", ctx.namespace, name)
+                if other is None or registered_model(other) == model:
+                    stale.add(alias)
+            elif (
+                alias in claimed
+                and alias not in (mine.get("appliedAliases") or [])  # this version's own spec puts it
+                and model is not None
+                and record.get("modelName") == model[2]
+            ):
+                stale.add(alias)  # taken off every version
+    return stale
 
 
 def promote(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: ConditionUpdate) -> Result:
