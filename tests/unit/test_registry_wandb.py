@@ -23,6 +23,9 @@ NOT exercised against a server (none can run here; these calls are unverified):
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +34,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ from wandb.sdk.lib.service.service_connection import WandbApiFailedError
 
 from mlops_operator.integrations.registry import (
     UID_TAG,
+    PackageFile,
     RegistryRejectedError,
     RegistryTarget,
     RegistryUnavailableError,
@@ -53,7 +58,7 @@ from mlops_operator.integrations.registry import (
 )
 from mlops_operator.integrations.registry import wandb as wandb_module
 from mlops_operator.integrations.registry.wandb import (
-    METRIC_KEY_PREFIX,
+    METRICS_KEY,
     RegistryBusyError,
     WandbRegistry,
     _NotFoundError,
@@ -104,20 +109,25 @@ def wandb_requests() -> dict[tuple[str, str], float]:
 
 
 def read_transaction_log(path: Path) -> list[wandb_internal_pb2.Record]:
-    """The records of a run-<id>.wandb file: LevelDB's log format (32 KiB blocks of chunks with a
-    7-byte header: crc32c, length, type FULL/FIRST/MIDDLE/LAST) after W&B's 7-byte file header."""
+    """The records of a complete run-<id>.wandb file: LevelDB's log format (32 KiB blocks of chunks
+    with a 7-byte header: CRC-32 (IEEE, over the type byte and the data), length, type
+    FULL/FIRST/MIDDLE/LAST) after W&B's 7-byte file header. A torn chunk, a bad checksum or a log
+    that does not end with the run's exit record fails: a test must not read a log still being
+    written (see `offline_runs`)."""
     data = path.read_bytes()
-    assert data[:4] == b":W&B"
+    assert data[:4] == b":W&B", path
     block, position, pending, records = 32768, 7, b"", []
     while position + 7 <= len(data):
         left = block - position % block
         if left < 7:  # a block's tail too short for a header is padding
             position += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
         if kind == 0:  # zeros: nothing written past here
             break
         chunk = data[position + 7 : position + 7 + length]
+        assert len(chunk) == length, f"{path}: torn chunk at {position}"
+        assert zlib.crc32(bytes([kind]) + chunk) == checksum, f"{path}: bad checksum at {position}"
         position += 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
@@ -125,10 +135,25 @@ def read_transaction_log(path: Path) -> list[wandb_internal_pb2.Record]:
             record.ParseFromString(pending)
             records.append(record)
             pending = b""
+    kinds = [record.WhichOneof("record_type") for record in records]
+    assert kinds, f"{path}: no record: the log is still being written"
+    assert kinds[-1] == "exit", f"{path}: incomplete transaction log, records {kinds}"
     return records
 
 
 def offline_runs(directory: Path) -> list[list[wandb_internal_pb2.Record]]:
+    """The transaction logs of the offline runs under `directory`, each read once complete.
+
+    wandb-core keeps a log's last (partial) 32 KiB block in memory and writes it when it closes the
+    run's stream; `Run.finish` asks for that close (`inform_finish`) without waiting for it, so right
+    after `register` returns the newest log may hold its 7-byte header only (the clean-clone CI
+    flake of test_concurrent_registrations_never_queue_behind_each_other: the read-back missed the
+    last run's `uid-…` alias under CPU contention). `wandb.teardown()` sends the service's teardown
+    on the same connection, after every inform_finish; wandb-core handles a connection's requests in
+    order, closing each finished stream (and its log) before it tears down, and teardown returns
+    when the service process has exited: after it, every log is complete. The next `wandb.init`
+    starts a new service."""
+    wandb.teardown()
     return [read_transaction_log(log) for log in sorted(directory.glob("wandb/offline-run-*/run-*.wandb"))]
 
 
@@ -167,7 +192,7 @@ def test_register_offline_logs_the_model_artifact_as_a_reference(
     assert json.loads(artifact.metadata) == {
         **wanted.tags,
         UID_TAG: wanted.uid,
-        METRIC_KEY_PREFIX + "accuracy": 0.97,
+        METRICS_KEY: {"accuracy": 0.97},
     }
     # One entry, a reference to the source: not a copy, and not read (its digest is the URI itself,
     # what the SDK records when checksum is off: the bucket does not even exist).
@@ -182,6 +207,134 @@ def test_register_offline_logs_the_model_artifact_as_a_reference(
     assert API_KEY not in {v for k, v in os.environ.items() if environment_before.get(k) != v}
     assert all(API_KEY not in record.getMessage() for record in caplog.records)
     assert API_KEY not in repr(registry.target)
+
+
+MLMODEL = b"""artifact_path: model
+flavors:
+  onnx:
+    onnx_version: 1.17.0
+    data: model.onnx
+signature:
+  inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 8, 8]}}]'
+"""
+MODEL_URI = "s3://no-such-bucket-anywhere/models/digits/model.onnx"
+ENGINE_URI = "s3://no-such-bucket-anywhere/models/digits/fp16/model.plan"
+
+
+def package_request(uid: str | None = None) -> VersionRequest:
+    """A request shaped as the ModelVersion handler builds it (handlers/modelversion/package.py):
+    the MLflow Model package, built files and files left in the tenant's bucket."""
+    uid = uid or str(uuid.uuid4())
+    return VersionRequest(
+        uid=uid,
+        source_uri=ENGINE_URI,
+        tags={"mlops.dev/trainingrun": "digits-run", "mlops.dev/dataset-fingerprint": "sha256:abc"},
+        description="Trained by TrainingRun team-a/digits-run; compiled to tensorrt fp16 for NVIDIA-H200.",
+        metrics={"accuracy": 0.97, "latencyP95Ms": 1.8},
+        run_name="team-a/digits-v3",
+        params={"optimizer.lr": "0.001", "epochs": "20", "compile.precision": "fp16"},
+        files=(
+            PackageFile(path="MLmodel", content=MLMODEL),
+            PackageFile(path="input_example.json", content=b'{"inputs": [[0.0]]}'),
+            PackageFile(path="model.onnx", uri=MODEL_URI, size_bytes=412_000),
+            PackageFile(path="tensorrt/model.plan", uri=ENGINE_URI, size_bytes=1_250_000),
+        ),
+        metadata={
+            "modelVersion": "team-a/digits-v3",
+            "uid": uid,
+            "lineage": {"trainingRun": "digits-run", "dataset": "digits", "datasetFingerprint": "sha256:abc"},
+            "engine": {
+                "format": "tensorrt",
+                "precision": "fp16",
+                "gpuProduct": "NVIDIA-H200",
+                "computeCapability": "9.0",
+            },
+            "metrics": {"accuracy": 0.97, "latencyP95Ms": 1.8},
+            "signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}]},
+        },
+    )
+
+
+def test_register_offline_logs_the_model_package_with_its_metadata_run_name_and_params(
+    tmp_path: Path,
+) -> None:
+    """The artifact a W&B user gets: the package's built files uploaded (with their MD5 digest), its
+    bucket files as references (the URI, not read: the bucket does not exist), metadata with the
+    metrics, lineage and GPU target; the run that logs it named after the ModelVersion with the
+    training params as config. Read back from the offline run's transaction log, which is what
+    `wandb sync` would send. Not verified (needs a W&B server): the upload itself, linking to the
+    registry collection and its aliases, and `wandb.Api().artifact(...).download()` (which would
+    fetch the references from the bucket with the downloader's S3 credentials)."""
+    wanted = package_request()
+    WandbRegistry(target(), offline_dir=tmp_path).register(wanted)
+
+    [records] = offline_runs(tmp_path)
+    [run] = records_of(records, "run")
+    assert run.display_name == "team-a/digits-v3"
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert {key: value for key, value in config.items() if key != "_wandb"} == {
+        "optimizer.lr": "0.001",
+        "epochs": "20",
+        "compile.precision": "fp16",
+    }
+    [artifact] = records_of(records, "artifact")
+    assert (artifact.type, artifact.name) == ("model", "digits")
+    assert set(artifact.aliases) == {f"uid-{wanted.uid}", "latest"}
+    metadata = json.loads(artifact.metadata)
+    assert metadata[METRICS_KEY] == {"accuracy": 0.97, "latencyP95Ms": 1.8}
+    assert metadata["lineage"] == wanted.metadata["lineage"]
+    assert metadata["engine"]["gpuProduct"] == "NVIDIA-H200"
+    assert metadata["engine"]["computeCapability"] == "9.0"
+    assert metadata["signature"] == wanted.metadata["signature"]
+    assert metadata[UID_TAG] == wanted.uid
+    assert metadata["mlops.dev/trainingrun"] == "digits-run"  # lineage tags stay flat: read back as tags
+
+    entries = {entry.path: entry for entry in artifact.manifest.contents}
+    assert sorted(entries) == ["MLmodel", "input_example.json", "model.onnx", "tensorrt/model.plan"]
+    for package_file in wanted.files:
+        entry = entries[package_file.path]
+        if package_file.uri is not None:
+            assert (entry.ref, entry.digest, entry.size) == (
+                package_file.uri,
+                package_file.uri,
+                package_file.size_bytes,
+            )
+            assert not entry.local_path
+        else:
+            assert package_file.content is not None
+            assert not entry.ref
+            md5 = hashlib.md5(package_file.content).digest()  # noqa: S324 (W&B's file digest)
+            assert entry.digest == base64.b64encode(md5).decode()
+            assert entry.size == len(package_file.content)
+            # Uploaded by `wandb sync` from here: the file exists and holds the content.
+            local = Path(entry.local_path)
+            assert local.is_relative_to(tmp_path)
+            assert local.read_bytes() == package_file.content
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    ("package_file", "problem"),
+    [
+        (PackageFile(path="../escape", content=b"x"), "not a relative path"),
+        (PackageFile(path="/etc/passwd", content=b"x"), "not a relative path"),
+        (PackageFile(path="a//b", content=b"x"), "not a relative path"),
+        (PackageFile(path="MLmodel"), "either its content or a URI"),
+        (PackageFile(path="MLmodel", content=b"x", uri=MODEL_URI), "either its content or a URI"),
+    ],
+)
+def test_a_bad_package_file_is_refused_before_any_run(
+    tmp_path: Path, package_file: PackageFile, problem: str
+) -> None:
+    before = wandb_requests()
+    request = dataclasses.replace(package_request(), files=(package_file,))
+    with pytest.raises(RegistryRejectedError, match=problem):
+        WandbRegistry(target(), offline_dir=tmp_path).register(request)
+    assert wandb_requests() == before
+    assert not list(tmp_path.glob("wandb/offline-run-*"))
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]  # nothing written, anywhere
 
 
 def test_concurrent_registrations_never_queue_behind_each_other(tmp_path: Path) -> None:

@@ -1,12 +1,26 @@
 """W&B Registry through the `wandb` SDK (the optional `wandb` extra, imported when first used).
 
 A version is an artifact of type "model" named `target.model_name`, logged by a short run in
-`target.entity/target.project`, holding a reference to the compiled artifact (its URI only: W&B
-neither copies it nor reads it, so the operator needs no access to the bucket), then linked to the
-registry collection `wandb-registry-model/<model_name>` (W&B 0.31's Registry; the SDK finds the
-organization of `target.entity`). Alias `uid-<ModelVersion uid>` marks the version in the project
-collection and in the registry collection: an alias is unique within a collection, so it is the
-idempotency key. W&B's own aliases (`latest`, `uid-…`) are left out of `RegisteredVersion.aliases`.
+`target.entity/target.project` (named `request.run_name`, its config `request.params`), then linked
+to the registry collection `wandb-registry-model/<model_name>` (W&B 0.31's Registry; the SDK finds
+the organization of `target.entity`). The artifact holds the model package (`request.files`, the
+MLflow Model layout): the small files the operator built (`MLmodel`, `input_example.json`…) are
+written to the registration's scratch directory and uploaded to W&B; the large ones stay in the
+tenant's bucket and are references (`add_reference(uri, checksum=False)`: W&B records the URI as the
+entry's digest and neither reads nor lists the object, so the operator needs no access to the
+bucket). A package without files is a single reference to `request.source_uri`. The artifact's
+metadata is `request.metadata` (lineage, engine with the GPU product and compute capability,
+signature) with the lineage tags, the uid (UID_TAG) and the evaluation metrics (`metrics`).
+
+Downloading a version (`wandb.Api().artifact("<entity>/<project>/<name>:<alias>").download()`)
+fetches the uploaded files from W&B and the referenced ones from the bucket: the downloader needs
+the W&B key and the S3 credentials for the referenced objects (boto3's usual sources, e.g.
+AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_S3_ENDPOINT_URL for MinIO or another S3 service).
+With checksum off W&B downloads whatever the URI holds then, unverified.
+
+Alias `uid-<ModelVersion uid>` marks the version in the project collection and in the registry
+collection: an alias is unique within a collection, so it is the idempotency key. W&B's own
+aliases (`latest`, `uid-…`) are left out of `RegisteredVersion.aliases`.
 
 Credentials: lookups and alias moves use a `wandb.Api(api_key=…)` of this object, which keeps the
 key to itself. `wandb.init(settings=Settings(api_key=…))` does not write the key to disk or to the
@@ -25,7 +39,11 @@ the first is still being logged.
 
 Offline (`offline_dir`, for tests, not reachable from the CRD): `register` logs the artifact in an
 offline run under that directory and links nothing (the SDK cannot link offline); every other call
-needs a server and raises NotImplementedError.
+needs a server and raises NotImplementedError. The package's files stay under
+`<offline_dir>/packages/<uid>` (a later `wandb sync` uploads them from there). The run's transaction
+log (run-<id>.wandb) is complete only once wandb-core has closed the run's stream: `Run.finish`
+sends that close without waiting for it, and wandb-core keeps the log's last block in memory until
+then, so a reader of the file calls `wandb.teardown()` first (which closes every stream, in order).
 """
 
 from __future__ import annotations
@@ -33,10 +51,11 @@ from __future__ import annotations
 import math
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from pathlib import Path
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from .base import (
@@ -63,7 +82,8 @@ if TYPE_CHECKING:
 PROVIDER = "wandb"
 REGISTRY_PROJECT = "wandb-registry-model"
 ARTIFACT_TYPE = "model"
-METRIC_KEY_PREFIX = "mlops.dev/metric/"
+# The artifact metadata key of the evaluation metrics ({name: value}).
+METRICS_KEY = "metrics"
 # Aliases W&B manages or the operator owns: never reported, never moved by set_aliases or archive.
 _LATEST = "latest"
 _RUN_LOCK = threading.Lock()
@@ -224,12 +244,10 @@ class WandbRegistry:
             self.name,
             type=ARTIFACT_TYPE,
             description=request.description or None,
-            metadata={**self._metadata_tags(request), **self._metric_metadata(request.metrics)},
+            metadata=self._artifact_metadata(request),
         )
-        # checksum=False: record the URI only; W&B would otherwise list the bucket with its own
-        # credentials to checksum the object.
-        artifact.add_reference(request.source_uri, name=Path(request.source_uri).name, checksum=False)
-        with tempfile.TemporaryDirectory(prefix="mlops-wandb-") as scratch:
+        with self._scratch(request) as scratch:
+            self._add_package(artifact, request, scratch)
             run = self._call("init_run", wandb.init, **self._init_kwargs(request, scratch))
             try:
                 self._call("log_artifact", run.log_artifact, artifact, aliases=[alias])
@@ -241,7 +259,49 @@ class WandbRegistry:
                 )
                 return linked
             finally:
+                # Online, finish waits for the uploads of the package's files (read from `scratch`).
                 self._call("finish_run", run.finish)
+
+    @contextmanager
+    def _scratch(self, request: VersionRequest) -> Iterator[Path]:
+        """The registration's scratch directory: the run's files and the package's built files.
+        Online it goes when the registration ends; offline the files stay for a later sync."""
+        if self._offline_dir is not None:
+            kept = self._offline_dir / "packages" / check_uid(request.uid)
+            kept.mkdir(parents=True, exist_ok=True)
+            yield kept
+            return
+        with tempfile.TemporaryDirectory(prefix="mlops-wandb-") as scratch:
+            yield Path(scratch)
+
+    @staticmethod
+    def _add_package(artifact: Artifact, request: VersionRequest, scratch: Path) -> None:
+        """The package's files into `artifact`: built ones uploaded, bucket ones as references."""
+        if not request.files:
+            # checksum=False: record the URI only; W&B would otherwise list the bucket with its own
+            # credentials to checksum the object.
+            artifact.add_reference(request.source_uri, name=Path(request.source_uri).name, checksum=False)
+            return
+        files = scratch / "package"
+        for package_file in request.files:
+            name = _package_path(package_file.path)
+            if (package_file.content is None) == (package_file.uri is None):
+                raise RegistryRejectedError(
+                    f"package file {package_file.path!r} needs either its content or a URI"
+                )
+            if package_file.uri is not None:
+                entries = artifact.add_reference(package_file.uri, name=name, checksum=False)
+                if package_file.size_bytes is not None:
+                    for entry in entries:
+                        entry.size = package_file.size_bytes
+                continue
+            assert package_file.content is not None
+            local = files / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(package_file.content)
+            # immutable: no copy to W&B's staging directory (the file stays until the run has
+            # finished uploading it); skip_cache: the operator keeps no cache of what it registers.
+            artifact.add_file(str(local), name=name, policy="immutable", skip_cache=True)
 
     def _exclusive(self, work: Callable[[], T]) -> T:
         """`work` on `_RUNNER` under `_RUN_LOCK`, waited for at most `register_timeout_seconds`;
@@ -274,7 +334,7 @@ class WandbRegistry:
                 "again later"
             ) from None
 
-    def _init_kwargs(self, request: VersionRequest, scratch: str) -> dict[str, Any]:
+    def _init_kwargs(self, request: VersionRequest, scratch: Path) -> dict[str, Any]:
         import wandb  # noqa: PLC0415
 
         offline = self._offline_dir is not None
@@ -299,9 +359,10 @@ class WandbRegistry:
             "entity": self.target.entity,
             "project": self.target.project,
             "job_type": "register-model",
-            "name": f"register-{self.name}-{request.uid[:8]}",
+            "name": request.run_name or f"register-{self.name}-{request.uid[:8]}",
+            "config": dict(request.params),
             "mode": "offline" if offline else "online",
-            "dir": str(self._offline_dir) if offline else scratch,
+            "dir": str(self._offline_dir if offline else scratch),
             "reinit": "create_new",
             "settings": settings,
         }
@@ -376,9 +437,15 @@ class WandbRegistry:
     def _metadata_tags(request: VersionRequest) -> dict[str, str]:
         return {**request.tags, UID_TAG: request.uid}
 
-    @staticmethod
-    def _metric_metadata(metrics: Mapping[str, float]) -> dict[str, float]:
-        return {METRIC_KEY_PREFIX + name: float(value) for name, value in metrics.items()}
+    def _artifact_metadata(self, request: VersionRequest) -> dict[str, Any]:
+        """`request.metadata`, the lineage tags and the uid (flat: what `_registered` reads back as
+        tags), and the evaluation metrics under METRICS_KEY."""
+        given = request.metadata.get(METRICS_KEY)
+        metrics = {
+            **(dict(given) if isinstance(given, Mapping) else {}),
+            **{name: float(value) for name, value in request.metrics.items()},
+        }
+        return {**request.metadata, **self._metadata_tags(request), METRICS_KEY: metrics}
 
     def _require_credential(self) -> None:
         if not self._credential:
@@ -425,3 +492,12 @@ class WandbRegistry:
                 self._credential,
             )
         ) from None
+
+
+def _package_path(path: str) -> str:
+    """`path` as a relative path inside the artifact; anything that could leave the scratch
+    directory is refused."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
+        raise RegistryRejectedError(f"package file path {path!r} is not a relative path inside the package")
+    return str(pure)
