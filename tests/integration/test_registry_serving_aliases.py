@@ -1,0 +1,264 @@
+"""The registry says what serves (issue 17): an InferenceDeployment's `registryAliases` follow its
+rollout through the real Argo Rollouts, as MLflow's own client reads them from the real MLflow server.
+
+Real apiserver, kwok nodes, moto S3, the real trainer compiling and evaluating (local pod runner),
+the real Argo Rollouts controller, the real MLflow tracking server, the operator process. kwok decides
+when pods are Ready; without a traffic router the canary weight is the share of ready pods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.mlflow import LocalMlflow
+from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
+from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
+from tests.integration.conftest import create_s3_secret, start_operator
+from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
+from tests.waiting import wait_for, wait_for_events
+
+G, V = "mlops.dev", "v1alpha1"
+SYNCED = "RegistryAliasesSynced"
+
+
+@pytest.fixture
+def served(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    s3: LocalS3,
+    engine: CompiledEngine,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[None]:
+    if not control_plane.argo_rollouts:
+        pytest.fail("the session control plane must run Argo Rollouts (tests/integration/conftest.py)")
+    create_s3_secret(core, namespace)
+    create_digits_dataset(custom, s3, engine, namespace)
+    operator = start_operator(
+        control_plane,
+        namespace,
+        tmp_path / "operator.log",
+        {
+            "MLOPS_TRITON_CPU_BACKEND": "python",
+            "MLOPS_REGISTRY_ENDPOINT_ALLOWLIST": json.dumps(LOOPBACK_ENDPOINTS),
+        },
+    )
+    runner = LocalPodRunner(
+        api,
+        namespace,
+        executables={"mlops-trainer": str(TRAINER)},
+        serving=ServingRuntime(sd_file=control_plane.prometheus_sd_file),
+    )
+    runner.start()
+    try:
+        yield
+    finally:
+        runner.stop()
+        operator.stop()
+
+
+def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _wait(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    plural: str,
+    name: str,
+    check: Any,
+    what: str,
+    timeout: float = 120,
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = _get(custom, namespace, plural, name)
+        return obj if check(obj) else None
+
+    try:
+        return wait_for(probe, what, timeout, interval=0.5)
+    except AssertionError as error:
+        status = _get(custom, namespace, plural, name).get("status")
+        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}") from None
+
+
+def _ready_version(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    engine: CompiledEngine,
+    registry: dict[str, Any],
+) -> str:
+    """The ModelVersion compiled, evaluated and registered: its registry version."""
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": {
+            "modelName": "digits",
+            "source": {"artifactURI": f"s3://{engine.bucket}/models/digits/"},
+            "evaluation": {"datasetRef": {"name": "digits"}, "latencyBatches": 10},
+            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
+            "registry": registry,
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
+    ready = _wait(
+        custom, namespace, "modelversions", name,
+        lambda o: o.get("status", {}).get("phase") in ("Ready", "Rejected", "Failed"), f"ModelVersion {name}", 240,
+    )  # fmt: skip
+    assert ready["status"]["phase"] == "Ready", ready["status"]
+    return str(ready["status"]["registry"]["version"])
+
+
+def _alias(mlflow: MlflowClient, model: str, alias: str) -> str | None:
+    """The version the alias names in MLflow, or None."""
+    try:
+        return str(mlflow.get_model_version_by_alias(model, alias).version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
+            return None
+        raise
+
+
+def _steps(pause: dict[str, Any]) -> dict[str, Any]:
+    return {"rollout": {"steps": [{"setWeight": 50}, {"pause": pause}, {"setWeight": 100}]}}
+
+
+def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
+    served: None,
+    engine: CompiledEngine,
+    mlflow_server: LocalMlflow,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    model = f"digits-{namespace}"
+    registry = {
+        "provider": "mlflow",
+        "project": "digits",
+        "trackingURI": mlflow_server.tracking_uri,
+        "collection": model,
+    }
+    mlflow = MlflowClient(mlflow_server.tracking_uri)
+    first = _ready_version(custom, namespace, "v1", engine, registry)
+    idep = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "modelVersionRef": {"name": "v1"},
+            "replicas": 2,
+            "resources": {"gpus": 0},
+            "triton": {"maxBatchSize": 16},
+            "registryAliases": {"stable": "production", "canary": "canary"},
+            # A pause without a duration holds the canary until the spec changes.
+            **_steps({}),
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "inferencedeployments", idep)
+
+    # v1 Available: `production` names its registry version.
+    available = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("phase") == "Available"
+        and (o["status"].get("registry") or {}).get("stableRegistryVersion"),
+        "v1 Available, its alias applied",
+    )  # fmt: skip
+    assert available["status"]["registry"] == {
+        "modelName": model,
+        "stableAlias": "production",
+        "stableModelVersion": "v1",
+        "stableRegistryVersion": first,
+        "canaryAlias": "canary",
+    }
+    assert _condition(available, SYNCED)["status"] == "True"
+    assert _alias(mlflow, model, "production") == first
+    assert _alias(mlflow, model, "canary") is None
+    # v1's own status learns of its new alias from the registry.
+    _wait(
+        custom, namespace, "modelversions", "v1",
+        lambda o: "production" in o["status"]["registry"]["aliases"], "v1's status naming production", 60,
+    )  # fmt: skip
+
+    # v2's canary, held at 50%: `canary` names v2's version, `production` stays on v1's.
+    second = _ready_version(custom, namespace, "v2", engine, registry)
+    assert second != first
+    patch = {"spec": {"modelVersionRef": {"name": "v2"}}}
+    custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
+    canary = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: (o.get("status", {}).get("registry") or {}).get("canaryRegistryVersion") == second,
+        "the canary alias on v2's version",
+    )  # fmt: skip
+    assert canary["status"]["canaryVersion"] == "v2"
+    assert canary["status"]["canaryWeight"] > 0
+    assert _alias(mlflow, model, "canary") == second
+    assert _alias(mlflow, model, "production") == first
+
+    # The spec set back to v1 while the canary runs: Argo Rollouts goes back to the stable pods, and
+    # the canary alias comes off v2's version; production stays.
+    patch = {"spec": {"modelVersionRef": {"name": "v1"}}}
+    custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
+    back = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("canaryVersion") is None
+        and "canaryModelVersion" not in (o["status"].get("registry") or {}),
+        "the canary of v2 gone, its alias off",
+    )  # fmt: skip
+    assert back["status"]["stableVersion"] == "v1"
+    assert _alias(mlflow, model, "canary") is None
+    assert _alias(mlflow, model, "production") == first
+    assert "canary" not in mlflow.get_model_version(model, second).aliases
+    _wait(
+        custom, namespace, "modelversions", "v2",
+        lambda o: "canary" not in o["status"]["registry"]["aliases"], "v2's status without canary", 60,
+    )  # fmt: skip
+
+    # v2 again, with a pause that ends: canary, then promotion. `production` moves to v2's version
+    # and `canary` comes off it.
+    patch = {"spec": {"modelVersionRef": {"name": "v2"}, **_steps({"durationSeconds": 5})}}
+    custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
+    _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: (o.get("status", {}).get("registry") or {}).get("canaryRegistryVersion") == second,
+        "the canary alias on v2's version again",
+    )  # fmt: skip
+    promoted = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: o.get("status", {}).get("stableVersion") == "v2"
+        and (o["status"].get("registry") or {}).get("stableRegistryVersion") == second,
+        "v2 promoted, production on its version", 180,
+    )  # fmt: skip
+    assert promoted["status"]["phase"] == "Available"
+    assert "canaryRegistryVersion" not in promoted["status"]["registry"]
+    assert _alias(mlflow, model, "production") == second
+    assert _alias(mlflow, model, "canary") is None
+    assert not {"production", "canary"} & set(mlflow.get_model_version(model, first).aliases)
+    assert _condition(promoted, SYNCED)["reason"] == "AliasesApplied"
+    # The ModelVersion that lost production refreshes its status from the registry, and says so.
+    _wait(
+        custom, namespace, "modelversions", "v1",
+        lambda o: "production" not in o["status"]["registry"]["aliases"], "v1's status without production", 60,
+    )  # fmt: skip
+    wait_for_events(
+        core, namespace, "v1", lambda events: "AliasMoved" in {e.reason for e in events}, "AliasMoved on v1"
+    )
+    _wait(
+        custom, namespace, "modelversions", "v2",
+        lambda o: "production" in o["status"]["registry"]["aliases"], "v2's status naming production", 60,
+    )  # fmt: skip
