@@ -34,6 +34,7 @@ from mlops_operator.builders.triton import (
     ModelRepository,
     build_model_repository,
     repository_uri,
+    triton_model_version,
     tritonserver_args,
 )
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, LocalS3
@@ -433,3 +434,57 @@ def test_a_repository_triton_cannot_load_fails_start_with_the_servers_reason(
     assert "model.onnx" in str(failure.value)
     assert "failed to load all models" in str(failure.value)
     assert server.pid is None
+
+
+def test_triton_answers_and_counts_under_the_registry_version_it_serves(
+    served: Served, engine: CompiledEngine, s3: LocalS3, tmp_path: Path
+) -> None:
+    """Issue 17: a ModelVersion registered as W&B v6 (MLflow would say 7) is Triton version 7, not
+    1: the published repository's version folder, what a response says (`model_version`, HTTP and
+    gRPC), Triton's model metadata and the `version` label of its metrics."""
+    version = triton_model_version("v6")
+    assert version == triton_model_version("7") == 7
+    repository = build_model_repository(
+        MODEL, engine.metadata, engine.uri, SPEC, 0, cpu_backend="python", version=version
+    )
+    uri = publish_repository(store(s3), f"s3://{engine.bucket}/serving", repository)
+    assert uri != served.uri  # version 1's repository stays beside it (the stable pods')
+    fetched = run_trainer(
+        s3,
+        ["fetch-model-repository", "--repository-uri", uri, "--repository-dir", str(tmp_path / "models")],
+        tmp_path,
+    )
+    assert fetched["repository"]["digest"] == repository.digest
+    assert sorted(p.name for p in (tmp_path / "models" / MODEL).iterdir()) == ["7", "config.pbtxt"]
+
+    with LocalTriton(tmp_path / "models", tmp_path / "triton") as server:
+        http = httpclient.InferenceServerClient(server.http_address)
+        grpc = grpcclient.InferenceServerClient(server.grpc_address)
+        assert http.get_model_metadata(MODEL)["versions"] == ["7"]
+        assert http.is_model_ready(MODEL, "7")
+        assert not http.is_model_ready(MODEL, "1")
+        before = scrape(server)
+        batch = images(2, seed=17)
+        (expected,) = served.session.run(["logits"], {"images": batch})
+        tensor = httpclient.InferInput("images", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        answer = http.infer(MODEL, [tensor])
+        assert answer.get_response()["model_version"] == "7"
+        np.testing.assert_allclose(answer.as_numpy("logits"), expected, rtol=0, atol=TOLERANCE)
+        grpc_tensor = grpcclient.InferInput("images", list(batch.shape), "FP32")
+        grpc_tensor.set_data_from_numpy(batch)
+        assert grpc.infer(MODEL, [grpc_tensor]).get_response().model_version == "7"
+        # Asking for version 7 by name answers; version 1 is not there.
+        assert http.infer(MODEL, [tensor], model_version="7").get_response()["model_version"] == "7"
+        with pytest.raises(InferenceServerException, match="'digits' version 1 is not found"):
+            http.infer(MODEL, [tensor], model_version="1")
+        after = scrape(server)
+    successes = {
+        labels["version"]: value
+        for name, labels, value in after.samples
+        if name == queries.SUCCESS and labels.get("model") == MODEL
+    }
+    assert successes == {"7": 3.0}  # every series says 7; none says 1
+    assert delta(before, after, queries.SUCCESS, {"version": "7"}) == 3
+    # The analysis queries select by model (not version): they measure whichever version answers.
+    assert PromQL(before, after).eval(queries.success_rate(MODEL)) == pytest.approx(1.0)

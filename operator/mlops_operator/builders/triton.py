@@ -120,11 +120,12 @@ def triton_model_version(registry_version: str | None) -> int:
     metrics and the registry's version name the same thing:
 
     - MLflow's "N" (versions count from 1) -> N, as in `models:/<name>/N`;
-    - W&B's "vN" (versions count from v0) -> N + 1: Triton's version folders are positive integers.
-      Triton's model repository docs ("Model Versions"): "The subdirectories that are not
-      numerically named, or have names that start with the character "0" will be ignored", so a
-      folder `0` would leave the model without a version and it would not load. W&B's v0 is Triton
-      1, v3 is 4;
+    - W&B's "vN" (versions count from v0) -> N + 1, so v0 is Triton 1 and v3 is 4. Triton's model
+      repository docs ("Model Versions") say "The subdirectories that are not numerically named, or
+      have names that start with the character "0" will be ignored": a folder `0` is outside the
+      documented contract. (tritonserver 2.51, the nvidia-pytriton 0.7.0 build, does load a lone
+      `0` and answers as version 0, but ignores `07`, whose model then fails to load; what the docs
+      rule out is not relied on, on any Triton image);
     - no registry, or a version of neither form -> 1 (`DEFAULT_TRITON_VERSION`).
 
     Up to 18 digits (Triton's versions are int64). ModelVersion status.servingVersion records the
