@@ -29,7 +29,12 @@ from mlops_operator.dev.controlplane import (
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.timeutil import from_rfc3339
-from tests.integration.digits_engine import CompiledEngine, train_and_compile
+from tests.integration.digits_engine import (
+    CompiledEngine,
+    copy_trained_model,
+    train_and_compile,
+    write_compile_output,
+)
 from tests.integration.operator_rbac import OPERATOR_USERS, operator_identity
 from tests.waiting import wait_for
 
@@ -292,3 +297,18 @@ def engine(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> CompiledEng
     """A really trained and compiled digits model (and its demo data) in a bucket of its own, shared by
     the serving tests: training it once per session saves half a minute per module."""
     return train_and_compile(s3, f"digits-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("trainer"))
+
+
+@pytest.fixture
+def source(s3: LocalS3, dataset: str, engine: CompiledEngine) -> str:
+    """A trained model directory, as the trainer wrote it (the session's really trained one), in the
+    `digits` Dataset's bucket: what a ModelVersion's source.artifactURI names."""
+    return copy_trained_model(s3, engine, dataset)
+
+
+@pytest.fixture
+def engine_uri(s3: LocalS3, source: str, engine: CompiledEngine) -> str:
+    """The compile stage's output for `source` (the engine and its metadata.json) in the same bucket:
+    tests that finish a compile Job by hand name it in the Job's result, so registration finds the
+    records a real compile leaves."""
+    return write_compile_output(s3, engine, source)

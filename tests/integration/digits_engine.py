@@ -147,3 +147,31 @@ def create_demo_dataset(s3: LocalS3, core: Any, custom: Any, namespace: str, wor
     }
     custom.create_namespaced_custom_object("mlops.dev", "v1alpha1", namespace, "datasets", dataset)
     return bucket
+
+
+def copy_trained_model(s3: LocalS3, engine: CompiledEngine, bucket: str) -> str:
+    """The engine's trained model directory (model.onnx, metadata.json, input examples, state dict),
+    as the trainer wrote it, copied to a fresh prefix of `bucket`; its s3:// prefix."""
+    client = s3.client()
+    prefix = f"models/{uuid.uuid4().hex[:8]}/"
+    listed = client.list_objects_v2(Bucket=engine.bucket, Prefix="models/digits/")["Contents"]
+    for item in listed:
+        name = item["Key"].removeprefix("models/digits/")
+        client.copy_object(
+            Bucket=bucket, Key=prefix + name, CopySource={"Bucket": engine.bucket, "Key": item["Key"]}
+        )
+    return f"s3://{bucket}/{prefix}"
+
+
+def write_compile_output(s3: LocalS3, engine: CompiledEngine, source: str) -> str:
+    """What the compile stage writes for the trained model at `source` (a prefix from
+    copy_trained_model): the engine's model.onnx and its metadata.json naming `source`, in a fresh
+    prefix of the same bucket; the engine's URI, as a compile Job's result names it."""
+    bucket = source.removeprefix("s3://").partition("/")[0]
+    prefix = f"engines/{uuid.uuid4().hex[:8]}/"
+    named = dict(engine.metadata["source"]) | {"uri": f"{source}model.onnx"}
+    record = dict(engine.metadata) | {"source": named}
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key=prefix + "model.onnx", Body=engine.onnx)
+    client.put_object(Bucket=bucket, Key=prefix + "metadata.json", Body=json.dumps(record).encode())
+    return f"s3://{bucket}/{prefix}model.onnx"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
@@ -26,6 +27,8 @@ from mlops_operator.dev.pods import finish_pod
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
 from mlops_operator.integrations.registry import RegistryTarget, VersionRequest, open_registry
 from tests.integration.conftest import OperatorProcess, start_operator
+from tests.integration.digits_engine import HYPERPARAMETERS, CompiledEngine
+from tests.integration.mlflow_models import load_as_a_user, reference
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -83,15 +86,6 @@ def registry_operator(control_plane: ControlPlane, namespace: str, tmp_path: Pat
         running.stop()
 
 
-@pytest.fixture
-def source(s3: LocalS3, dataset: str) -> str:
-    """A trained model directory (as a trainer wrote it) in the `digits` Dataset's bucket."""
-    prefix = f"models/{uuid.uuid4().hex[:8]}/"
-    for key in ("model.onnx", "metadata.json"):
-        s3.client().put_object(Bucket=dataset, Key=prefix + key, Body=b"{}")
-    return f"s3://{dataset}/{prefix}"
-
-
 def _mv(name: str, source_uri: str, mlflow: LocalMlflow | None = None, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "modelName": "digits",
@@ -147,11 +141,14 @@ def _to_ready(
     core: client.CoreV1Api,
     namespace: str,
     body: dict[str, Any],
+    engine_uri: str = "s3://b/e/model.onnx",
     **metrics: float,
 ) -> dict[str, Any]:
+    """Through compile and evaluate to Ready; a registered version needs the real `engine_uri`
+    (the fixture), whose records registration reads."""
     name = body["metadata"]["name"]
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-    _finish_stage(core, namespace, f"{name}-compile-a1", compiled())
+    _finish_stage(core, namespace, f"{name}-compile-a1", compiled(engine_uri))
     _finish_stage(core, namespace, f"{name}-evaluate-a1", evaluated(**metrics))
     return _wait(custom, namespace, name, "Ready")
 
@@ -169,9 +166,12 @@ def test_compile_evaluate_gates_and_registration_with_lineage(
     registry_operator: OperatorProcess,
     mlflow_server: LocalMlflow,
     source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
+    engine: CompiledEngine,
+    tmp_path: Path,
 ):
     model = _model_name()
     body = _mv("mv1", source, mlflow_server, registry={
@@ -192,9 +192,9 @@ def test_compile_evaluate_gates_and_registration_with_lineage(
     assert env["MLOPS_MODEL_URI"].value == source
     assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-credentials"
 
-    _finish_stage(core, namespace, "mv1-compile-a1", compiled(status["pinned"]["engineURI"] + "model.onnx"))
+    _finish_stage(core, namespace, "mv1-compile-a1", compiled(engine_uri))
     evaluating = _wait(custom, namespace, "mv1", "Evaluating")["status"]
-    assert evaluating["engine"]["uri"] == status["pinned"]["engineURI"] + "model.onnx"
+    assert evaluating["engine"]["uri"] == engine_uri
     assert evaluating["engine"]["sizeBytes"] == 4321
     _finish_stage(core, namespace, "mv1-evaluate-a1", evaluated(accuracy=0.975))
     ready = _wait(custom, namespace, "mv1", "Ready")
@@ -215,14 +215,30 @@ def test_compile_evaluate_gates_and_registration_with_lineage(
     (version,) = _versions(mlflow_server, ready["metadata"]["uid"])
     assert version.name == model
     assert version.version == "1"
-    assert version.source == status["engine"]["uri"]
+    # The version is the MLflow Model a run logged, with the run's params and the evaluation's metrics.
+    assert version.source.startswith("models:/m-")
     assert version.tags["mlops.dev/modelversion"] == "mv1"
     assert version.tags["mlops.dev/namespace"] == namespace
     assert version.tags["mlops.dev/source-uri"] == source
     assert version.tags["mlops.dev/dataset"] == "digits"
     # (search results carry no aliases: read the version itself)
-    read = MlflowClient(mlflow_server.tracking_uri).get_model_version(model, "1")
+    mlflow = MlflowClient(mlflow_server.tracking_uri)
+    read = mlflow.get_model_version(model, "1")
     assert sorted(read.aliases) == ["candidate", "staging"]
+    assert read.description.startswith(
+        f"Imported from {source}, evaluated on Dataset digits; compiled to onnx fp32, accuracy 0.975."
+    )
+    assert f"ModelVersion {namespace}/mv1" in read.description
+    run = mlflow.get_run(read.run_id)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "digits"  # spec.registry.project
+    assert run.info.run_name == f"{namespace}/mv1"
+    assert run.data.metrics["accuracy"] == 0.975
+    assert run.data.params["epochs"] == str(HYPERPARAMETERS["epochs"])  # what the trainer ran with
+    assert run.data.params["compile.target"] == "onnx"
+    # A data scientist loads it by alias with MLflow's own client; it answers as ONNX Runtime does.
+    inputs = np.random.default_rng(11).random((4, 1, 8, 8), dtype=np.float32)
+    loaded = load_as_a_user(mlflow_server, f"models:/{model}@candidate", inputs, tmp_path)
+    np.testing.assert_allclose(np.asarray(loaded["pyfunc"]), reference(engine.onnx, inputs), atol=1e-5)
 
     wait_for_events(
         core, namespace, "mv1",
@@ -384,6 +400,7 @@ def test_registry_outage_is_retried_and_a_restart_mid_registration_makes_one_ver
     control_plane: ControlPlane,
     mlflow_server: LocalMlflow,
     source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -395,7 +412,7 @@ def test_registry_outage_is_retried_and_a_restart_mid_registration_makes_one_ver
         body = _mv("mv", source, mlflow_server)
         body["spec"]["registry"]["collection"] = model
         custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-        _finish_stage(core, namespace, "mv-compile-a1", compiled())
+        _finish_stage(core, namespace, "mv-compile-a1", compiled(engine_uri))
         mlflow_server.stop()
         _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
         down = _wait(custom, namespace, "mv", "Registering", "RegistryUnavailable")
@@ -427,6 +444,7 @@ def test_stage_and_alias_changes_move_aliases_without_a_new_job(
     registry_operator: OperatorProcess,
     mlflow_server: LocalMlflow,
     source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -438,7 +456,7 @@ def test_stage_and_alias_changes_move_aliases_without_a_new_job(
         mv["spec"]["registry"] |= {"collection": model, "aliases": ["champion"]}
         return mv
 
-    v1 = _to_ready(custom, core, namespace, body("v1"))
+    v1 = _to_ready(custom, core, namespace, body("v1"), engine_uri)
     assert v1["status"]["registry"]["aliases"] == ["champion", "staging"]
     jobs_before = len(client.BatchV1Api(core.api_client).list_namespaced_job(namespace).items)
 
@@ -459,7 +477,7 @@ def test_stage_and_alias_changes_move_aliases_without_a_new_job(
     assert len(list(registry.search_model_versions(f"name = '{model}'"))) == 1
 
     # v2 takes champion (an alias points at one version at a time): v1's status shows it left.
-    v2 = _to_ready(custom, core, namespace, body("v2"))
+    v2 = _to_ready(custom, core, namespace, body("v2"), engine_uri)
     assert v2["status"]["registry"]["version"] == "2"
     assert registry.get_model_version_by_alias(model, "champion").version == "2"
 
@@ -514,6 +532,7 @@ def test_deletion_policies(
     registry_operator: OperatorProcess,
     mlflow_server: LocalMlflow,
     source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -521,7 +540,7 @@ def test_deletion_policies(
     model = _model_name()
     body = _mv("gone", source, mlflow_server)
     body["spec"]["registry"] |= {"collection": model, "aliases": ["champion"], "deletionPolicy": policy}
-    _to_ready(custom, core, namespace, body)
+    _to_ready(custom, core, namespace, body, engine_uri)
     custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "gone")
 
     def deleted() -> bool:
@@ -545,13 +564,14 @@ def test_deletion_through_an_unreachable_registry_waits_and_says_how_to_force_it
     registry_operator: OperatorProcess,
     mlflow_server: LocalMlflow,
     source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
 ):
     body = _mv("stuck", source, mlflow_server)
     body["spec"]["registry"] |= {"collection": _model_name(), "deletionPolicy": "Archive"}
-    _to_ready(custom, core, namespace, body)
+    _to_ready(custom, core, namespace, body, engine_uri)
     mlflow_server.stop()
     try:
         custom.delete_namespaced_custom_object(G, V, namespace, "modelversions", "stuck")

@@ -8,7 +8,6 @@ Pod fates are decided the way a kubelet would report them (mlops_operator.dev.po
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 from kubernetes import client
 
 from mlops_operator.dev.controlplane import ControlPlane, GpuNodePool, gpu_node_manifest
-from mlops_operator.dev.s3 import LocalS3
 from tests.integration.conftest import OperatorProcess
 from tests.integration.test_modelversion import G, V, _condition, _finish_stage, _get, _mv, _wait, compiled
 from tests.waiting import wait_for, wait_for_events
@@ -26,15 +24,6 @@ ABSENT_PRODUCT = "NVIDIA-B200"  # no session node has it, until the test adds on
 NEVER_PRODUCT = "NVIDIA-GB300"  # no node ever has it
 STAGE_DEADLINE = 12  # the compile Job's activeDeadlineSeconds: shorter than the wait
 START_DEADLINE = 10  # the least scheduling.startDeadlineSeconds allows
-
-
-@pytest.fixture
-def source(s3: LocalS3, dataset: str) -> str:
-    """A trained model directory (as a trainer wrote it) in the `digits` Dataset's bucket."""
-    prefix = f"models/{uuid.uuid4().hex[:8]}/"
-    for key in ("model.onnx", "metadata.json"):
-        s3.client().put_object(Bucket=dataset, Key=prefix + key, Body=b"{}")
-    return f"s3://{dataset}/{prefix}"
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ model's bytes. Runs, params, metrics and logged models are read with `MlflowClie
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any, BinaryIO
 
 import mlflow.artifacts
 import numpy as np
-import onnxruntime as ort
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus
@@ -38,10 +36,8 @@ from mlops_operator.integrations.registry import (
 from mlops_operator.integrations.registry.mlflow import MlflowRegistry
 from mlops_operator.integrations.s3 import Boto3ObjectStore, S3Config, S3Credentials, split_object_uri
 from tests.integration.digits_engine import CompiledEngine
+from tests.integration.mlflow_models import load_as_a_user, reference
 
-ROOT = Path(__file__).resolve().parents[2]
-MLFLOW_PYTHON = ROOT / ".venv-mlflow" / "bin" / "python"
-USER_SCRIPT = Path(__file__).with_name("mlflow_user.py")
 METRICS = {"accuracy": 0.95, "latency_p95_ms": 0.8, "size_mb": 0.1}
 
 
@@ -108,28 +104,6 @@ def _onnx_engine(engine: CompiledEngine) -> dict[str, Any]:
     }
 
 
-def _load_as_a_user(server: LocalMlflow, model_uri: str, inputs: np.ndarray, tmp: Path) -> dict[str, Any]:
-    if not MLFLOW_PYTHON.exists():
-        raise AssertionError(f"{MLFLOW_PYTHON} is missing: `make mlflow` (part of `make test`) installs it")
-    path = tmp / f"inputs-{uuid.uuid4().hex[:6]}.json"
-    path.write_text(json.dumps(inputs.tolist()))
-    done = subprocess.run(
-        [str(MLFLOW_PYTHON), str(USER_SCRIPT), server.tracking_uri, model_uri, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def _reference(engine: CompiledEngine, inputs: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(engine.onnx, providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: inputs})
-    return np.asarray(out)
-
-
 def _inputs(engine: CompiledEngine, count: int, seed: int) -> np.ndarray:
     """`count` samples of the shape the model takes (its first axis is the batch)."""
     shape = [int(d) for d in engine.metadata["inputs"][0]["shape"][1:]]
@@ -187,9 +161,9 @@ def test_a_registered_version_is_an_mlflow_model_users_load_by_number_and_alias(
 
     # A user loads it by number and by alias; both flavours answer as ONNX Runtime does.
     test_inputs = _inputs(engine, 5, seed=7)
-    expected = _reference(engine, test_inputs)
+    expected = reference(engine.onnx, test_inputs)
     for uri in (f"models:/{model}/{registered.version}", f"models:/{model}@champion"):
-        loaded = _load_as_a_user(mlflow_server, uri, test_inputs, tmp_path)
+        loaded = load_as_a_user(mlflow_server, uri, test_inputs, tmp_path)
         np.testing.assert_allclose(np.asarray(loaded["onnx"]), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(loaded["pyfunc"]), expected, rtol=1e-5, atol=1e-5)
         assert loaded["modelId"] == model_id
@@ -278,8 +252,10 @@ def test_a_tensorrt_engine_is_logged_next_to_the_onnx_model(
     )
     assert downloaded.read_bytes() == plan
     inputs = _inputs(engine, 2, seed=3)
-    loaded = _load_as_a_user(mlflow_server, f"models:/{model}/{registered.version}", inputs, tmp_path)
-    np.testing.assert_allclose(np.asarray(loaded["onnx"]), _reference(engine, inputs), rtol=1e-5, atol=1e-5)
+    loaded = load_as_a_user(mlflow_server, f"models:/{model}/{registered.version}", inputs, tmp_path)
+    np.testing.assert_allclose(
+        np.asarray(loaded["onnx"]), reference(engine.onnx, inputs), rtol=1e-5, atol=1e-5
+    )
     assert "compiled/model.plan" in loaded["files"]
 
 

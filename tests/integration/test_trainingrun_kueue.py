@@ -453,15 +453,6 @@ def test_a_higher_priority_run_preempts_a_lower_one_which_queues_and_resumes_fro
 # -- a ModelVersion's stage Jobs -----------------------------------------------------------------
 
 
-@pytest.fixture
-def source(s3: LocalS3, dataset: str) -> str:
-    """A trained model directory (as a trainer wrote it) in the `digits` Dataset's bucket."""
-    prefix = f"models/{uuid.uuid4().hex[:8]}/"
-    for key in ("model.onnx", "metadata.json"):
-        s3.client().put_object(Bucket=dataset, Key=prefix + key, Body=b"{}")
-    return f"s3://{dataset}/{prefix}"
-
-
 def _filler(queue: Queue) -> dict[str, Any]:
     """A Job in the LocalQueue whose pod kwok keeps Running: it holds the ClusterQueue's one pod."""
     return {

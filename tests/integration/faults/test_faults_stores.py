@@ -29,7 +29,6 @@ from tests.integration.test_modelversion import (
     _versions,
     compiled,
     evaluated,
-    source,  # noqa: F401 - a fixture
 )
 from tests.integration.test_modelversion import _wait as _wait_mv
 from tests.waiting import wait_for, wait_for_events
@@ -266,7 +265,8 @@ def test_operator_killed_at_random_points_of_a_dataset_check(
 def test_registry_down_while_registering_is_registry_unavailable_then_one_version(
     control_plane: ControlPlane,
     mlflow_server: LocalMlflow,
-    source: str,  # noqa: F811 - the fixture imported above
+    source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -279,7 +279,7 @@ def test_registry_down_while_registering_is_registry_unavailable_then_one_versio
         body = _mv("reg", source, mlflow_server)
         body["spec"]["registry"]["collection"] = model
         custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-        _finish_stage(core, namespace, "reg-compile-a1", compiled())
+        _finish_stage(core, namespace, "reg-compile-a1", compiled(engine_uri))
         down_at = time.monotonic()
         mlflow_server.stop()
         try:
@@ -319,7 +319,8 @@ def test_registry_down_while_registering_is_registry_unavailable_then_one_versio
 def test_operator_killed_at_random_points_of_a_modelversion(
     control_plane: ControlPlane,
     mlflow_server: LocalMlflow,
-    source: str,  # noqa: F811 - the fixture imported above
+    source: str,
+    engine_uri: str,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -344,7 +345,7 @@ def test_operator_killed_at_random_points_of_a_modelversion(
         time.sleep(rng.uniform(0, 1.5))
         kill9(operator)
         operator = start()
-        _finish_stage(core, namespace, "k9-compile-a1", compiled())
+        _finish_stage(core, namespace, "k9-compile-a1", compiled(engine_uri))
         time.sleep(rng.uniform(0, 1.0))
         kill9(operator)
         operator = start()

@@ -94,15 +94,16 @@ def describe(ctx: ReconcileContext) -> str:
     """Where the version came from, in a line a person reads in the registry's UI."""
     lineage: Mapping[str, Any] = ctx.status.get("lineage") or {}
     engine: Mapping[str, Any] = ctx.status.get("engine") or {}
-    parts = []
     if lineage.get("trainingRun"):
-        parts.append(f"Trained by TrainingRun {ctx.namespace}/{lineage['trainingRun']}")
-    else:
-        parts.append(f"Imported from {lineage.get('sourceURI', 'an artifact')}")
-    if lineage.get("dataset"):
         fingerprint = str(lineage.get("datasetFingerprint") or "")
         seen = f" (fingerprint {fingerprint[:19]})" if fingerprint else ""
-        parts.append(f"on Dataset {lineage['dataset']}{seen}")
+        origin = f"Trained by TrainingRun {ctx.namespace}/{lineage['trainingRun']}"
+        if lineage.get("dataset"):
+            origin += f" on Dataset {lineage['dataset']}{seen}"
+    else:
+        origin = f"Imported from {lineage.get('sourceURI', 'an artifact')}"
+        if lineage.get("dataset"):
+            origin += f", evaluated on Dataset {lineage['dataset']}"
     target = f"compiled to {engine.get('format', '?')} {engine.get('precision') or ''}".rstrip()
     if engine.get("gpuProduct") or engine.get("gpu"):
         target += f" for {engine.get('gpuProduct') or engine.get('gpu')}"
@@ -110,7 +111,7 @@ def describe(ctx: ReconcileContext) -> str:
             target += f" (compute capability {engine['computeCapability']})"
     accuracy = ctx.status.get("accuracy")
     scored = f", accuracy {accuracy}" if accuracy is not None else ""
-    return f"{' '.join(parts)}; {target}{scored}. ModelVersion {ctx.namespace}/{ctx.name} (uid {ctx.uid})."
+    return f"{origin}; {target}{scored}. ModelVersion {ctx.namespace}/{ctx.name} (uid {ctx.uid})."
 
 
 def version_request(spec: ModelVersionSpec, ctx: ReconcileContext, tags: Mapping[str, str]) -> VersionRequest:
