@@ -69,7 +69,8 @@ def served(
 
 
 def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
+    obj: dict[str, Any] = custom.get_namespaced_custom_object(G, V, namespace, plural, name)
+    return obj
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -119,7 +120,8 @@ def _ready_version(
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
     ready = _wait(
         custom, namespace, "modelversions", name,
-        lambda o: o.get("status", {}).get("phase") in ("Ready", "Rejected", "Failed"), f"ModelVersion {name}", 240,
+        lambda o: o.get("status", {}).get("phase") in ("Ready", "Rejected", "Failed"),
+        f"ModelVersion {name} compiled, evaluated and registered", 240,
     )  # fmt: skip
     assert ready["status"]["phase"] == "Ready", ready["status"]
     return str(ready["status"]["registry"]["version"])
@@ -146,7 +148,7 @@ def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
-):
+) -> None:
     model = f"digits-{namespace}"
     registry = {
         "provider": "mlflow",
@@ -253,7 +255,8 @@ def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
     # The ModelVersion that lost production refreshes its status from the registry, and says so.
     _wait(
         custom, namespace, "modelversions", "v1",
-        lambda o: "production" not in o["status"]["registry"]["aliases"], "v1's status without production", 60,
+        lambda o: "production" not in o["status"]["registry"]["aliases"],
+        "v1's status without production", 60,
     )  # fmt: skip
     wait_for_events(
         core, namespace, "v1", lambda events: "AliasMoved" in {e.reason for e in events}, "AliasMoved on v1"

@@ -253,3 +253,30 @@ def test_an_inferencedeployment_change_wakes_the_modelversions_its_aliases_conce
     woken = {key[2] for key in HANDLERS["InferenceDeployment"].dependents(cache, idep)}
     assert {"v1", "v2"} <= woken
     assert "v9" not in woken
+
+
+def test_a_slot_that_empties_is_sent_as_null_in_the_merge_patch_once():
+    before = {
+        "modelName": "digits",
+        "stableAlias": "production",
+        "canaryAlias": "canary",
+        "canaryModelVersion": "v3",
+        "canaryRegistryVersion": "3",
+    }
+    # Neither version has a registry here: nothing to move, so no client is needed.
+    ctx = _idep_ctx({"stableVersion": "v1", "registry": before}, _mv("v1", None, [], registry=None))
+    ctx.cache.upsert("ModelVersion", _mv("v3", None, [], registry=None))
+    outcome = ra.sync(SPEC, ctx, _served(stableVersion="v1", canaryVersion=None, canaryWeight=None))
+    patch, _ = status_patch(ctx.status, outcome, 1)
+    assert patch["registry"]["canaryModelVersion"] is None  # a merge patch removes the key
+    assert patch["registry"]["canaryRegistryVersion"] is None
+    assert patch["registry"]["stableAlias"] == "production"
+    after = {"stableAlias": "production", "canaryAlias": "canary"}
+    said = next(c for c in outcome.conditions if c.type == ra.SYNCED)
+    condition = {"type": ra.SYNCED, "status": said.status, "reason": said.reason, "message": said.message}
+    ctx = _idep_ctx(
+        {"stableVersion": "v1", "registry": after, "conditions": [condition]},
+        _mv("v1", None, [], registry=None),
+    )
+    again = ra.sync(SPEC, ctx, _served(stableVersion="v1"))
+    assert "registry" not in status_patch(ctx.status, again, 1)[0]

@@ -151,8 +151,14 @@ def _describe(record: Mapping[str, Any]) -> str:
     return f"{record.get('modelName') or 'registered model'}: {', '.join(parts)}"
 
 
-def _with(outcome: Outcome, condition: ConditionUpdate, record: Mapping[str, Any] | None) -> Outcome:
-    fields = {**outcome.fields, "registry": dict(record) if record else None}
+def _with(
+    ctx: ReconcileContext, outcome: Outcome, condition: ConditionUpdate, record: Mapping[str, Any] | None
+) -> Outcome:
+    """The outcome with the condition and `status.registry`. The status is merge-patched: a key the
+    record no longer has is sent as null (once: the next status lacks it too)."""
+    before: Mapping[str, Any] = ctx.status.get("registry") or {}
+    written = {**dict.fromkeys(before), **record} if record else None
+    fields = {**outcome.fields, "registry": written}
     return replace(outcome, conditions=(*outcome.conditions, condition), fields=fields)
 
 
@@ -166,7 +172,7 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
         if not said:
             return replace(outcome, fields={**outcome.fields, "registry": None})
         message = "spec.registryAliases is empty: the aliases stay where they are"
-        return _with(outcome, ConditionUpdate(SYNCED, "True", "NotConfigured", message), None)
+        return _with(ctx, outcome, ConditionUpdate(SYNCED, "True", "NotConfigured", message), None)
     applied: Mapping[str, Any] = ctx.status.get("registry") or {}
     record: dict[str, Any] = {"stableAlias": want.stable_alias, "canaryAlias": want.canary_alias}
     targets: dict[str, tuple[ModelVersionSpec, str]] = {}
@@ -193,7 +199,7 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
             str(said.get("reason")),
             str(said.get("message") or ""),
         )
-        return _with(outcome, restated, record)
+        return _with(ctx, outcome, restated, record)
     try:
         for name, moves in plan(want, applied, status).items():
             _move(ctx, name, moves, targets)
@@ -201,7 +207,7 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
         reason, message = registry_problem(error, "moving spec.registryAliases")
         # Serving goes on as concluded; the record stays what was last applied, and the outage
         # backoff brings the reconcile back.
-        failed = _with(outcome, ConditionUpdate(SYNCED, "False", reason, message[:MAX_MESSAGE]), applied)
+        failed = _with(ctx, outcome, ConditionUpdate(SYNCED, "False", reason, message[:MAX_MESSAGE]), applied)
         since = said.get("lastTransitionTime") if said.get("reason") == reason else None
         delay = outage_requeue(None, reason, ctx.now(), ctx.config, failing_since=since)
         due = delay if failed.requeue_after is None else min(failed.requeue_after, delay)
@@ -209,9 +215,9 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
     if problem is not None:
         # What could be applied was; what serves has no registry version to name (a change of the
         # ModelVersion wakes this object).
-        return _with(outcome, ConditionUpdate(SYNCED, "False", problem.reason, problem.message), record)
+        return _with(ctx, outcome, ConditionUpdate(SYNCED, "False", problem.reason, problem.message), record)
     synced = ConditionUpdate(SYNCED, "True", "AliasesApplied", _describe(record)[:MAX_MESSAGE])
-    return _with(outcome, synced, record)
+    return _with(ctx, outcome, synced, record)
 
 
 def _move(
