@@ -208,6 +208,7 @@ def test_compile_evaluate_gates_and_registration_with_lineage(
     registry = status["registry"]
     assert registry["provider"] == "mlflow"
     assert registry["version"] == "1"
+    assert status["servingVersion"] == 1  # Triton serves it as the registry's version
     assert registry["aliases"] == ["candidate", "staging"]  # the spec's, and the stage's
     assert ready["metadata"]["finalizers"] == ["mlops.dev/registry"]
 
@@ -479,6 +480,7 @@ def test_stage_and_alias_changes_move_aliases_without_a_new_job(
     # v2 takes champion (an alias points at one version at a time): v1's status shows it left.
     v2 = _to_ready(custom, core, namespace, body("v2"), engine_uri)
     assert v2["status"]["registry"]["version"] == "2"
+    assert v2["status"]["servingVersion"] == 2  # Triton's version: models:/<name>/2 is what answers
     assert registry.get_model_version_by_alias(model, "champion").version == "2"
 
     def moved() -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...api.v1alpha1 import ModelVersionSpec
+from ...builders.triton import triton_model_version
 from ...integrations.registry import ModelRegistry, RegisteredVersion
 from ...k8s.conditions import ConditionUpdate
 from ...metrics import MODELVERSION_REGISTRATIONS
@@ -116,5 +117,10 @@ def register(spec: ModelVersionSpec, ctx: ReconcileContext, accepted: ConditionU
             ),
             accepted,
         ),
-        {"registry": registry_status(spec, ctx, version, applied), "completionTime": to_rfc3339(ctx.now())},
+        {
+            "registry": registry_status(spec, ctx, version, applied),
+            # What Triton serves it as: the registry's number, so responses and metrics name it too.
+            "servingVersion": triton_model_version(version.version),
+            "completionTime": to_rfc3339(ctx.now()),
+        },
     )
