@@ -2,18 +2,23 @@
 offline mode, which records what it would send in the run's transaction log (run-<id>.wandb); the
 test reads that log back.
 
-Exercised here: `register` up to logging the artifact (the run's settings and key handling, the
-"model" artifact holding a reference to the source URI with checksum off, its metadata and its
-`uid-<uid>` alias), the lock around runs, the refusals made before any request (no API key, alias
-names), and how real wandb exception objects are classified.
+Exercised here: `register` up to logging the artifact (the run's settings, name, config and key
+handling; the "model" artifact holding the model package, built files with their digest and bucket
+files as references with checksum off, or only a reference to the source URI; its metadata with
+metrics, lineage and GPU target; its `uid-<uid>` alias), the lock around runs, the refusals made
+before any request (no API key, alias names, package paths), and how real wandb exception objects
+are classified. The logs are read back only after `wandb.teardown()` (see `offline_runs`).
 
 NOT exercised against a server (none can run here; these calls are unverified):
 - `find` and `get`: `wandb.Api(api_key=…).artifact("wandb-registry-model/<name>:<alias|version>")`,
   including the resolution of the registry's organization from `target.entity`;
 - the `Api` constructor's key check (`_verify_login`);
-- the online half of `register`: the lookup of an already logged artifact by its uid alias,
-  `Artifact.wait`, and linking to the registry collection (`Run.link_artifact` / `Artifact.link`),
-  which the SDK refuses offline (NotImplementedError);
+- the online half of `register`: the lookup of an already logged artifact by its uid alias, the
+  upload of the package's built files, `Artifact.wait`, and linking to the registry collection
+  with its aliases (`Run.link_artifact` / `Artifact.link`), which the SDK refuses offline
+  (NotImplementedError);
+- `wandb.Api().artifact("<entity>/<project>/<name>:<alias>")` and its `.download()` (the built files
+  from W&B, the references from the bucket with the downloader's own S3 credentials);
 - `set_aliases`: `Artifact.aliases = …; Artifact.save()` on the linked version (addAliases /
   deleteAliases), and that adding an alias held by another version moves it;
 - `archive`: the alias removal and the metadata update of a linked version;
