@@ -27,7 +27,7 @@ from mlops_contract import envvars
 from ..api.v1alpha1 import kind_by_name
 from . import kueue as kueue_docs
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port, kueue_built
-from .mlflow import LocalMlflow
+from .mlflow import DEFAULT_MLFLOW_BIN, LocalMlflow
 from .runner import LocalPodRunner, ServingRuntime
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
 
@@ -258,6 +258,70 @@ def _predict(
         f"{registry.get('modelName')} version {registry.get('version')} -> "
         f"TrainingRun {run['metadata']['name']} -> Dataset {lineage.get('dataset')} "
         f"at {lineage.get('datasetFingerprint')}"
+    )
+    _load_with_mlflow(plane, namespace, docs, image, np.asarray(logits, dtype=np.float32))
+
+
+# A data scientist's few lines: load a registered version with MLflow's own client (in the MLflow
+# venv, which has mlflow, onnx and onnxruntime) and predict; its outputs as JSON on the last line.
+_MLFLOW_LOAD = """
+import json, sys
+import mlflow.pyfunc, numpy as np
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+out = model.predict(np.asarray(json.loads(sys.argv[3]), dtype=np.float32))
+out = next(iter(out.values())) if isinstance(out, dict) else out
+print(json.dumps(np.asarray(out).tolist()))
+"""
+
+
+def serving_model_uri(idep_status: dict[str, Any], mv_status: dict[str, Any]) -> str | None:
+    """The `models:/` URI of what serves: by the serving alias once the registry has it on the
+    served version, else by the version's number; None without a registered version."""
+    registry = mv_status.get("registry") or {}
+    if not registry.get("version"):
+        return None
+    applied = idep_status.get("registry") or {}
+    if applied.get("stableAlias") and applied.get("stableRegistryVersion") == registry["version"]:
+        return f"models:/{registry['modelName']}@{applied['stableAlias']}"
+    return f"models:/{registry['modelName']}/{registry['version']}"
+
+
+def _load_with_mlflow(
+    plane: ControlPlane, namespace: str, docs: list[dict[str, Any]], image: Any, triton_logits: Any
+) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    idep_doc, mv = _first(docs, "InferenceDeployment"), _get(plane, namespace, _first(docs, "ModelVersion"))
+    if ((mv["spec"].get("registry") or {}).get("provider")) != "mlflow":
+        return
+    deadline = time.monotonic() + 30  # the serving alias follows Available within a reconcile or two
+    while True:
+        idep = _get(plane, namespace, idep_doc)
+        uri = serving_model_uri(idep.get("status") or {}, mv.get("status") or {})
+        if uri is None or "@" in uri or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if uri is None:
+        return
+    tracking = mv["spec"]["registry"]["trackingURI"]
+    _say(f"what serves, in the registry: {uri} (tracking URI {tracking})")
+    python = DEFAULT_MLFLOW_BIN.parent / "python"
+    done = subprocess.run(
+        [str(python), "-c", _MLFLOW_LOAD, tracking, uri, json.dumps(image.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        _say(f"loading {uri} with mlflow.pyfunc failed:\n{done.stderr[-2000:]}")
+        return
+    outputs = np.asarray(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    difference = float(np.max(np.abs(outputs.ravel() - triton_logits.ravel())))
+    _say(
+        f"mlflow.pyfunc.load_model('{uri}') predicts {int(np.argmax(outputs))}, as Triton does "
+        f"(largest logit difference {difference:.2g})"
     )
 
 
