@@ -150,6 +150,12 @@ def _ready_version(
 
 
 def _infer(url: str, batch: np.ndarray) -> np.ndarray:
+    output = _answer(url, batch)["outputs"][0]
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+def _answer(url: str, batch: np.ndarray) -> dict[str, Any]:
+    """Triton's whole JSON response (`model_version` says which version answered)."""
     body = {
         "inputs": [
             {"name": "images", "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
@@ -161,9 +167,16 @@ def _infer(url: str, batch: np.ndarray) -> np.ndarray:
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        answer = json.loads(response.read())
-    output = answer["outputs"][0]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def _versions_answering(runner: LocalPodRunner) -> set[str]:
+    """The Triton versions the serving pods' servers answer with (a server still starting: none)."""
+    found = set()
+    for url in list(runner.endpoints.values()):
+        with contextlib.suppress(OSError):
+            found.add(_answer(url, np.zeros((1, 1, 8, 8), np.float32))["model_version"])
+    return found
 
 
 class Traffic:
@@ -218,6 +231,7 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
     assert status.get("canaryVersion") is None
     assert status["endpoint"] == f"http://digits-triton.{namespace}.svc:8000"
     assert status["repository"]["uri"].endswith("/")
+    assert status["repository"]["tritonVersion"] == 1  # no registry: Triton's version 1
     rollout = client.CustomObjectsApi(core.api_client).get_namespaced_custom_object(
         "argoproj.io", "v1alpha1", namespace, "rollouts", "digits-triton"
     )
@@ -237,9 +251,15 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
         None, {"images": batch}
     )[0]
     np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-5)
+    assert _answer(url, batch)["model_version"] == "1"
 
     # v2: a canary, analysed on live traffic by the real Prometheus, then promoted.
     _ready_version(custom, namespace, "v2", engine)
+    # Triton's version of v2, as registration writes it (MLflow's version 2; this test runs no
+    # registry, test_registry_serving_aliases.py does): its pods answer as 2 while v1's answer as 1.
+    custom.patch_namespaced_custom_object_status(
+        G, V, namespace, "modelversions", "v2", {"status": {"servingVersion": 2}}
+    )
     with Traffic(runner):
         custom.patch_namespaced_custom_object(
             G, V, namespace, "inferencedeployments", "digits", {"spec": {"modelVersionRef": {"name": "v2"}}}
@@ -251,12 +271,17 @@ def test_first_version_is_served_then_a_new_version_goes_through_the_canary(
         assert canary["status"]["stableVersion"] == "v1"
         assert 0 <= canary["status"]["canaryWeight"] <= 50  # the real share of ready pods, up to the step's
         assert _ready(canary)["status"] == "True"
+        assert canary["status"]["repository"]["tritonVersion"] == 2
+        # The stable pods and the canary's side by side, each answering with its own version.
+        wait_for(lambda: _versions_answering(runner) == {"1", "2"}, "v1's pods as 1, v2's as 2", 90)
         promoted = _wait(
             custom, namespace, "inferencedeployments", "digits",
             lambda o: o.get("status", {}).get("stableVersion") == "v2", "v2 promoted", 180,
         )  # fmt: skip
     assert promoted["status"]["phase"] == "Available"
     assert promoted["status"].get("canaryVersion") is None
+    assert promoted["status"]["repository"]["tritonVersion"] == 2
+    wait_for(lambda: _versions_answering(runner) == {"2"}, "only v2's pods answering, as 2", 90)
     expected = {"RolloutStarted", "CanaryStep", "Promoted", "WorkloadReplaced"}
     wait_for_events(
         core, namespace, "digits", lambda events: expected <= {e.reason for e in events},
