@@ -9,6 +9,8 @@ when pods are Ready; without a traffic router the canary weight is the share of 
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.mlflow import LocalMlflow
 from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
-from tests.integration.conftest import create_s3_secret, start_operator
+from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
 from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
 from tests.waiting import wait_for, wait_for_events
 
@@ -40,7 +42,7 @@ def served(
     engine: CompiledEngine,
     namespace: str,
     tmp_path: Path,
-) -> Iterator[None]:
+) -> Iterator[OperatorProcess]:
     if not control_plane.argo_rollouts:
         pytest.fail("the session control plane must run Argo Rollouts (tests/integration/conftest.py)")
     create_s3_secret(core, namespace)
@@ -62,7 +64,7 @@ def served(
     )
     runner.start()
     try:
-        yield
+        yield operator
     finally:
         runner.stop()
         operator.stop()
@@ -142,7 +144,7 @@ def _steps(pause: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
-    served: None,
+    served: OperatorProcess,
     engine: CompiledEngine,
     mlflow_server: LocalMlflow,
     core: client.CoreV1Api,
@@ -265,3 +267,20 @@ def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
         custom, namespace, "modelversions", "v2",
         lambda o: "production" in o["status"]["registry"]["aliases"], "v2's status naming production", 60,
     )  # fmt: skip
+
+    # Settled: the registry is not asked again, however often the objects are reconciled (the
+    # serving pods' status changes keep waking the InferenceDeployment).
+    time.sleep(3)
+    before = _registry_requests(served)
+    time.sleep(6)
+    assert _registry_requests(served) == before, "registry requests while nothing changed"
+    print(f"registry requests in all, by operation: {before}")
+
+
+def _registry_requests(operator: OperatorProcess) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for match in re.finditer(r"mlops_registry_requests_total\{([^}]*)\} ([0-9.e+]+)", operator.metrics()):
+        operation = re.search(r'operation="([^"]+)"', match.group(1))
+        if operation:
+            found[operation.group(1)] = found.get(operation.group(1), 0) + float(match.group(2))
+    return found
