@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
@@ -26,6 +27,7 @@ from mlops_operator.dev.s3 import (
 )
 from tests.integration.conftest import start_operator
 from tests.integration.digits_engine import create_demo_dataset
+from tests.integration.mlflow_models import load_as_a_user, reference
 from tests.waiting import wait_for
 
 G, V = "mlops.dev", "v1alpha1"
@@ -88,7 +90,7 @@ def test_real_trainer_trains_compiles_and_evaluates_and_the_version_is_registere
     finally:
         runner.stop()
         operator.stop()
-    _check_modelversion(mv, obj, requests, model, mlflow_server, s3, custom, namespace, bucket)
+    _check_modelversion(mv, obj, requests, model, mlflow_server, s3, custom, namespace, bucket, tmp_path)
 
 
 def _wait_settled(
@@ -150,7 +152,7 @@ def _modelversion(model: str, mlflow: LocalMlflow) -> dict[str, Any]:
             },
             "registry": {
                 "provider": "mlflow",
-                "project": "digits",
+                "project": f"experiment-{model}",  # new: the count of requests below creates it
                 "trackingURI": mlflow.tracking_uri,
                 "collection": model,
                 "aliases": ["candidate"],
@@ -159,24 +161,30 @@ def _modelversion(model: str, mlflow: LocalMlflow) -> dict[str, Any]:
     }
 
 
-def _registry_requests(metrics: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("mlops_registry_requests_total{")
-    )
+def _registry_requests(metrics: str) -> dict[str, int]:
+    """Registry requests the operator made, by `operation/result`."""
+    found: dict[str, int] = {}
+    for line in metrics.splitlines():
+        if line.startswith("mlops_registry_requests_total{"):
+            labels = dict(
+                part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(",")
+            )
+            key = f"{labels['operation'].strip(chr(34))}/{labels['result'].strip(chr(34))}"
+            found[key] = found.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return found
 
 
 def _check_modelversion(
     mv: dict[str, Any],
     run: dict[str, Any],
-    registry_requests: float,
+    registry_requests: dict[str, int],
     model: str,
     mlflow: LocalMlflow,
     s3: LocalS3,
     custom: client.CustomObjectsApi,
     namespace: str,
     bucket: str,
+    tmp_path: Path,
 ) -> None:
     status = mv["status"]
     assert status["phase"] == "Ready", json.dumps(status, indent=1)
@@ -197,7 +205,7 @@ def _check_modelversion(
     assert status["evaluationSeconds"] > 0
     print(
         f"compile {status['compileSeconds']}s, evaluate {status['evaluationSeconds']}s, "
-        f"registry requests {registry_requests:.0f}"
+        f"registry requests {sum(registry_requests.values())}"
     )
     # Lineage, in status and as tags of the registry version.
     dataset = custom.get_namespaced_custom_object(G, V, namespace, "datasets", "digits")
@@ -220,8 +228,41 @@ def _check_modelversion(
     assert version.tags["mlops.dev/dataset-fingerprint"] == dataset["status"]["fingerprint"]
     assert version.tags["mlops.dev/hyperparameters-sha256"] == expected["hyperparametersSha256"]
     assert version.tags["mlops.dev/trainer-image"] == expected["trainerImage"]
-    assert version.source == engine["uri"]
+    assert version.source.startswith("models:/m-")
     assert sorted(version.aliases) == ["candidate", "staging"]
-    # A new registered model: search, create version (not found), create model, create version; then
-    # the aliases: get, two sets, get. Anything beyond that would be a retry or a second registration.
-    assert registry_requests == 8
+    # One of each, in a new experiment and a new registered model; anything more would be a retry or
+    # a second registration. The package: MLmodel, model.onnx, the two input examples, the compile
+    # record and the three environment files.
+    assert registry_requests == {
+        "search_model_versions/ok": 2,  # the handler's lookup, then register()'s own
+        "get_experiment_by_name/ok": 1,  # (MLflow's store answers "none" for a not-found name)
+        "create_experiment/ok": 1,
+        "search_runs/ok": 1,
+        "create_run/ok": 1,
+        "search_logged_models/ok": 1,
+        "create_logged_model/ok": 1,
+        "log_batch/ok": 1,
+        "upload_artifact/ok": 8,
+        "log_outputs/ok": 1,
+        "finalize_logged_model/ok": 1,
+        "update_run/ok": 1,
+        "create_model_version/notfound": 1,
+        "create_registered_model/ok": 1,
+        "create_model_version/ok": 1,
+        "get_model_version/ok": 2,
+        "set_registered_model_alias/ok": 2,
+    }
+    # The run has what the trainer ran with, and the model loads with MLflow's client as a data
+    # scientist would, answering as ONNX Runtime does on the trained model.
+    mlflow_client = MlflowClient(mlflow.tracking_uri)
+    mlflow_run = mlflow_client.get_run(version.run_id)
+    assert mlflow_run.data.params["epochs"] == str(run["spec"]["hyperparameters"]["epochs"])
+    assert mlflow_run.data.metrics["accuracy"] == metrics["accuracy"]
+    assert "Trained by TrainingRun" in version.description
+    assert dataset["status"]["fingerprint"][:19] in version.description
+    onnx_key = f"{run['status']['modelURI'].removeprefix(f's3://{bucket}/').rstrip('/')}/model.onnx"
+    onnx = s3.client().get_object(Bucket=bucket, Key=onnx_key)["Body"].read()
+    inputs = np.random.default_rng(5).random((3, 1, 8, 8), dtype=np.float32)
+    loaded = load_as_a_user(mlflow, f"models:/{model}@candidate", inputs, tmp_path)
+    np.testing.assert_allclose(np.asarray(loaded["pyfunc"]), reference(onnx, inputs), atol=1e-5)
+    assert np.asarray(loaded["inputExample"]).shape == (1, 1, 8, 8)  # a held-out sample
