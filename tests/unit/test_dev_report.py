@@ -8,7 +8,7 @@ import json
 import subprocess
 from typing import Any
 
-from mlops_operator.dev.pipeline import _status_report
+from mlops_operator.dev.pipeline import _status_report, serving_model_uri
 
 RUN = {"kind": "TrainingRun", "metadata": {"name": "digits-cnn-r1"}}
 
@@ -48,3 +48,14 @@ def test_no_results_or_no_object_say_why():
     assert "not reconciled yet" in _status_report(Kubectl({}), "ns", RUN)  # type: ignore[arg-type]
     gone = _status_report(Kubectl(None, 'trainingruns "digits-cnn-r1" not found'), "ns", RUN)  # type: ignore[arg-type]
     assert gone == 'TrainingRun digits-cnn-r1: cannot be read: trainingruns "digits-cnn-r1" not found'
+
+
+def test_the_models_uri_of_what_serves_names_the_serving_alias_only_once_it_is_on_that_version() -> None:
+    mv = {"registry": {"modelName": "digits-cnn", "version": "3"}}
+    applied = {"registry": {"stableAlias": "production", "stableRegistryVersion": "3"}}
+    assert serving_model_uri(applied, mv) == "models:/digits-cnn@production"
+    # The alias still names the previous version (not moved yet): the number says what serves.
+    moving = {"registry": {"stableAlias": "production", "stableRegistryVersion": "2"}}
+    assert serving_model_uri(moving, mv) == "models:/digits-cnn/3"
+    assert serving_model_uri({}, mv) == "models:/digits-cnn/3"
+    assert serving_model_uri(applied, {"phase": "Ready"}) is None
