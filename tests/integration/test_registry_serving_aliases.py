@@ -233,21 +233,43 @@ def test_the_serving_aliases_follow_a_canary_through_set_back_and_promotion(
         lambda o: "canary" not in o["status"]["registry"]["aliases"], "v2's status without canary", 60,
     )  # fmt: skip
 
-    # v2 again, with a pause that ends: canary, then promotion. `production` moves to v2's version
-    # and `canary` comes off it.
-    patch = {"spec": {"modelVersionRef": {"name": "v2"}, **_steps({"durationSeconds": 5})}}
-    custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
-    _wait(
-        custom, namespace, "inferencedeployments", "digits",
-        lambda o: (o.get("status", {}).get("registry") or {}).get("canaryRegistryVersion") == second,
-        "the canary alias on v2's version again",
-    )  # fmt: skip
+    # v2 again, with a pause that ends, while MLflow is down: the canary runs and is promoted all the
+    # same (serving never waits on the registry); RegistryAliasesSynced says why nothing moved.
+    mlflow_server.stop()
+    try:
+        patch = {"spec": {"modelVersionRef": {"name": "v2"}, **_steps({"durationSeconds": 5})}}
+        custom.patch_namespaced_custom_object(G, V, namespace, "inferencedeployments", "digits", patch)
+        down = _wait(
+            custom, namespace, "inferencedeployments", "digits",
+            lambda o: o.get("status", {}).get("stableVersion") == "v2" and o["status"]["phase"] == "Available"
+            and _condition(o, SYNCED).get("reason") == "RegistryUnavailable",
+            "v2 promoted while the registry is down", 180,
+        )  # fmt: skip
+        assert _condition(down, "Ready")["status"] == "True"
+        assert _condition(down, SYNCED)["status"] == "False"
+        # What the registry last took stays recorded: production on v1's version.
+        assert down["status"]["registry"]["stableRegistryVersion"] == first
+        wait_for_events(
+            core, namespace, "digits",
+            lambda events: any(e.reason == "RegistryUnavailable" and e.type == "Warning" for e in events),
+            "the RegistryUnavailable Warning event",
+        )  # fmt: skip
+        time.sleep(2)  # a retry or two with the registry still down
+    finally:
+        mlflow_server.start()
+    # Back: the outage backoff retries, production moves to v2's version.
     promoted = _wait(
         custom, namespace, "inferencedeployments", "digits",
-        lambda o: o.get("status", {}).get("stableVersion") == "v2"
-        and (o["status"].get("registry") or {}).get("stableRegistryVersion") == second,
-        "v2 promoted, production on its version", 180,
+        lambda o: (o.get("status", {}).get("registry") or {}).get("stableRegistryVersion") == second,
+        "production on v2's version once MLflow is back", 120,
     )  # fmt: skip
+    warnings = [
+        e
+        for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=digits").items
+        if e.reason == "RegistryUnavailable"
+    ]
+    assert len(warnings) == 1, "one Warning for the outage"
+    assert (warnings[0].count or 1) == 1, "one Warning for the outage"
     assert promoted["status"]["phase"] == "Available"
     assert "canaryRegistryVersion" not in promoted["status"]["registry"]
     assert _alias(mlflow, model, "production") == second
