@@ -190,6 +190,11 @@ def test_a_served_version_without_a_registry_says_so_and_moves_nothing():
     assert "not registered" in next(c for c in unregistered.conditions if c.type == ra.SYNCED).message
 
 
+def test_before_anything_serves_there_is_nothing_to_say():
+    starting = Outcome("Progressing", (ConditionUpdate("Ready", "False", "Starting", "v1 is starting"),), {})
+    assert ra.sync(SPEC, _idep_ctx({}), starting) == starting
+
+
 def test_without_registry_aliases_the_status_has_no_record_and_no_condition():
     bare = InferenceDeploymentSpec.model_validate({"modelVersionRef": {"name": "v1"}})
     outcome = ra.sync(bare, _idep_ctx({}), _served(stableVersion="v1"))

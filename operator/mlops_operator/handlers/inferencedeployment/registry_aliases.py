@@ -174,6 +174,10 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
         message = "spec.registryAliases is empty: the aliases stay where they are"
         return _with(ctx, outcome, ConditionUpdate(SYNCED, "True", "NotConfigured", message), None)
     applied: Mapping[str, Any] = ctx.status.get("registry") or {}
+    if not (
+        want.stable or want.canary or applied.get("stableModelVersion") or applied.get("canaryModelVersion")
+    ):
+        return outcome  # nothing serves yet, nothing was moved: nothing to say
     record: dict[str, Any] = {"stableAlias": want.stable_alias, "canaryAlias": want.canary_alias}
     targets: dict[str, tuple[ModelVersionSpec, str]] = {}
     problem: Unnameable | None = None
