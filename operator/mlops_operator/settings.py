@@ -157,6 +157,15 @@ class OperatorConfig(BaseSettings):
     registry_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Timeout of one request to a model registry."
     )
+    registry_alias_check_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "How often an InferenceDeployment reads the registry to confirm its serving aliases are "
+            "still where it put them (a person may move or delete one there), putting back what was "
+            "lost; 0: never."
+        ),
+    )
     prometheus_address: str | None = Field(
         default=None,
         description=(

@@ -158,13 +158,14 @@ def _served(**fields: Any) -> Outcome:
     return Outcome("Available", (ConditionUpdate("Ready", "True", "Available", "v1 serves"),), fields)
 
 
-def test_applied_already_asks_the_registry_nothing():
+def test_applied_already_asks_the_registry_nothing_until_the_periodic_check_is_due():
     record = {
         "modelName": "digits",
         "stableAlias": "production",
         "stableModelVersion": "v1",
         "stableRegistryVersion": "1",
         "canaryAlias": "canary",
+        "checkedTime": "2026-01-01T11:59:00Z",  # a minute before NOW; checks every 300 s
     }
     synced = {"type": ra.SYNCED, "status": "True", "reason": "AliasesApplied", "message": "digits: ..."}
     ctx = _idep_ctx(
@@ -176,6 +177,7 @@ def test_applied_already_asks_the_registry_nothing():
     patch, transitions = status_patch(ctx.status, outcome, 1)
     assert "registry" not in patch
     assert not [t for t in transitions if t.type == ra.SYNCED]
+    assert outcome.requeue_after == 240  # when the check is due
 
 
 def test_a_served_version_without_a_registry_says_so_and_moves_nothing():

@@ -355,6 +355,10 @@ class ServingRegistry(ApiModel):
         default=None, description="The ModelVersion the canary alias names (none: on no version)."
     )
     canary_registry_version: str | None = Field(default=None, description="Its version in the registry.")
+    checked_time: str | None = Field(
+        default=None,
+        description="When the registry was last read or written to confirm these aliases (RFC 3339).",
+    )
 
 
 InferenceDeploymentPhase = Literal["Pending", "Progressing", "Paused", "Available", "Degraded", "Failed"]

@@ -26,12 +26,16 @@ from pydantic import ValidationError
 from ...api.v1alpha1 import InferenceDeploymentSpec, ModelVersionSpec
 from ...integrations.registry import RegistryRejectedError
 from ...k8s.conditions import ConditionUpdate, find_condition
+from ...k8s.events import Event
+from ...timeutil import from_rfc3339, to_rfc3339
 from ..base import MAX_MESSAGE, Outcome, outage_requeue
 from ..context import ReconcileContext
 from ..reads import read_object
 from ..registries import REGISTRY_ERRORS, open_registry, registered_model_name, registry_problem
 
 SYNCED = "RegistryAliasesSynced"
+ALIAS_RESTORED = "AliasRestored"  # an applied alias was found moved or deleted in the registry
+CHECKED = "checkedTime"
 NO_REGISTRY = "ModelVersionNotRegistered"  # the served ModelVersion has no registry version to name
 RECORD_KEYS = (
     "modelName",
@@ -152,14 +156,76 @@ def _describe(record: Mapping[str, Any]) -> str:
 
 
 def _with(
-    ctx: ReconcileContext, outcome: Outcome, condition: ConditionUpdate, record: Mapping[str, Any] | None
+    ctx: ReconcileContext,
+    outcome: Outcome,
+    condition: ConditionUpdate,
+    record: Mapping[str, Any] | None,
+    *,
+    checked: str | None = None,
 ) -> Outcome:
-    """The outcome with the condition and `status.registry`. The status is merge-patched: a key the
-    record no longer has is sent as null (once: the next status lacks it too)."""
+    """The outcome with the condition and `status.registry` (`checkedTime`: `checked`, else as it
+    was). The status is merge-patched: a key the record no longer has is sent as null (once: the
+    next status lacks it too)."""
     before: Mapping[str, Any] = ctx.status.get("registry") or {}
-    written = {**dict.fromkeys(before), **record} if record else None
+    written = None
+    if record:
+        written = {**dict.fromkeys(before), **record}
+        if checked or before.get(CHECKED):
+            written[CHECKED] = checked or before.get(CHECKED)
     fields = {**outcome.fields, "registry": written}
     return replace(outcome, conditions=(*outcome.conditions, condition), fields=fields)
+
+
+def _check_due(ctx: ReconcileContext, applied: Mapping[str, Any]) -> float | None:
+    """Seconds until the aliases are next read back from the registry (0: now); None: never."""
+    interval = ctx.config.registry_alias_check_seconds
+    if not interval:
+        return None
+    checked = applied.get(CHECKED)
+    if not checked:
+        return 0.0
+    elapsed = (ctx.now() - from_rfc3339(str(checked))).total_seconds()
+    return max(0.0, interval - elapsed)
+
+
+def _requeue(outcome: Outcome, seconds: float | None) -> Outcome:
+    if seconds is None:
+        return outcome
+    due = seconds if outcome.requeue_after is None else min(outcome.requeue_after, seconds)
+    return replace(outcome, requeue_after=max(due, 1.0))
+
+
+def _failed(ctx: ReconcileContext, outcome: Outcome, error: Exception, applied: Mapping[str, Any]) -> Outcome:
+    """Serving goes on as concluded; the record stays what was last applied, and the outage backoff
+    brings the reconcile back."""
+    said: Mapping[str, Any] = find_condition(ctx.status.get("conditions", []), SYNCED) or {}
+    reason, message = registry_problem(error, "moving spec.registryAliases")
+    failed = _with(ctx, outcome, ConditionUpdate(SYNCED, "False", reason, message[:MAX_MESSAGE]), applied)
+    since = said.get("lastTransitionTime") if said.get("reason") == reason else None
+    delay = outage_requeue(None, reason, ctx.now(), ctx.config, failing_since=since)
+    due = delay if failed.requeue_after is None else min(failed.requeue_after, delay)
+    return replace(failed, requeue_after=due)
+
+
+def _restore(
+    ctx: ReconcileContext, record: Mapping[str, Any], targets: Mapping[str, tuple[ModelVersionSpec, str]]
+) -> list[str]:
+    """Read the applied aliases back from the registry and put back any that is not on its version
+    any more (moved or deleted there by hand): what serves is what the registry must say."""
+    restored = []
+    for slot in ("stable", "canary"):
+        alias, name = record.get(f"{slot}Alias"), record.get(f"{slot}ModelVersion")
+        if not alias or not name or name not in targets:
+            continue
+        mv_spec, version = targets[name]
+        registry = open_registry(mv_spec, ctx)
+        found = registry.get(version)
+        if found is None:
+            raise RegistryRejectedError(f"version {version} ({name}) is gone from the registry")
+        if alias not in found.aliases:
+            registry.set_aliases(version, add=[alias], remove=[])
+            restored.append(f"{alias} -> version {version} ({name})")
+    return restored
 
 
 def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome) -> Outcome:
@@ -196,32 +262,37 @@ def sync(spec: InferenceDeploymentSpec, ctx: ReconcileContext, outcome: Outcome)
         (problem is None and said.get("status") == "True")
         or (problem is not None and said.get("status") == "False" and said.get("reason") == problem.reason)
     ):
-        # Applied already: the registry is not asked again.
+        # Applied already: the registry is asked again only when the periodic check is due.
         restated = ConditionUpdate(
             SYNCED,
             "True" if problem is None else "False",
             str(said.get("reason")),
             str(said.get("message") or ""),
         )
-        return _with(ctx, outcome, restated, record)
+        due = _check_due(ctx, applied) if problem is None else None
+        if due is None or due > 0:
+            return _requeue(_with(ctx, outcome, restated, record), due)
+        try:
+            restored = _restore(ctx, record, targets)
+        except REGISTRY_ERRORS as error:
+            return _failed(ctx, outcome, error, applied)
+        checked = _with(ctx, outcome, restated, record, checked=to_rfc3339(ctx.now()))
+        if restored:
+            note = f"put back in the registry (moved or deleted there): {', '.join(restored)}"
+            checked = replace(checked, events=(*checked.events, Event(ALIAS_RESTORED, note, "Warning")))
+        return _requeue(checked, ctx.config.registry_alias_check_seconds)
     try:
         for name, moves in plan(want, applied, status).items():
             _move(ctx, name, moves, targets)
     except REGISTRY_ERRORS as error:
-        reason, message = registry_problem(error, "moving spec.registryAliases")
-        # Serving goes on as concluded; the record stays what was last applied, and the outage
-        # backoff brings the reconcile back.
-        failed = _with(ctx, outcome, ConditionUpdate(SYNCED, "False", reason, message[:MAX_MESSAGE]), applied)
-        since = said.get("lastTransitionTime") if said.get("reason") == reason else None
-        delay = outage_requeue(None, reason, ctx.now(), ctx.config, failing_since=since)
-        due = delay if failed.requeue_after is None else min(failed.requeue_after, delay)
-        return replace(failed, requeue_after=due)
+        return _failed(ctx, outcome, error, applied)
     if problem is not None:
         # What could be applied was; what serves has no registry version to name (a change of the
         # ModelVersion wakes this object).
         return _with(ctx, outcome, ConditionUpdate(SYNCED, "False", problem.reason, problem.message), record)
     synced = ConditionUpdate(SYNCED, "True", "AliasesApplied", _describe(record)[:MAX_MESSAGE])
-    return _with(ctx, outcome, synced, record)
+    applied_now = _with(ctx, outcome, synced, record, checked=to_rfc3339(ctx.now()))
+    return _requeue(applied_now, ctx.config.registry_alias_check_seconds or None)
 
 
 def _move(
