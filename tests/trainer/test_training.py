@@ -150,6 +150,24 @@ def test_two_process_torchrun_with_gloo(
     assert summary["metrics"]["accuracy"] >= 0.9
     # Rank 0 alone wrote artifacts and checkpoints: one object per name, no duplicates from rank 1.
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="models/ddp/")["Contents"]]
-    assert sorted(keys) == ["models/ddp/metadata.json", "models/ddp/model.onnx", "models/ddp/model.pt"]
+    assert sorted(keys) == [
+        "models/ddp/input_example.json",
+        "models/ddp/metadata.json",
+        "models/ddp/model.onnx",
+        "models/ddp/model.pt",
+        "models/ddp/serving_input_example.json",
+    ]
+
+    # The input example (the registered MLflow Model's): one held-out sample as the model takes it.
+    def read(key: str) -> Any:
+        return json.loads(s3_client.get_object(Bucket=BUCKET, Key=f"models/ddp/{key}")["Body"].read())
+
+    example = read("input_example.json")
+    assert [len(example), len(example[0]), len(example[0][0]), len(example[0][0][0])] == [1, 1, 8, 8]
+    assert read("serving_input_example.json") == {"inputs": example}
+    assert read("metadata.json")["inputExample"] == {
+        "key": "input_example.json",
+        "servingKey": "serving_input_example.json",
+    }
     assert _latest_checkpoint_step(s3_client, "checkpoints/ddp") == summary["steps"]
     assert summary["steps"] > CHECKPOINT_INTERVAL
