@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -22,6 +21,10 @@ from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
 from tests.integration.conftest import create_s3_secret, start_operator
 from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
+from tests.integration.kube_objects import condition as _condition
+from tests.integration.kube_objects import get_object as _get
+from tests.integration.kube_objects import ready_model_version as _ready_version
+from tests.integration.kube_objects import wait_object as _wait
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -64,61 +67,6 @@ def served(
     finally:
         runner.stop()
         operator.stop()
-
-
-def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
-
-
-def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def _wait(
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    plural: str,
-    name: str,
-    check: Any,
-    what: str,
-    timeout: float = 180,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = _get(custom, namespace, plural, name)
-        return obj if check(obj) else None
-
-    try:
-        return wait_for(probe, what, timeout, interval=1)
-    except AssertionError as error:
-        status = _get(custom, namespace, plural, name).get("status")
-        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}") from None
-
-
-def _ready_version(
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    name: str,
-    engine: CompiledEngine,
-    registry: dict[str, Any] | None = None,
-) -> None:
-    body: dict[str, Any] = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {
-            "modelName": "digits",
-            "source": {"artifactURI": f"s3://{engine.bucket}/models/digits/"},
-            "evaluation": {"datasetRef": {"name": "digits"}, "latencyBatches": 10},
-            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
-        },
-    }
-    if registry:
-        body["spec"]["registry"] = registry
-    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-    _wait(
-        custom, namespace, "modelversions", name,
-        lambda o: o.get("status", {}).get("phase") == "Ready", f"ModelVersion {name} Ready",
-    )  # fmt: skip
 
 
 def _gone(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:

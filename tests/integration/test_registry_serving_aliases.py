@@ -26,6 +26,9 @@ from mlops_operator.dev.runner import LocalPodRunner, ServingRuntime
 from mlops_operator.dev.s3 import LOOPBACK_ENDPOINTS, LocalS3
 from tests.integration.conftest import OperatorProcess, create_s3_secret, start_operator
 from tests.integration.digits_engine import TRAINER, CompiledEngine, create_digits_dataset
+from tests.integration.kube_objects import condition as _condition
+from tests.integration.kube_objects import ready_model_version
+from tests.integration.kube_objects import wait_object as _wait
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -75,35 +78,6 @@ def served(
         operator.stop()
 
 
-def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = custom.get_namespaced_custom_object(G, V, namespace, plural, name)
-    return obj
-
-
-def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def _wait(
-    custom: client.CustomObjectsApi,
-    namespace: str,
-    plural: str,
-    name: str,
-    check: Any,
-    what: str,
-    timeout: float = 120,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = _get(custom, namespace, plural, name)
-        return obj if check(obj) else None
-
-    try:
-        return wait_for(probe, what, timeout, interval=0.5)
-    except AssertionError as error:
-        status = _get(custom, namespace, plural, name).get("status")
-        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}") from None
-
-
 def _ready_version(
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -112,25 +86,7 @@ def _ready_version(
     registry: dict[str, Any],
 ) -> str:
     """The ModelVersion compiled, evaluated and registered: its registry version."""
-    body = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {
-            "modelName": "digits",
-            "source": {"artifactURI": f"s3://{engine.bucket}/models/digits/"},
-            "evaluation": {"datasetRef": {"name": "digits"}, "latencyBatches": 10},
-            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
-            "registry": registry,
-        },
-    }
-    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", body)
-    ready = _wait(
-        custom, namespace, "modelversions", name,
-        lambda o: o.get("status", {}).get("phase") in ("Ready", "Rejected", "Failed"),
-        f"ModelVersion {name} compiled, evaluated and registered", 240,
-    )  # fmt: skip
-    assert ready["status"]["phase"] == "Ready", ready["status"]
+    ready = ready_model_version(custom, namespace, name, engine, registry)
     return str(ready["status"]["registry"]["version"])
 
 

@@ -131,19 +131,7 @@ def version_request(spec: ModelVersionSpec, ctx: ReconcileContext, tags: Mapping
         else None
     )
     lineage: Mapping[str, Any] = status.get("lineage") or {}
-    engine_summary = {
-        k: engine[k]
-        for k in (
-            "format",
-            "precision",
-            "tensorrtVersion",
-            "gpu",
-            "gpuProduct",
-            "computeCapability",
-            "sizeBytes",
-        )
-        if engine.get(k) is not None
-    }
+    engine_summary = {k: engine[k] for k in _ENGINE_FIELDS if engine.get(k) is not None}
     metadata: dict[str, Any] = {
         "modelVersion": f"{ctx.namespace}/{ctx.name}",
         "uid": ctx.uid,
