@@ -13,7 +13,15 @@ from pathlib import Path
 from mlops_trainer import cli
 
 IMAGE_DIR = Path(__file__).resolve().parents[2] / "trainer-image"
-COMMANDS = {"train", "compile", "evaluate", "validate-data", "write-demo-data", "fetch-model-repository"}
+COMMANDS = {
+    "train",
+    "compile",
+    "evaluate",
+    "validate-data",
+    "write-demo-data",
+    "drift",
+    "fetch-model-repository",
+}
 
 
 def _instructions() -> list[tuple[str, str]]:

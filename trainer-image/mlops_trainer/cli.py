@@ -1,4 +1,4 @@
-"""`mlops-trainer train|compile|evaluate|validate-data|write-demo-data|fetch-model-repository`.
+"""`mlops-trainer train|compile|evaluate|validate-data|write-demo-data|drift|fetch-model-repository`.
 
 Each flag has an environment variable (named in its help); the flag wins. Every command ends by
 writing the JSON result summary to the termination-message path and exiting with a code from
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlops_contract import drift as drift_contract
 from mlops_contract import envvars
 
 from . import __version__
@@ -153,6 +154,32 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate(settings)
 
 
+def _drift(args: argparse.Namespace) -> dict[str, Any]:
+    from .drift import DriftSettings, drift, parse_columns  # noqa: PLC0415
+
+    column_threshold = args.column_threshold
+    settings = DriftSettings(
+        engine_uri=args.engine_uri or "",
+        dataset_uri=args.dataset_uri or "",
+        reference_uri=args.reference_uri or "",
+        output_uri=args.output_uri or "",
+        reference_dataset_uri=args.reference_dataset_uri,
+        split=args.split or "test",
+        method=args.method,
+        column_threshold=None
+        if column_threshold is None
+        else _float(column_threshold, 0.0, "column threshold"),
+        share_threshold=_float(
+            args.share_threshold, drift_contract.DEFAULT_SHARE_THRESHOLD, "share threshold"
+        ),
+        columns=parse_columns(args.columns),
+        max_samples=_int(args.max_samples, drift_contract.MAX_SAMPLES, "max samples"),
+        reference_fingerprint=args.reference_fingerprint,
+        current_fingerprint=args.current_fingerprint,
+    )
+    return drift(settings)
+
+
 def _fetch_model_repository(args: argparse.Namespace) -> dict[str, Any]:
     from .model_repository import fetch_model_repository  # noqa: PLC0415
 
@@ -242,6 +269,54 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(evaluate, "--batch-size", envvars.EVAL_BATCH_SIZE, "batch size (the engine's max)")
     _flag(evaluate, "--warmup-batches", envvars.EVAL_WARMUP_BATCHES, "untimed warm-up batches (10)")
     _flag(evaluate, "--latency-batches", envvars.EVAL_LATENCY_BATCHES, "timed batches (100)")
+
+    check = command(
+        "drift", _drift, "compare the current data with the served model's training data (Evidently)"
+    )
+    _flag(check, "--engine-uri", drift_contract.ENGINE_URI, "the served model's compile output prefix")
+    _flag(check, "--dataset-uri", envvars.DATASET_URI, "the current data set's prefix")
+    _flag(check, "--split", drift_contract.SPLIT, "split of the current data to check (test)")
+    _flag(
+        check, "--reference-uri", drift_contract.REFERENCE_URI, f"prefix of {drift_contract.REFERENCE_FILE}"
+    )
+    _flag(
+        check,
+        "--reference-dataset-uri",
+        drift_contract.REFERENCE_DATASET_URI,
+        "training data set, read only when the reference profile is missing",
+    )
+    _flag(check, "--output-uri", drift_contract.OUTPUT_URI, "prefix for the HTML report and result.json")
+    # No argparse choices: a bad value, from the flag or the env, is a ConfigError with a summary.
+    methods = ", ".join(sorted(drift_contract.METHODS))
+    _flag(check, "--method", drift_contract.METHOD, f"test for every column: {methods} (Evidently chooses)")
+    _flag(
+        check, "--column-threshold", drift_contract.COLUMN_THRESHOLD, "the method's threshold (Evidently's)"
+    )
+    _flag(
+        check,
+        "--share-threshold",
+        drift_contract.SHARE_THRESHOLD,
+        f"drifted share of columns at which the data drifted ({drift_contract.DEFAULT_SHARE_THRESHOLD})",
+    )
+    _flag(check, "--columns", drift_contract.COLUMNS, "JSON list of columns to test (all)")
+    _flag(
+        check,
+        "--max-samples",
+        drift_contract.MAX_SAMPLES_ENV,
+        f"rows sampled per side ({drift_contract.MAX_SAMPLES})",
+    )
+    _flag(
+        check,
+        "--reference-fingerprint",
+        drift_contract.REFERENCE_FINGERPRINT,
+        "fail if the training data's differs",
+    )
+    _flag(
+        check,
+        "--current-fingerprint",
+        drift_contract.CURRENT_FINGERPRINT,
+        "fail if the current data's differs",
+    )
 
     fetch = command(
         "fetch-model-repository",

@@ -7,6 +7,7 @@ seeded, so the same call always writes byte-identical objects and the same finge
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,16 +58,32 @@ def write_digits_to_store(
     store: ObjectStore, *, shard_records: int = 256, test_fraction: float = 0.2, seed: int = 0
 ) -> WrittenDataset:
     """Write shards, then schema.json, then the manifest last, so a reader never sees a partial set."""
+    return write_image_dataset(store, _digits_splits(test_fraction, seed), shard_records=shard_records)
+
+
+def write_image_dataset(
+    store: ObjectStore,
+    splits: Mapping[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+    *,
+    max_value: float = DIGITS_MAX_VALUE,
+    num_classes: int = 10,
+    shard_records: int = 256,
+) -> WrittenDataset:
+    """Write uint8 images and int64 labels per split in the trainer's format (shards, schema, manifest
+    last); e.g. the digits with shifted brightness, a drifted batch for the drift check."""
     entries: list[ManifestEntry] = []
     records: dict[str, int] = {}
-    for split, (images, labels) in _digits_splits(test_fraction, seed).items():
+    shapes = {tuple(images.shape[1:]) for images, _ in splits.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"splits hold images of different shapes {sorted(shapes)}")
+    for split, (images, labels) in splits.items():
         records[split] = len(labels)
         for index, start in enumerate(range(0, len(labels), shard_records)):
             key = f"{split}/shard-{index:05d}.npz"
             data = encode_shard(
                 {
-                    "images": images[start : start + shard_records],
-                    "labels": labels[start : start + shard_records],
+                    "images": images[start : start + shard_records].astype(np.uint8),
+                    "labels": labels[start : start + shard_records].astype(np.int64),
                 }
             )
             store.write_atomic(key, data)
@@ -76,11 +93,11 @@ def write_digits_to_store(
     schema = Schema(
         feature_name="images",
         feature_dtype="uint8",
-        feature_shape=(8, 8),
-        feature_max_value=DIGITS_MAX_VALUE,
+        feature_shape=shapes.pop(),
+        feature_max_value=max_value,
         label_name="labels",
         label_dtype="int64",
-        num_classes=10,
+        num_classes=num_classes,
         split_records=records,
     )
     schema_bytes = json.dumps(schema.to_json(), indent=2, sort_keys=True).encode()
@@ -94,6 +111,13 @@ def write_digits_to_store(
         fingerprint=fingerprint(entries),
         records=records,
     )
+
+
+def digits_splits(
+    test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """The demo's train and test splits in memory: uint8 images (n, 8, 8) in 0..16, int64 labels."""
+    return _digits_splits(test_fraction, seed)
 
 
 def write_digits_dataset(

@@ -57,6 +57,7 @@ class ObjectStore(Protocol):
     def read(self, key: str) -> bytes: ...
     def write(self, key: str, data: bytes) -> None: ...
     def write_atomic(self, key: str, data: bytes) -> None: ...
+    def write_new(self, key: str, data: bytes) -> bool: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -172,6 +173,28 @@ class S3ObjectStore:
             finally:
                 self.client.delete_object(Bucket=self.bucket, Key=temp_key)
 
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Write `key` only when no object has that name (one conditional PUT, `If-None-Match: *`).
+
+        Returns False, leaving the existing object as it is, when one was there first. A store that
+        ignores the condition (older S3-compatible servers) overwrites: callers write content that is
+        deterministic, so a lost race there replaces it with the same bytes.
+        """
+        from botocore.exceptions import ClientError  # noqa: PLC0415
+
+        with _s3_errors(self.uri(key)):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            except ClientError as exc:
+                # 412: the object exists; 409: a concurrent conditional write to it is in progress.
+                if str(exc.response.get("Error", {}).get("Code", "")) in {
+                    "PreconditionFailed",
+                    "ConditionalRequestConflict",
+                }:
+                    return False
+                raise
+        return True
+
     def exists(self, key: str) -> bool:
         try:
             self.size(key)
@@ -239,6 +262,23 @@ class LocalObjectStore:
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Write a temporary file, then hard-link it to `key`: the link fails when `key` exists."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temp_name, path)
+        except FileExistsError:
+            return False
+        finally:
+            Path(temp_name).unlink(missing_ok=True)
+        return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
