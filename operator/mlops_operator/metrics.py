@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -149,3 +149,47 @@ def observe_reconcile(kind: str) -> Iterator[None]:
         yield
     finally:
         RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+DRIFT_SHARE = Gauge(
+    "mlops_drift_share",
+    "A DriftMonitor's drifted share of the tested columns at its last successful check.",
+    ["namespace", "name"],
+)
+DRIFT_COLUMN_SCORE = Gauge(
+    "mlops_drift_column_score",
+    "A DriftMonitor's per-column drift score at its last successful check (the columns of the check's "
+    "summary only, at most 12), by the statistical test used.",
+    ["namespace", "name", "column", "method"],
+)
+DRIFT_DRIFTED = Gauge(
+    "mlops_drift_drifted",
+    "1 while a DriftMonitor's Drifted condition is True (its last check found the data drifted), else 0.",
+    ["namespace", "name"],
+)
+_DRIFT_COLUMNS: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+
+def set_drift(
+    namespace: str, name: str, drifted: bool, share: float | None, columns: list[tuple[str, str, float]]
+) -> None:
+    """The drift gauges of one DriftMonitor after a check: the old column series go, the new come."""
+    key = (namespace, name)
+    DRIFT_DRIFTED.labels(namespace=namespace, name=name).set(1 if drifted else 0)
+    if share is not None:
+        DRIFT_SHARE.labels(namespace=namespace, name=name).set(share)
+    seen = {(column, method) for column, method, _ in columns}
+    for column, method in _DRIFT_COLUMNS.get(key, set()) - seen:
+        DRIFT_COLUMN_SCORE.remove(namespace, name, column, method)
+    for column, method, score in columns:
+        DRIFT_COLUMN_SCORE.labels(namespace=namespace, name=name, column=column, method=method).set(score)
+    _DRIFT_COLUMNS[key] = seen
+
+
+def forget_drift(namespace: str, name: str) -> None:
+    """A deleted DriftMonitor's series go with it."""
+    for column, method in _DRIFT_COLUMNS.pop((namespace, name), set()):
+        DRIFT_COLUMN_SCORE.remove(namespace, name, column, method)
+    for gauge in (DRIFT_SHARE, DRIFT_DRIFTED):
+        with suppress(KeyError):
+            gauge.remove(namespace, name)

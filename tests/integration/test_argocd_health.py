@@ -104,10 +104,14 @@ def test_every_phase_has_the_health_argocd_should_show(
     objects.create(_run("orphan", bucket, datasetRef={"name": "nowhere"}))
     objects.create(load(SAMPLES / "03-modelversion.yaml"))
     objects.create(load(SAMPLES / "04-inferencedeployment.yaml"))
+    monitor = load(SAMPLES / "05-driftmonitor.yaml")
+    monitor["spec"] = {"modelVersionRef": {"name": "digits-cnn-v1"}, "currentDatasetRef": {"name": "digits"}}
+    objects.create(monitor)
     objects.check("dataset-no-status", objects.get("Dataset", "digits"))
     objects.check("trainingrun-no-status", objects.get("TrainingRun", "orphan"))
     objects.check("modelversion-no-status", objects.get("ModelVersion", "digits-cnn-v1"))
     objects.check("inferencedeployment-no-status", objects.get("InferenceDeployment", "digits"))
+    objects.check("driftmonitor-no-status", objects.get("DriftMonitor", "digits"))
 
     operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
     try:
@@ -136,6 +140,10 @@ def test_every_phase_has_the_health_argocd_should_show(
         objects.check(
             "inferencedeployment-modelversion-not-ready",
             objects.wait_reason("InferenceDeployment", "digits", "ModelVersionNotReady"),
+        )
+        objects.check(
+            "driftmonitor-modelversion-not-ready",
+            objects.wait_reason("DriftMonitor", "digits", "ModelVersionNotReady"),
         )
         objects.check(
             "trainingrun-dataset-not-found", objects.wait_reason("TrainingRun", "orphan", "DatasetNotFound")

@@ -55,6 +55,7 @@ ALERTS = {
     "MlopsOperatorReplicaDown",
     "MlopsTrainingRunsStuck",
     "MlopsInferenceDeploymentsDegraded",
+    "MlopsDriftDetected",
     "MlopsTrainingFailureRateHigh",
     "MlopsReconcileErrorsHigh",
     "MlopsReconcileUnexpectedErrors",

@@ -28,6 +28,7 @@ def test_crds_command_writes_files(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "kopf.dev_peerings.yaml",
         "mlops.dev_datasets.yaml",
+        "mlops.dev_driftmonitors.yaml",
         "mlops.dev_inferencedeployments.yaml",
         "mlops.dev_modelversions.yaml",
         "mlops.dev_trainingruns.yaml",

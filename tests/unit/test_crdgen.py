@@ -96,6 +96,7 @@ def test_short_names_are_the_documented_ones():
         "TrainingRun": ("tr",),
         "ModelVersion": ("mv",),
         "InferenceDeployment": ("idep",),
+        "DriftMonitor": ("dm",),
     }
 
 

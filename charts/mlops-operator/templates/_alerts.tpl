@@ -71,6 +71,21 @@ nothing, so `max by` keeps one series per kind/phase however many replicas are s
           analysis failed, the Rollout aborted it and the stable version serves all traffic. The
           Ready condition names the failed metric and its value (`kubectl get idep -A`); point
           modelVersionRef at a fixed version to start a new canary.
+    - alert: MlopsDriftDetected
+      expr: max by (namespace, name) (mlops_drift_drifted{job="{{ $job }}"}) == 1
+      for: {{ $r.driftMinutes }}m
+      labels:
+        severity: warning
+        {{- with $extra }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        summary: 'DriftMonitor {{ "{{ $labels.namespace }}/{{ $labels.name }}" }} reports drift.'
+        description: >-
+          The DriftMonitor {{ "{{ $labels.namespace }}/{{ $labels.name }}" }} has been Drifted for
+          {{ $r.driftMinutes }} minutes: the newly landed data no longer looks like the served model's
+          training data. Its status names the drifted columns and the Evidently report
+          (`kubectl get dm -n {{ "{{ $labels.namespace }}" }} {{ "{{ $labels.name }}" }} -o yaml`).
     - alert: MlopsTrainingFailureRateHigh
       expr: |-
         sum(increase(mlops_training_duration_seconds_count{job="{{ $job }}", result="Failed"}[1h]))

@@ -47,6 +47,7 @@ from ..metrics import (
     RECONCILE_ERRORS,
     RECONCILE_TOTAL,
     STATUS_WRITES,
+    forget_drift,
     observe_reconcile,
 )
 from ..settings import OperatorConfig
@@ -155,6 +156,8 @@ class Engine:
             self.queue.forget(key)
             self._failures.pop(key, None)
             PHASES.set(*key, None)
+            if info.kind == "DriftMonitor":
+                forget_drift(key[1], key[2])
         else:
             self.cache.upsert(info.kind, body)
             self.queue.add(key)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.cache import Cache, ObjectKey
-from . import dataset, inferencedeployment, modelversion, trainingrun
+from . import dataset, driftmonitor, inferencedeployment, modelversion, trainingrun
 from .base import Result
 from .context import ReconcileContext
 
@@ -37,14 +37,23 @@ def _all(*functions: Dependents) -> Dependents:
 
 HANDLERS: dict[str, KindHandler] = {
     "Dataset": KindHandler(
-        dataset.reconcile, _all(trainingrun.waiting_on_dataset, modelversion.waiting_on_dataset)
+        dataset.reconcile,
+        _all(trainingrun.waiting_on_dataset, modelversion.waiting_on_dataset, driftmonitor.watching_dataset),
     ),
-    "TrainingRun": KindHandler(trainingrun.reconcile, modelversion.waiting_on_training),
+    "TrainingRun": KindHandler(
+        trainingrun.reconcile, _all(modelversion.waiting_on_training, driftmonitor.watching_training)
+    ),
     "ModelVersion": KindHandler(
         modelversion.reconcile,
-        _all(modelversion.sharing_a_model, inferencedeployment.waiting_on_modelversion),
+        _all(
+            modelversion.sharing_a_model,
+            inferencedeployment.waiting_on_modelversion,
+            driftmonitor.watching_modelversion,
+        ),
     ),
     "InferenceDeployment": KindHandler(
-        inferencedeployment.reconcile, _all(modelversion.served_by, modelversion.aliases_moved_by)
+        inferencedeployment.reconcile,
+        _all(modelversion.served_by, modelversion.aliases_moved_by, driftmonitor.watching_deployment),
     ),
+    "DriftMonitor": KindHandler(driftmonitor.reconcile),
 }

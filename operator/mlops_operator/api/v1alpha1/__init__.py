@@ -2,6 +2,7 @@
 
 from .common import API_VERSION, GROUP, VERSION, Condition, LocalObjectReference, SecretKeyReference
 from .dataset import DatasetSpec, DatasetStatus
+from .driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from .inferencedeployment import InferenceDeploymentSpec, InferenceDeploymentStatus
 from .kinds import KINDS, KindInfo, PrinterColumn, kind_by_name
 from .modelversion import ModelVersionSpec, ModelVersionStatus
@@ -15,6 +16,8 @@ __all__ = [
     "Condition",
     "DatasetSpec",
     "DatasetStatus",
+    "DriftMonitorSpec",
+    "DriftMonitorStatus",
     "InferenceDeploymentSpec",
     "InferenceDeploymentStatus",
     "KindInfo",

@@ -1,4 +1,4 @@
-"""The four kinds: names, printer columns and their spec/status models, in one table."""
+"""The kinds: names, printer columns and their spec/status models, in one table."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .common import ObjectMeta, StatusBase
 from .dataset import DatasetSpec, DatasetStatus
+from .driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from .inferencedeployment import InferenceDeploymentSpec, InferenceDeploymentStatus
 from .modelversion import ModelVersionSpec, ModelVersionStatus
 from .trainingrun import TrainingRunSpec, TrainingRunStatus
@@ -153,6 +154,28 @@ KINDS: tuple[KindInfo, ...] = (
             PrinterColumn("Canary", ".status.canaryVersion"),
             PrinterColumn("Weight", ".status.canaryWeight", "integer"),
             PrinterColumn("Endpoint", ".status.endpoint", priority=1),
+            READY,
+            AGE,
+        ),
+    ),
+    KindInfo(
+        kind="DriftMonitor",
+        plural="driftmonitors",
+        short_names=("dm",),
+        spec_model=DriftMonitorSpec,
+        status_model=DriftMonitorStatus,
+        description="Checks newly landed data against a served model's training data for drift (Evidently).",
+        printer_columns=(
+            PHASE,
+            PrinterColumn(
+                "Drifted", '.status.conditions[?(@.type=="Drifted")].status', description="Drifted condition"
+            ),
+            PrinterColumn("Share", ".status.driftShare", "number", "Drifted share of the tested columns."),
+            PrinterColumn("Current", ".status.currentFingerprint", description="Current data last checked."),
+            PrinterColumn("Last Check", ".status.lastCheckTime", "date"),
+            PrinterColumn("Columns", ".status.driftedColumns", priority=1),
+            PrinterColumn("Model", ".status.modelVersion", priority=1),
+            PrinterColumn("Report", ".status.reportURI", priority=1),
             READY,
             AGE,
         ),
