@@ -268,6 +268,20 @@ class ColumnResult:
         }
 
 
+def _stattest_ids() -> dict[str, str]:
+    """Evidently's stattest names by display name: a method Evidently chose is reported by its display
+    name ("K-S p_value"), one the spec set by its name ("ks"); the summary always says the name."""
+    try:
+        from evidently.legacy.calculations.stattests.registry import _registered_stat_tests  # noqa: PLC0415
+    except ImportError:  # a later Evidently moved it: display names then
+        return {}
+    return {
+        test.display_name: test.name
+        for by_type in _registered_stat_tests.values()
+        for test in by_type.values()
+    }
+
+
 def run_evidently(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -300,6 +314,7 @@ def run_evidently(
         for test in result["tests"]
         if test.get("id") == "drift"
     }
+    method_ids = _stattest_ids()
     found: dict[str, ColumnResult] = {}
     for metric in result["metrics"]:
         config = metric["config"]
@@ -309,7 +324,7 @@ def run_evidently(
             raise DataError(f"Evidently reported no drift test for column {config['column']!r}")
         found[str(config["column"])] = ColumnResult(
             name=str(config["column"]),
-            method=str(config["method"]),
+            method=method_ids.get(str(config["method"]), str(config["method"])),
             score=float(metric["value"]),
             threshold=float(config["threshold"]),
             drifted=failed[metric["id"]],
