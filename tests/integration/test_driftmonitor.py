@@ -1,0 +1,242 @@
+"""DriftMonitor on the real control plane: a check Job per new current-data fingerprint, its result
+into status, conditions, events and metrics, exactly one Job per check across a kill -9.
+
+The check's workload (`mlops-trainer drift`, Evidently) is not run here: the pods run on simulated
+(kwok) nodes, and each check's pod is finished by hand with a result summary crafted per
+mlops_contract.drift, as the ModelVersion tests finish compile and evaluate Jobs. The real workload
+runs in a later integration test once that command lands in the trainer image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from mlops_contract import drift, envvars
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlops_operator.dev.controlplane import ControlPlane
+from mlops_operator.dev.s3 import LocalS3
+from tests.integration.conftest import _dataset_body, start_operator
+from tests.integration.test_modelversion import _finish_stage, _summary, compiled, evaluated
+from tests.integration.test_trainingrun import SUCCESS, _run
+from tests.waiting import wait_for, wait_for_events
+
+G, V = "mlops.dev", "v1alpha1"
+
+
+def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
+
+
+def _condition(obj: dict[str, Any], type_: str = "Ready") -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _wait_phase(
+    custom: client.CustomObjectsApi, namespace: str, plural: str, name: str, phase: str
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = _get(custom, namespace, plural, name)
+        return obj if obj.get("status", {}).get("phase") == phase else None
+
+    try:
+        return wait_for(probe, f"{plural} {name} to be {phase}", 60)
+    except AssertionError as error:
+        status = _get(custom, namespace, plural, name).get("status")
+        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}") from None
+
+
+def _jobs(batch: client.BatchV1Api, namespace: str) -> list[str]:
+    jobs = batch.list_namespaced_job(namespace, label_selector="mlops.dev/driftmonitor=dm").items
+    return sorted(j.metadata.name for j in jobs if not j.metadata.deletion_timestamp)
+
+
+def _env(job: Any) -> dict[str, Any]:
+    container = job.spec.template.spec.containers[0]
+    return {e.name: e.value if e.value is not None else e.value_from for e in container.env}
+
+
+def _check_summary(drifted: bool, columns: list[tuple[str, float, bool]], report: str) -> str:
+    entries = [
+        {
+            drift.NAME: n,
+            drift.COLUMN_METHOD: "wasserstein",
+            drift.SCORE: s,
+            drift.THRESHOLD: 0.1,
+            drift.COLUMN_DRIFTED: d,
+        }
+        for n, s, d in columns
+    ]
+    count = sum(d for _, _, d in columns)
+    return _summary(
+        "drift",
+        artifacts={drift.ARTIFACT_REPORT: report},
+        drift={
+            drift.DRIFTED: drifted,
+            drift.SHARE: count / len(columns),
+            drift.THRESHOLD: 0.5,
+            drift.COLUMNS_FIELD: entries,
+            drift.COLUMN_COUNT: len(columns),
+            drift.DRIFTED_COUNT: count,
+            drift.REFERENCE_ROWS: 100,
+            drift.CURRENT_ROWS: 50,
+        },
+    )
+
+
+def _landed(s3: LocalS3, bucket: str, prefix: str) -> dict[str, Any]:
+    for i in range(2):
+        s3.client().put_object(Bucket=bucket, Key=f"{prefix}/part-{i}.npz", Body=f"{prefix}{i}".encode() * 16)
+    body = _dataset_body(s3, bucket)
+    body["metadata"] = {"name": "landed"}
+    body["spec"]["source"]["uri"] = f"s3://{bucket}/{prefix}/"
+    return body
+
+
+def test_checks_run_per_new_fingerprint_report_drift_and_survive_a_kill(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    dataset: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    batch = client.BatchV1Api(core.api_client)
+    bucket = dataset
+    operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
+    try:
+        # A served model with lineage: a TrainingRun on `digits`, a ModelVersion compiled from it.
+        custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("r1", bucket))
+        _finish_stage(core, namespace, "r1-a1", SUCCESS)
+        run = _wait_phase(custom, namespace, "trainingruns", "r1", "Succeeded")
+        mv = {
+            "apiVersion": f"{G}/{V}",
+            "kind": "ModelVersion",
+            "metadata": {"name": "mv"},
+            "spec": {"modelName": "digits", "source": {"trainingRunRef": {"name": "r1"}}},
+        }
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", mv)
+        engine = f"s3://{bucket}/engine/model.onnx"
+        _finish_stage(core, namespace, "mv-compile-a1", compiled(engine))
+        _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
+        mv = _wait_phase(custom, namespace, "modelversions", "mv", "Ready")
+        model_uri = mv["status"]["lineage"]["sourceURI"].rstrip("/") + "/"
+
+        custom.create_namespaced_custom_object(G, V, namespace, "datasets", _landed(s3, bucket, "landed-1"))
+        landed = _wait_phase(custom, namespace, "datasets", "landed", "Ready")
+        monitor = {
+            "apiVersion": f"{G}/{V}",
+            "kind": "DriftMonitor",
+            "metadata": {"name": "dm"},
+            "spec": {
+                "modelVersionRef": {"name": "mv"},
+                "currentDatasetRef": {"name": "landed"},
+                "method": "wasserstein",
+                "columnThreshold": 0.1,
+            },
+        }
+        custom.create_namespaced_custom_object(G, V, namespace, "driftmonitors", monitor)
+
+        # One check Job, with the contract's environment.
+        wait_for(lambda: _jobs(batch, namespace) == ["dm-check-1-a1"], "the first check Job", 60)
+        env = _env(batch.read_namespaced_job("dm-check-1-a1", namespace))
+        assert env[envvars.DATASET_URI] == f"s3://{bucket}/landed-1/"
+        assert env[drift.CURRENT_FINGERPRINT] == landed["status"]["fingerprint"]
+        assert env[drift.REFERENCE_DATASET_URI] == f"s3://{bucket}/digits/"
+        assert env[drift.REFERENCE_FINGERPRINT] == run["status"]["datasetFingerprint"]
+        assert env[drift.ENGINE_URI] == mv["status"]["engine"]["uri"] == engine
+        assert env[drift.REFERENCE_URI] == f"{model_uri}drift-reference/"
+        assert env[drift.OUTPUT_URI].startswith(f"{model_uri}drift/dm-")
+        assert env[drift.OUTPUT_URI].endswith("/check-1/")
+        assert env[drift.METHOD] == "wasserstein"
+        assert env[envvars.AWS_ACCESS_KEY_ID].secret_key_ref.name == "s3-credentials"
+        checking = _wait_phase(custom, namespace, "driftmonitors", "dm", "Checking")
+        assert checking["status"]["check"]["trigger"] == "FirstCheck"
+
+        # A drifted result: Drifted=True with the columns and the report, a Warning event, metrics.
+        report = f"{env[drift.OUTPUT_URI]}{drift.REPORT_FILE}"
+        columns = [("brightness", 0.42, True), ("entropy", 0.3, True), ("contrast", 0.01, False)]
+        _finish_stage(core, namespace, "dm-check-1-a1", _check_summary(True, columns, report))
+        drifted = _wait_phase(custom, namespace, "driftmonitors", "dm", "Drifted")
+        status = drifted["status"]
+        assert _condition(drifted, "Drifted")["status"] == "True"
+        assert _condition(drifted)["status"] == "True"
+        assert [c["name"] for c in status["columns"] if c["drifted"]] == ["brightness", "entropy"]
+        assert status["columns"][0] == {
+            "name": "brightness",
+            "method": "wasserstein",
+            "score": 0.42,
+            "threshold": 0.1,
+            "drifted": True,
+        }
+        assert status["reportURI"] == report
+        assert status["driftShare"] == round(2 / 3, 6)
+        assert status["currentFingerprint"] == landed["status"]["fingerprint"]
+        assert status["referenceFingerprint"] == run["status"]["datasetFingerprint"]
+        assert status["lastCheck"]["number"] == 1
+        assert "check" not in status
+        events = wait_for_events(
+            core,
+            namespace,
+            "dm",
+            lambda es: any(e.reason == "DriftDetected" and e.type == "Warning" for e in es),
+            "a DriftDetected Warning",
+        )
+        assert sum(e.reason == "DriftDetected" for e in events) == 1
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(operator.metrics())
+            for sample in family.samples
+        }
+        ours = (("name", "dm"), ("namespace", namespace))
+        assert samples[("mlops_drift_share", ours)] == round(2 / 3, 6)
+        assert samples[("mlops_drift_drifted", ours)] == 1
+        brightness = tuple(sorted((*ours, ("column", "brightness"), ("method", "wasserstein"))))
+        assert samples[("mlops_drift_column_score", brightness)] == 0.42
+        scored = {dict(k[1])["column"] for k in samples if k[0] == "mlops_drift_column_score"}
+        assert scored == {"brightness", "entropy", "contrast"}
+        # The finished Job is cleaned up, and nothing new is due: no second Job.
+        wait_for(lambda: _jobs(batch, namespace) == [] or None, "the finished check Job to go", 30)
+        time.sleep(3)
+        assert _jobs(batch, namespace) == []
+
+        # New data lands: exactly one new check, also across an operator kill -9.
+        patch = {"spec": {"source": {"uri": f"s3://{bucket}/landed-2/"}}}
+        _landed(s3, bucket, "landed-2")
+        custom.patch_namespaced_custom_object(G, V, namespace, "datasets", "landed", patch)
+        wait_for(lambda: _jobs(batch, namespace) == ["dm-check-2-a1"], "the second check Job", 60)
+        operator.process.kill()
+        operator.process.wait(10)
+        operator = start_operator(control_plane, namespace, tmp_path / "operator-2.log")
+        time.sleep(3)
+        assert _jobs(batch, namespace) == ["dm-check-2-a1"]
+        second = _get(custom, namespace, "driftmonitors", "dm")
+        assert second["status"]["check"]["trigger"] == "NewData"
+        new_fingerprint = _get(custom, namespace, "datasets", "landed")["status"]["fingerprint"]
+        assert new_fingerprint != landed["status"]["fingerprint"]
+        assert (
+            _env(batch.read_namespaced_job("dm-check-2-a1", namespace))[drift.CURRENT_FINGERPRINT]
+            == new_fingerprint
+        )
+
+        # A quiet result: Drifted turns False with no Warning, the columns follow.
+        quiet = [("brightness", 0.02, False), ("entropy", 0.01, False)]
+        _finish_stage(core, namespace, "dm-check-2-a1", _check_summary(False, quiet, report))
+        calm = _wait_phase(custom, namespace, "driftmonitors", "dm", "NoDrift")
+        assert _condition(calm, "Drifted")["status"] == "False"
+        assert calm["status"]["lastCheck"]["number"] == 2
+        assert calm["status"]["currentFingerprint"] == new_fingerprint
+        assert calm["status"].get("driftedColumns") is None
+        wait_for(lambda: _jobs(batch, namespace) == [] or None, "the second check Job to go", 30)
+        time.sleep(3)
+        assert _jobs(batch, namespace) == []
+        events = list(core.list_namespaced_event(namespace, field_selector="involvedObject.name=dm").items)
+        assert sum(e.reason == "DriftDetected" for e in events) == 1
+        assert not [e for e in events if e.type == "Warning" and e.reason != "DriftDetected"]
+    finally:
+        operator.stop()
