@@ -110,9 +110,12 @@ def test_printer_columns_and_category(
             "trainingrun.mlops.dev/digits-cnn-r1",
             "modelversion.mlops.dev/digits-cnn-v1",
             "inferencedeployment.mlops.dev/digits",
+            "driftmonitor.mlops.dev/digits",
         ]
     )
-    for short in ("dset", "tr", "mv", "idep"):
+    header = control_plane.kubectl("get", "dm", "-n", namespace).stdout.splitlines()[0]
+    assert header.split() == ["NAME", "PHASE", "DRIFTED", "SHARE", "CURRENT", "LAST", "CHECK", "READY", "AGE"]
+    for short in ("dset", "tr", "mv", "idep", "dm"):
         assert control_plane.kubectl("get", short, "-n", namespace, "-o", "name").stdout.strip()
 
 
