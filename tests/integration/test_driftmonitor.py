@@ -97,6 +97,43 @@ def _landed(s3: LocalS3, bucket: str, prefix: str) -> dict[str, Any]:
     return body
 
 
+def _served_model(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, bucket: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A Ready ModelVersion `mv` with lineage: TrainingRun r1 on `digits`, compile and evaluate
+    finished by hand. Returns the run, the version and the trained model's prefix."""
+    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("r1", bucket))
+    _finish_stage(core, namespace, "r1-a1", SUCCESS)
+    run = _wait_phase(custom, namespace, "trainingruns", "r1", "Succeeded")
+    mv = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelVersion",
+        "metadata": {"name": "mv"},
+        "spec": {"modelName": "digits", "source": {"trainingRunRef": {"name": "r1"}}},
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "modelversions", mv)
+    _finish_stage(core, namespace, "mv-compile-a1", compiled(f"s3://{bucket}/engine/model.onnx"))
+    _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
+    ready = _wait_phase(custom, namespace, "modelversions", "mv", "Ready")
+    return run, ready, ready["status"]["lineage"]["sourceURI"].rstrip("/") + "/"
+
+
+def _monitor(
+    s3: LocalS3, custom: client.CustomObjectsApi, namespace: str, bucket: str, **spec: Any
+) -> dict[str, Any]:
+    """The current Dataset `landed` (Ready) and DriftMonitor `dm` of `mv` on it; returns the Dataset."""
+    custom.create_namespaced_custom_object(G, V, namespace, "datasets", _landed(s3, bucket, "landed-1"))
+    landed = _wait_phase(custom, namespace, "datasets", "landed", "Ready")
+    monitor = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "DriftMonitor",
+        "metadata": {"name": "dm"},
+        "spec": {"modelVersionRef": {"name": "mv"}, "currentDatasetRef": {"name": "landed"}, **spec},
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, "driftmonitors", monitor)
+    return landed
+
+
 def test_checks_run_per_new_fingerprint_report_drift_and_survive_a_kill(
     control_plane: ControlPlane,
     s3: LocalS3,
@@ -110,37 +147,9 @@ def test_checks_run_per_new_fingerprint_report_drift_and_survive_a_kill(
     bucket = dataset
     operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
     try:
-        # A served model with lineage: a TrainingRun on `digits`, a ModelVersion compiled from it.
-        custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", _run("r1", bucket))
-        _finish_stage(core, namespace, "r1-a1", SUCCESS)
-        run = _wait_phase(custom, namespace, "trainingruns", "r1", "Succeeded")
-        mv = {
-            "apiVersion": f"{G}/{V}",
-            "kind": "ModelVersion",
-            "metadata": {"name": "mv"},
-            "spec": {"modelName": "digits", "source": {"trainingRunRef": {"name": "r1"}}},
-        }
-        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", mv)
+        run, mv, model_uri = _served_model(core, custom, namespace, bucket)
         engine = f"s3://{bucket}/engine/model.onnx"
-        _finish_stage(core, namespace, "mv-compile-a1", compiled(engine))
-        _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
-        mv = _wait_phase(custom, namespace, "modelversions", "mv", "Ready")
-        model_uri = mv["status"]["lineage"]["sourceURI"].rstrip("/") + "/"
-
-        custom.create_namespaced_custom_object(G, V, namespace, "datasets", _landed(s3, bucket, "landed-1"))
-        landed = _wait_phase(custom, namespace, "datasets", "landed", "Ready")
-        monitor = {
-            "apiVersion": f"{G}/{V}",
-            "kind": "DriftMonitor",
-            "metadata": {"name": "dm"},
-            "spec": {
-                "modelVersionRef": {"name": "mv"},
-                "currentDatasetRef": {"name": "landed"},
-                "method": "wasserstein",
-                "columnThreshold": 0.1,
-            },
-        }
-        custom.create_namespaced_custom_object(G, V, namespace, "driftmonitors", monitor)
+        landed = _monitor(s3, custom, namespace, bucket, method="wasserstein", columnThreshold=0.1)
 
         # One check Job, with the contract's environment.
         wait_for(lambda: _jobs(batch, namespace) == ["dm-check-1-a1"], "the first check Job", 60)
@@ -238,5 +247,81 @@ def test_checks_run_per_new_fingerprint_report_drift_and_survive_a_kill(
         events = list(core.list_namespaced_event(namespace, field_selector="involvedObject.name=dm").items)
         assert sum(e.reason == "DriftDetected" for e in events) == 1
         assert not [e for e in events if e.type == "Warning" and e.reason != "DriftDetected"]
+    finally:
+        operator.stop()
+
+
+def test_a_failed_check_is_retried_then_reported_and_a_deleted_monitor_leaves_no_series(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    dataset: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    batch = client.BatchV1Api(core.api_client)
+    operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
+    try:
+        _served_model(core, custom, namespace, dataset)
+        _monitor(s3, custom, namespace, dataset)
+        # A retryable failure (S3 blip: the workload says retryable): a second attempt after backoff.
+        blip = _summary(
+            "drift", status="Failed", retryable=True, exitCode=75, reason="S3Unavailable", message="blip"
+        )
+        _finish_stage(core, namespace, "dm-check-1-a1", blip, exit_code=75)
+
+        def backoff() -> dict[str, Any] | None:
+            obj = _get(custom, namespace, "driftmonitors", "dm")
+            return obj if _condition(obj).get("reason") == "BackoffBeforeRetry" else None
+
+        waiting = wait_for(backoff, "the check to back off before its retry", 60)
+        assert waiting["status"]["phase"] == "Checking"
+        assert waiting["status"]["check"]["attempt"] == 2
+        wait_for(lambda: "dm-check-1-a2" in _jobs(batch, namespace), "attempt 2's Job", 60)
+        # A permanent failure: Failed, Ready=False with the workload's reason, a CheckFailed Warning.
+        bad = _summary("drift", status="Failed", exitCode=65, reason="InvalidData", message="no images")
+        _finish_stage(core, namespace, "dm-check-1-a2", bad, exit_code=65)
+        failed = _wait_phase(custom, namespace, "driftmonitors", "dm", "Failed")
+        assert (_condition(failed)["status"], _condition(failed)["reason"]) == ("False", "InvalidData")
+        assert "no images" in _condition(failed)["message"]
+        assert failed["status"]["lastCheck"]["outcome"] == "Failed"
+        assert _condition(failed, "Drifted") == {}  # nothing was ever measured
+        wait_for_events(
+            core,
+            namespace,
+            "dm",
+            lambda es: any(e.reason == "CheckFailed" and e.type == "Warning" for e in es),
+            "a CheckFailed Warning",
+        )
+        # Not re-run until something changes; the finished Jobs are deleted.
+        wait_for(lambda: _jobs(batch, namespace) == [] or None, "the failed check's Jobs to go", 30)
+        time.sleep(3)
+        assert _jobs(batch, namespace) == []
+
+        # A spec change of the check's fields starts a new check (SpecChanged), which succeeds.
+        patch = {"spec": {"driftShareThreshold": 0.3}}
+        custom.patch_namespaced_custom_object(G, V, namespace, "driftmonitors", "dm", patch)
+        wait_for(lambda: _jobs(batch, namespace) == ["dm-check-2-a1"], "the SpecChanged check's Job", 60)
+        env = _env(batch.read_namespaced_job("dm-check-2-a1", namespace))
+        assert env[drift.SHARE_THRESHOLD] == "0.3"
+        columns = [("brightness", 0.5, True)]
+        _finish_stage(core, namespace, "dm-check-2-a1", _check_summary(True, columns, "s3://r/report.html"))
+        drifted = _wait_phase(custom, namespace, "driftmonitors", "dm", "Drifted")
+        assert drifted["status"]["lastCheck"]["trigger"] == "SpecChanged"
+        assert drifted["status"]["observedGeneration"] == drifted["metadata"]["generation"]
+        assert "mlops_drift_column_score{" in operator.metrics()
+
+        # Deleted: its series go.
+        custom.delete_namespaced_custom_object(G, V, namespace, "driftmonitors", "dm")
+        wait_for(
+            lambda: (
+                "mlops_drift_share{" not in (text := operator.metrics())
+                and "mlops_drift_column_score{" not in text
+                and "mlops_drift_drifted{" not in text
+            ),
+            "the deleted DriftMonitor's series to go",
+            30,
+        )
     finally:
         operator.stop()

@@ -327,7 +327,8 @@ def _settled(ctx: ReconcileContext, next_time: str | None, wait: float | None) -
     status = ctx.status
     last = status.get("lastCheck") or {}
     phase = str(last.get("outcome") or "Pending")
-    if status.get("phase") == phase and status.get("nextCheckTime") == next_time:
+    settled = status.get("phase") == phase and status.get("nextCheckTime") == next_time
+    if settled and status.get("observedGeneration") == ctx.generation:
         return Unchanged(wait)
     held: Mapping[str, Any] = find_condition(status.get("conditions") or [], READY) or {}
     if phase in ("Drifted", "NoDrift") and held.get("reason") != "Checked":
