@@ -325,3 +325,30 @@ def test_a_failed_check_is_retried_then_reported_and_a_deleted_monitor_leaves_no
         )
     finally:
         operator.stop()
+
+
+def test_a_schedule_runs_a_check_when_it_comes_due(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    dataset: str,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    batch = client.BatchV1Api(core.api_client)
+    operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
+    try:
+        _served_model(core, custom, namespace, dataset)
+        _monitor(s3, custom, namespace, dataset, schedule="* * * * *")
+        summary = _check_summary(False, [("brightness", 0.01, False)], "s3://r/report.html")
+        _finish_stage(core, namespace, "dm-check-1-a1", summary)
+        first = _wait_phase(custom, namespace, "driftmonitors", "dm", "NoDrift")
+        assert first["status"]["nextCheckTime"].endswith(":00Z")
+        # Nothing changed but the clock: the next minute starts check 2, on the operator's own timer.
+        wait_for(lambda: "dm-check-2-a1" in _jobs(batch, namespace), "the scheduled check's Job", 90)
+        second = _get(custom, namespace, "driftmonitors", "dm")
+        assert second["status"]["check"]["trigger"] == "Schedule"
+        assert _jobs(batch, namespace) == ["dm-check-2-a1"]
+    finally:
+        operator.stop()
