@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from mlops_contract import drift as contract
+from mlops_trainer.dataset import load_split
 from mlops_trainer.demo_data import digits_splits, write_image_dataset
 from mlops_trainer.drift import image_statistics, output_statistics, sample_indices
 from mlops_trainer.errors import ExitCode
@@ -282,6 +283,20 @@ def test_sampling_is_deterministic_and_bounded() -> None:
     assert list(chosen) == sorted(chosen)
     assert chosen[-1] < 100_000
     assert np.array_equal(chosen, sample_indices(100_000, 5000))
+
+
+def test_a_sample_is_the_same_rows_whether_taken_while_reading_or_after(tmp_path: Path) -> None:
+    images = np.arange(1000 * 4 * 4).reshape(1000, 4, 4) % 251
+    labels = np.arange(1000) % 10
+    store = LocalObjectStore(tmp_path)
+    write_image_dataset(store, {"test": (images, labels)}, max_value=250, shard_records=64)
+    full = load_split(store, "test")
+    sampled = load_split(store, "test", lambda count: sample_indices(count, 300))
+    chosen = sample_indices(1000, 300)
+    assert sampled.features.shape == (300, 1, 4, 4)
+    assert np.array_equal(sampled.features, full.features[chosen])
+    assert np.array_equal(sampled.labels, labels[chosen])
+    assert sampled.fingerprint == full.fingerprint
 
 
 def test_write_new_never_replaces_an_existing_object(s3_client: Any, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,8 +367,17 @@ class SplitData:
         return len(self.labels)
 
 
-def load_split(store: ObjectStore, split: str) -> SplitData:
-    """Read one split, verifying each shard's checksum; any inconsistency is a DataError."""
+def load_split(
+    store: ObjectStore,
+    split: str,
+    select: Callable[[int], npt.NDArray[np.int64]] | None = None,
+) -> SplitData:
+    """Read one split, verifying each shard's checksum; any inconsistency is a DataError.
+
+    `select`, given the split's record count, returns the sorted indices of the records to keep (a
+    sample): when the manifest gives every shard's record count, each shard keeps only its selected
+    records as it is read, so memory follows the sample rather than the split.
+    """
     try:
         schema = Schema.from_json(store.read(SCHEMA_KEY))
         entries = parse_manifest(store.read(MANIFEST_KEY))
@@ -377,22 +386,37 @@ def load_split(store: ObjectStore, split: str) -> SplitData:
     shards = [e for e in entries if e.key.startswith(f"{split}/") and e.key.endswith(".npz")]
     if not shards:
         raise DataError(f"{store.uri()}: no shards for split {split!r}")
+    counted = all(e.records is not None for e in shards)
+    keep = select(sum(e.records or 0 for e in shards)) if select is not None and counted else None
     features: list[npt.NDArray[Any]] = []
     labels: list[npt.NDArray[Any]] = []
+    offset = 0
     for entry in shards:
         data = store.read(entry.key)
         if sha256_hex(data) != entry.sha256:
             raise DataError(f"{store.uri(entry.key)}: checksum does not match the manifest")
         arrays = decode_shard(data, entry.key)
         try:
-            features.append(arrays[schema.feature_name])
-            labels.append(arrays[schema.label_name])
+            shard_features, shard_labels = arrays[schema.feature_name], arrays[schema.label_name]
         except KeyError as exc:
             raise DataError(f"{store.uri(entry.key)}: missing array {exc}") from exc
+        if keep is not None:
+            if len(shard_features) != entry.records or len(shard_labels) != entry.records:
+                raise DataError(
+                    f"{store.uri(entry.key)}: {len(shard_labels)} records, the manifest says {entry.records}"
+                )
+            mine = keep[(keep >= offset) & (keep < offset + len(shard_labels))] - offset
+            offset += len(shard_labels)
+            shard_features, shard_labels = shard_features[mine], shard_labels[mine]
+        features.append(shard_features)
+        labels.append(shard_labels)
     feature_array = np.concatenate(features).astype(np.float32) / np.float32(schema.feature_max_value)
     label_array = np.concatenate(labels).astype(np.int64)
     if tuple(feature_array.shape[1:]) != schema.feature_shape or len(label_array) != len(feature_array):
         raise DataError(f"{store.uri()}: split {split!r} does not match schema.json")
+    if select is not None and keep is None:  # record counts not in the manifest: sample after reading
+        chosen = select(len(label_array))
+        feature_array, label_array = feature_array[chosen], label_array[chosen]
     if len(schema.feature_shape) == 2:  # images without a channel axis: add one for conv nets
         feature_array = feature_array[:, None, :, :]
     return SplitData(feature_array, label_array, schema, fingerprint(entries))

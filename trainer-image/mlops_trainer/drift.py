@@ -180,7 +180,9 @@ def profile(split: SplitData, engine: Engine, max_samples: int) -> pd.DataFrame:
     """The drift columns of a deterministic sample of one split."""
     import pandas as pd  # noqa: PLC0415 - only this command needs pandas
 
-    features = split.features[sample_indices(len(split), max_samples)]
+    features = split.features
+    if len(features) > max_samples:  # not sampled while loading
+        features = features[sample_indices(len(features), max_samples)]
     columns: dict[str, npt.NDArray[Any]] = {}
     if features.ndim == 2:
         columns |= {f"feature_{i}": features[:, i].astype(np.float64) for i in range(features.shape[1])}
@@ -221,9 +223,10 @@ def decode_profile(data: bytes, uri: str) -> pd.DataFrame:
     return frame
 
 
-def _load_checked(uri: str, split: str, fingerprint: str | None) -> SplitData:
+def _load_checked(uri: str, split: str, fingerprint: str | None, max_samples: int) -> SplitData:
+    """The sample of one split (only the sampled records are kept as shards are read)."""
     store = open_store(uri)
-    data = load_split(store, split)
+    data = load_split(store, split, lambda count: sample_indices(count, max_samples))
     if fingerprint:
         check_fingerprint(store, fingerprint, data.fingerprint)
     return data
@@ -242,7 +245,9 @@ def reference_profile(
             f"{store.uri(contract.REFERENCE_FILE)} does not exist and {contract.REFERENCE_DATASET_URI} "
             "is not set to compute it from"
         )
-    training = _load_checked(settings.reference_dataset_uri, REFERENCE_SPLIT, settings.reference_fingerprint)
+    training = _load_checked(
+        settings.reference_dataset_uri, REFERENCE_SPLIT, settings.reference_fingerprint, settings.max_samples
+    )
     frame = profile(training, engine, settings.max_samples)
     if store.write_new(contract.REFERENCE_FILE, encode_profile(frame)):
         return frame, True
@@ -343,7 +348,9 @@ def drift(settings: DriftSettings) -> dict[str, Any]:
     reference_store = open_store(settings.reference_uri)
     output_store = open_store(settings.output_uri)
     reference, wrote_reference = reference_profile(settings, reference_store, engine)
-    current_data = _load_checked(settings.dataset_uri, settings.split, settings.current_fingerprint)
+    current_data = _load_checked(
+        settings.dataset_uri, settings.split, settings.current_fingerprint, settings.max_samples
+    )
     current = profile(current_data, engine, settings.max_samples)
 
     available = [c for c in current.columns if c in reference.columns]
