@@ -10,6 +10,7 @@ runs in a later integration test once that command lands in the trainer image.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,17 @@ from mlops_contract import drift, envvars
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_operator.dev.controlplane import ControlPlane
-from mlops_operator.dev.s3 import LocalS3
-from tests.integration.conftest import _dataset_body, start_operator
+from mlops_operator.dev.runner import LocalPodRunner
+from mlops_operator.dev.s3 import DEV_REGION, LocalS3
+from tests.integration.conftest import _dataset_body, create_s3_secret, start_operator
+from tests.integration.digits_engine import (
+    TRAINER,
+    CompiledEngine,
+    copy_trained_model,
+    create_digits_dataset,
+    trainer_env,
+    write_compile_output,
+)
 from tests.integration.test_modelversion import _finish_stage, _summary, compiled, evaluated
 from tests.integration.test_trainingrun import SUCCESS, _run
 from tests.waiting import wait_for, wait_for_events
@@ -158,7 +168,8 @@ def test_checks_run_per_new_fingerprint_report_drift_and_survive_a_kill(
         assert env[drift.CURRENT_FINGERPRINT] == landed["status"]["fingerprint"]
         assert env[drift.REFERENCE_DATASET_URI] == f"s3://{bucket}/digits/"
         assert env[drift.REFERENCE_FINGERPRINT] == run["status"]["datasetFingerprint"]
-        assert env[drift.ENGINE_URI] == mv["status"]["engine"]["uri"] == engine
+        assert mv["status"]["engine"]["uri"] == engine
+        assert env[drift.ENGINE_URI] == engine.removesuffix("model.onnx")  # the compile output's prefix
         assert env[drift.REFERENCE_URI] == f"{model_uri}drift-reference/"
         assert env[drift.OUTPUT_URI].startswith(f"{model_uri}drift/dm-")
         assert env[drift.OUTPUT_URI].endswith("/check-1/")
@@ -352,3 +363,133 @@ def test_a_schedule_runs_a_check_when_it_comes_due(
         assert _jobs(batch, namespace) == ["dm-check-2-a1"]
     finally:
         operator.stop()
+
+
+BRIGHTER = """
+import sys
+
+import boto3
+import numpy as np
+from mlops_trainer.demo_data import digits_splits, write_image_dataset
+from mlops_trainer.storage import S3ObjectStore
+
+bucket, prefix = sys.argv[1:3]
+shifted = {
+    name: (np.clip(images.astype(np.int64) + 5, 0, 16), labels)
+    for name, (images, labels) in digits_splits().items()
+}
+write_image_dataset(S3ObjectStore(bucket, prefix, boto3.client("s3")), shifted)
+"""
+
+
+def test_the_real_drift_workload_stays_quiet_on_the_same_data_and_finds_a_brighter_batch(
+    control_plane: ControlPlane,
+    s3: LocalS3,
+    engine: CompiledEngine,
+    api: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    tmp_path: Path,
+):
+    """`mlops-trainer drift` (Evidently, the session's really trained model) runs as the check Job's
+    workload through the local pod runner, with the environment the operator built. The training run
+    and the compile/evaluate stages are finished by hand around the really trained model (training
+    it again would add minutes and test nothing of the monitor)."""
+    batch = client.BatchV1Api(core.api_client)
+    bucket = engine.bucket
+    create_s3_secret(core, namespace)
+    create_digits_dataset(custom, s3, engine, namespace)
+    model = copy_trained_model(s3, engine, bucket)
+    run = _run("r1", bucket, output={"uri": model})
+    custom.create_namespaced_custom_object(G, V, namespace, "trainingruns", run)
+    # The current data: first the demo data itself (its test split against the train split).
+    same = _dataset_body(s3, bucket)
+    same["metadata"] = {"name": "landed"}
+    same["spec"]["source"] |= {"uri": f"s3://{bucket}/datasets/digits/v1/", "region": DEV_REGION}
+    custom.create_namespaced_custom_object(G, V, namespace, "datasets", same)
+    operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
+    runner = LocalPodRunner(api, namespace, executables={"mlops-trainer": str(TRAINER)})
+    try:
+        _wait_phase(custom, namespace, "datasets", "digits", "Ready")
+        _finish_stage(core, namespace, "r1-a1", SUCCESS)
+        _wait_phase(custom, namespace, "trainingruns", "r1", "Succeeded")
+        mv = {
+            "apiVersion": f"{G}/{V}",
+            "kind": "ModelVersion",
+            "metadata": {"name": "mv"},
+            "spec": {"modelName": "digits", "source": {"trainingRunRef": {"name": "r1"}}},
+        }
+        custom.create_namespaced_custom_object(G, V, namespace, "modelversions", mv)
+        _finish_stage(core, namespace, "mv-compile-a1", compiled(write_compile_output(s3, engine, model)))
+        _finish_stage(core, namespace, "mv-evaluate-a1", evaluated())
+        _wait_phase(custom, namespace, "modelversions", "mv", "Ready")
+        _wait_phase(custom, namespace, "datasets", "landed", "Ready")
+        runner.start()  # from here on the check pods run the real workload
+        monitor = {
+            "apiVersion": f"{G}/{V}",
+            "kind": "DriftMonitor",
+            "metadata": {"name": "dm"},
+            "spec": {"modelVersionRef": {"name": "mv"}, "currentDatasetRef": {"name": "landed"}},
+        }
+        custom.create_namespaced_custom_object(G, V, namespace, "driftmonitors", monitor)
+        quiet = _wait_settled(custom, namespace, "dm", 240)
+        status = quiet["status"]
+        assert status["phase"] == "NoDrift", json.dumps(status, indent=1)
+        assert _condition(quiet, "Drifted")["status"] == "False"
+        names = {c["name"] for c in status["columns"]}
+        assert {"brightness", "contrast", "predicted_class", "confidence"} <= names
+        assert status["referenceURI"].startswith(f"{model}drift-reference/")
+        assert _s3_exists(s3, status["reportURI"])
+        assert _s3_exists(s3, status["resultURI"])
+
+        # A brighter batch lands: the real check finds brightness and contrast drifted.
+        script = tmp_path / "brighter.py"
+        script.write_text(BRIGHTER)
+        env = trainer_env(s3, tmp_path / "unused.json")
+        prefix = "datasets/digits-brighter/v1"
+        subprocess.run([str(TRAINER.parent / "python"), str(script), bucket, prefix], env=env, check=True)
+        patch = {"spec": {"source": {"uri": f"s3://{bucket}/{prefix}/"}}}
+        custom.patch_namespaced_custom_object(G, V, namespace, "datasets", "landed", patch)
+        wait_for(lambda: "dm-check-2-a1" in _jobs(batch, namespace), "the NewData check's Job", 60)
+        drifted = _wait_settled(custom, namespace, "dm", 240)
+        status = drifted["status"]
+        assert status["phase"] == "Drifted", json.dumps(status, indent=1)
+        assert status["lastCheck"]["trigger"] == "NewData"
+        assert {"brightness", "contrast"} <= set(status["driftedColumns"].split(","))
+        assert all(c["drifted"] for c in status["columns"][: status["driftedCount"]])
+        assert _s3_exists(s3, status["reportURI"])
+        wait_for_events(
+            core,
+            namespace,
+            "dm",
+            lambda es: any(e.reason == "DriftDetected" and e.type == "Warning" for e in es),
+            "a DriftDetected Warning",
+        )
+    finally:
+        runner.stop()
+        operator.stop()
+
+
+def _wait_settled(
+    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float
+) -> dict[str, Any]:
+    def settled() -> dict[str, Any] | None:
+        obj = _get(custom, namespace, "driftmonitors", name)
+        status = obj.get("status", {})
+        return (
+            obj
+            if status.get("phase") in ("NoDrift", "Drifted", "Failed") and not status.get("check")
+            else None
+        )
+
+    return wait_for(settled, f"DriftMonitor {name} to settle", timeout, interval=1)
+
+
+def _s3_exists(s3: LocalS3, uri: str) -> bool:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        s3.client().head_object(Bucket=bucket, Key=key)
+    except Exception:
+        return False
+    return True

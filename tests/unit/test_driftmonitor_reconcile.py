@@ -100,7 +100,8 @@ def test_resolves_reference_and_current_from_the_lineage() -> None:
     assert target.model_version == "mv"
     assert (target.reference_dataset_uri, target.reference_fingerprint) == ("s3://b/digits/", FP_TRAIN)
     assert (target.current_fingerprint, target.model_uri) == (FP_LANDED, "s3://b/models/r1/")
-    assert target.engine_uri == "s3://b/models/r1/compiled/mv/model.onnx"
+    # The compile output's prefix (metadata.json and the artifact), as the evaluate stage gets it.
+    assert target.engine_uri == "s3://b/models/r1/compiled/mv/"
 
 
 def test_follows_what_an_inference_deployment_serves() -> None:
@@ -126,7 +127,7 @@ def _checked(**last: Any) -> dict[str, Any]:
         "time": "2026-01-01T12:10:00Z",
         "outcome": "Drifted",
         "modelVersion": "mv",
-        "engineURI": "s3://b/models/r1/compiled/mv/model.onnx",
+        "engineURI": "s3://b/models/r1/compiled/mv/",
         "referenceFingerprint": FP_TRAIN,
         "currentFingerprint": FP_LANDED,
         "specHash": check_hash(_spec()),

@@ -6,7 +6,7 @@ The check compares the data a served model was trained on (the reference) with n
 Columns (one row per sample):
 - image statistics of each sample, named `IMAGE_COLUMNS` (computed the same way for both sides);
 - the model's outputs on each sample, named `OUTPUT_COLUMNS`, from running the compiled artifact
-  (`ENGINE_URI`, ONNX here) on it;
+  (`ENGINE_URI`: the compile output's prefix, as evaluate reads it; ONNX here) on it;
 - tabular features pass through under their own names (`feature_<i>` for an unnamed matrix).
 
 The reference profile is these columns for a sample of the training data (at most
@@ -24,7 +24,7 @@ REFERENCE_URI = "MLOPS_DRIFT_REFERENCE_URI"  # prefix holding REFERENCE_FILE (wr
 REFERENCE_DATASET_URI = "MLOPS_DRIFT_REFERENCE_DATASET_URI"  # the training data, to compute it from
 REFERENCE_FINGERPRINT = "MLOPS_DRIFT_REFERENCE_FINGERPRINT"  # the training Dataset's, for lineage
 CURRENT_FINGERPRINT = "MLOPS_DRIFT_CURRENT_FINGERPRINT"  # the current Dataset's, for lineage
-ENGINE_URI = "MLOPS_ENGINE_URI"  # the served ModelVersion's compiled artifact (its status.engine.uri)
+ENGINE_URI = "MLOPS_ENGINE_URI"  # prefix of the served version's compile output (metadata.json + artifact)
 OUTPUT_URI = "MLOPS_DRIFT_OUTPUT_URI"  # prefix for REPORT_FILE and RESULT_FILE of this check
 METHOD = "MLOPS_DRIFT_METHOD"  # one of METHODS; unset: Evidently chooses per column
 COLUMN_THRESHOLD = "MLOPS_DRIFT_COLUMN_THRESHOLD"  # the method's threshold (unset: Evidently's)

@@ -153,7 +153,7 @@ class JobInputs:
     reference_dataset_uri: str
     reference_fingerprint: str
     model_uri: str  # the trained model's prefix (the reference is kept next to it)
-    engine_uri: str
+    engine_uri: str  # the compile output's prefix (metadata.json + artifact), as evaluate reads it
     output_uri: str
     extra_tolerations: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     scratch_size_limit: str = "20Gi"

@@ -109,7 +109,11 @@ def resolve(spec: DriftMonitorSpec, ctx: ReconcileContext) -> Target | Outcome:
         return _pending("ModelVersionNotFound", f"ModelVersion {served} does not exist")
     ok, why = _is_ready(mv)
     mv_status = mv.get("status") or {}
-    engine_uri = (mv_status.get("engine") or {}).get("uri")
+    engine = mv_status.get("engine") or {}
+    # The workload reads the compile output as evaluate does: the prefix holding metadata.json and
+    # the artifact it names (status.engine.uri).
+    artifact = engine.get("metadataURI") or engine.get("uri")
+    engine_uri = str(artifact).rsplit("/", 1)[0] + "/" if artifact else None
     if not ok or not engine_uri:
         return _pending("ModelVersionNotReady", f"ModelVersion {served} is not Ready ({why})")
     lineage = mv_status.get("lineage") or {}
