@@ -1,10 +1,11 @@
 """DriftMonitor on the real control plane: a check Job per new current-data fingerprint, its result
 into status, conditions, events and metrics, exactly one Job per check across a kill -9.
 
-The check's workload (`mlops-trainer drift`, Evidently) is not run here: the pods run on simulated
-(kwok) nodes, and each check's pod is finished by hand with a result summary crafted per
-mlops_contract.drift, as the ModelVersion tests finish compile and evaluate Jobs. The real workload
-runs in a later integration test once that command lands in the trainer image.
+Most tests finish each check's pod by hand (the pods run on simulated kwok nodes) with a result
+summary crafted per mlops_contract.drift, as the ModelVersion tests finish compile and evaluate Jobs:
+they test the monitor's decisions, fast. The last test runs the real workload (`mlops-trainer drift`,
+Evidently, the session's really trained model) through the local pod runner, with the environment
+the operator built.
 """
 
 from __future__ import annotations
