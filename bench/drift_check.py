@@ -10,7 +10,8 @@ uint8): the digits resampled with replacement, written in the trainer's format.
 
 Each size is checked twice: with the default MLOPS_DRIFT_MAX_SAMPLES (5000 rows sampled from the
 current data: what a default DriftMonitor runs) and with every row (max samples = N). Wall time is the
-child's, start to exit (imports included); peak memory is the child's ru_maxrss from wait4. Ratios
+child's, start to exit (imports included), CPU time its user + system time (less sensitive to other
+load on shared cores); peak memory is the child's ru_maxrss from wait4. Ratios
 are against the 1k run of the same mode.
 """
 
@@ -59,8 +60,8 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": cores, "python": platform.python_version()}
 
 
-def run_cli(args: list[str], env: dict[str, str], work: Path) -> tuple[float, int, dict[str, Any]]:
-    """Run `mlops-trainer <args>`; returns (wall seconds, peak RSS in bytes, result summary)."""
+def run_cli(args: list[str], env: dict[str, str], work: Path) -> tuple[float, float, int, dict[str, Any]]:
+    """Run `mlops-trainer <args>`; returns (wall s, CPU s (user + system), peak RSS bytes, summary)."""
     termination = work / f"termination-{time.monotonic_ns()}"
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -76,7 +77,8 @@ def run_cli(args: list[str], env: dict[str, str], work: Path) -> tuple[float, in
     stderr = process.stderr.read().decode() if process.stderr else ""
     if process.returncode != 0:
         raise SystemExit(f"mlops-trainer {args[0]} exited {process.returncode}:\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss * 1024, json.loads(termination.read_bytes())  # ru_maxrss is KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss * 1024, json.loads(termination.read_bytes())  # ru_maxrss: KiB
 
 
 def current_images(count: int, seed: int = 1) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -131,7 +133,7 @@ def main() -> int:
             base = ["drift", "--engine-uri", f"{s3}/engines/bench",
                     "--reference-uri", f"{s3}/references/bench",
                     "--reference-dataset-uri", f"{s3}/datasets/digits"]  # fmt: skip
-            wall, rss, _ = run_cli(
+            wall, _, rss, _ = run_cli(
                 [*base, "--dataset-uri", f"{s3}/datasets/digits", "--output-uri", f"{s3}/checks/first"],
                 env,
                 work,
@@ -166,12 +168,14 @@ def main() -> int:
                             )
                         )
                     runs.sort(key=lambda run: run[0])
-                    wall, rss, summary = runs[len(runs) // 2]
+                    wall, _, rss, summary = runs[len(runs) // 2]
+                    cpu = sorted(run[1] for run in runs)[len(runs) // 2]
                     row = {
                         "images": size,
                         "mode": mode,
                         "rows": summary[contract.DRIFT][contract.CURRENT_ROWS],
                         "wall_s": round(wall, 3),
+                        "cpu_s": round(cpu, 3),
                         "peak_rss_mib": round(rss / 2**20, 1),
                         "drifted": summary[contract.DRIFT][contract.DRIFTED],
                     }
@@ -182,12 +186,16 @@ def main() -> int:
 
     info = machine()
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, Python {info['python']}")
-    print(f"{'images':>8} {'mode':>9} {'rows':>7} {'wall s':>8} {'x 1k':>6} {'peak MiB':>9} {'x 1k':>6}")
+    print(
+        f"{'images':>8} {'mode':>9} {'rows':>7} {'wall s':>8} {'x 1k':>6} {'CPU s':>7} {'x 1k':>6}"
+        f" {'peak MiB':>9} {'x 1k':>6}"
+    )
     for row in rows:
         baseline = next(r for r in rows if r["mode"] == row["mode"] and r["images"] == min(options.sizes))
         print(
             f"{row['images']:>8} {row['mode']:>9} {row['rows']:>7} {row['wall_s']:>8.2f}"
-            f" {row['wall_s'] / baseline['wall_s']:>6.2f} {row['peak_rss_mib']:>9.0f}"
+            f" {row['wall_s'] / baseline['wall_s']:>6.2f} {row['cpu_s']:>7.2f}"
+            f" {row['cpu_s'] / baseline['cpu_s']:>6.2f} {row['peak_rss_mib']:>9.0f}"
             f" {row['peak_rss_mib'] / baseline['peak_rss_mib']:>6.2f}"
         )
     if options.json:
