@@ -22,7 +22,7 @@ from lupa import lua51
 ROOT = Path(__file__).resolve().parents[1]
 ARGOCD = ROOT / "charts" / "mlops-operator" / "argocd"
 CAPTURED = ROOT / "tests" / "data" / "argocd"
-KINDS = ("Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment", "DriftMonitor")
+KINDS = ("Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment", "DriftMonitor", "ModelPipeline")
 HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing"}
 # The globals of gopher-lua's base library (baselib.go baseFuncs, OpenBase) and package library
 # (loadlib.go), the two of its libraries Argo CD opens with table (a global table of its own).
@@ -73,6 +73,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "inferencedeployment-modelversion-not-ready": ("Progressing", "ModelVersionNotReady: ModelVersion"),
     "driftmonitor-no-status": ("Progressing", "waiting for the operator to reconcile this DriftMonitor"),
     "driftmonitor-modelversion-not-ready": ("Progressing", "ModelVersionNotReady: ModelVersion"),
+    "modelpipeline-no-status": ("Progressing", "waiting for the operator to reconcile this ModelPipeline"),
+    "modelpipeline-dataset-not-ready": ("Progressing", "DatasetNotReady: Dataset unavailable is not Ready"),
 }
 
 

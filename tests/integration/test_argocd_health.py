@@ -107,11 +107,16 @@ def test_every_phase_has_the_health_argocd_should_show(
     monitor = load(SAMPLES / "05-driftmonitor.yaml")
     monitor["spec"] = {"modelVersionRef": {"name": "digits-cnn-v1"}, "currentDatasetRef": {"name": "digits"}}
     objects.create(monitor)
+    pipeline = load(SAMPLES / "06-modelpipeline.yaml")
+    pipeline["spec"]["datasetRef"] = {"name": "unavailable"}  # never Ready here: no runs start
+    pipeline["spec"]["triggers"] = {}
+    objects.create(pipeline)
     objects.check("dataset-no-status", objects.get("Dataset", "digits"))
     objects.check("trainingrun-no-status", objects.get("TrainingRun", "orphan"))
     objects.check("modelversion-no-status", objects.get("ModelVersion", "digits-cnn-v1"))
     objects.check("inferencedeployment-no-status", objects.get("InferenceDeployment", "digits"))
     objects.check("driftmonitor-no-status", objects.get("DriftMonitor", "digits"))
+    objects.check("modelpipeline-no-status", objects.get("ModelPipeline", "digits"))
 
     operator = start_operator(control_plane, namespace, tmp_path / "operator.log")
     try:
@@ -144,6 +149,10 @@ def test_every_phase_has_the_health_argocd_should_show(
         objects.check(
             "driftmonitor-modelversion-not-ready",
             objects.wait_reason("DriftMonitor", "digits", "ModelVersionNotReady"),
+        )
+        objects.check(
+            "modelpipeline-dataset-not-ready",
+            objects.wait_reason("ModelPipeline", "digits", "DatasetNotReady"),
         )
         objects.check(
             "trainingrun-dataset-not-found", objects.wait_reason("TrainingRun", "orphan", "DatasetNotFound")

@@ -111,11 +111,16 @@ def test_printer_columns_and_category(
             "modelversion.mlops.dev/digits-cnn-v1",
             "inferencedeployment.mlops.dev/digits",
             "driftmonitor.mlops.dev/digits",
+            "modelpipeline.mlops.dev/digits",
         ]
     )
     header = control_plane.kubectl("get", "dm", "-n", namespace).stdout.splitlines()[0]
     assert header.split() == ["NAME", "PHASE", "DRIFTED", "SHARE", "CURRENT", "LAST", "CHECK", "READY", "AGE"]
-    for short in ("dset", "tr", "mv", "idep", "dm"):
+    header = control_plane.kubectl("get", "mp", "-n", namespace).stdout.splitlines()[0]
+    assert header.split() == [
+        "NAME", "PHASE", "LAST", "TRIGGER", "LAST", "OUTCOME", "ACTIVE", "NEXT", "READY", "AGE",
+    ]  # fmt: skip
+    for short in ("dset", "tr", "mv", "idep", "dm", "mp"):
         assert control_plane.kubectl("get", short, "-n", namespace, "-o", "name").stdout.strip()
 
 

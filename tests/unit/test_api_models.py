@@ -28,7 +28,14 @@ def test_valid_sample_parses(path):
 
 def test_sample_pipeline_covers_every_kind_and_links_up():
     docs = {d["kind"]: d for d in (load(p) for p in valid_samples())}
-    assert set(docs) == {"Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment", "DriftMonitor"}
+    assert set(docs) == {
+        "Dataset",
+        "TrainingRun",
+        "ModelVersion",
+        "InferenceDeployment",
+        "DriftMonitor",
+        "ModelPipeline",
+    }
     assert docs["TrainingRun"]["spec"]["datasetRef"]["name"] == docs["Dataset"]["metadata"]["name"]
     assert (
         docs["ModelVersion"]["spec"]["source"]["trainingRunRef"]["name"]
@@ -42,6 +49,9 @@ def test_sample_pipeline_covers_every_kind_and_links_up():
         docs["DriftMonitor"]["spec"]["inferenceDeploymentRef"]["name"]
         == docs["InferenceDeployment"]["metadata"]["name"]
     )
+    pipeline = docs["ModelPipeline"]["spec"]
+    assert pipeline["datasetRef"]["name"] == docs["Dataset"]["metadata"]["name"]
+    assert pipeline["triggers"]["driftMonitorRef"]["name"] == docs["DriftMonitor"]["metadata"]["name"]
 
 
 @pytest.mark.parametrize("sample", invalid_samples(), ids=lambda s: s.path.name)
@@ -57,7 +67,14 @@ def test_invalid_sample_is_rejected_naming_the_field(sample: InvalidSample):
 
 def test_every_invalid_sample_is_otherwise_valid_kind():
     kinds = {s.doc["kind"] for s in invalid_samples()}
-    assert kinds == {"Dataset", "TrainingRun", "ModelVersion", "InferenceDeployment", "DriftMonitor"}
+    assert kinds == {
+        "Dataset",
+        "TrainingRun",
+        "ModelVersion",
+        "InferenceDeployment",
+        "DriftMonitor",
+        "ModelPipeline",
+    }
 
 
 def test_wrong_api_version_and_unknown_kind_are_refused():

@@ -30,6 +30,7 @@ def test_crds_command_writes_files(tmp_path, capsys):
         "mlops.dev_datasets.yaml",
         "mlops.dev_driftmonitors.yaml",
         "mlops.dev_inferencedeployments.yaml",
+        "mlops.dev_modelpipelines.yaml",
         "mlops.dev_modelversions.yaml",
         "mlops.dev_trainingruns.yaml",
     ]

@@ -97,6 +97,7 @@ def test_short_names_are_the_documented_ones():
         "ModelVersion": ("mv",),
         "InferenceDeployment": ("idep",),
         "DriftMonitor": ("dm",),
+        "ModelPipeline": ("mp",),
     }
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.cache import Cache, ObjectKey
-from . import dataset, driftmonitor, inferencedeployment, modelversion, trainingrun
+from . import dataset, driftmonitor, inferencedeployment, modelpipeline, modelversion, trainingrun
 from .base import Result
 from .context import ReconcileContext
 
@@ -38,10 +38,16 @@ def _all(*functions: Dependents) -> Dependents:
 HANDLERS: dict[str, KindHandler] = {
     "Dataset": KindHandler(
         dataset.reconcile,
-        _all(trainingrun.waiting_on_dataset, modelversion.waiting_on_dataset, driftmonitor.watching_dataset),
+        _all(
+            trainingrun.waiting_on_dataset,
+            modelversion.waiting_on_dataset,
+            driftmonitor.watching_dataset,
+            modelpipeline.watching_dataset,
+        ),
     ),
     "TrainingRun": KindHandler(
-        trainingrun.reconcile, _all(modelversion.waiting_on_training, driftmonitor.watching_training)
+        trainingrun.reconcile,
+        _all(modelversion.waiting_on_training, driftmonitor.watching_training, modelpipeline.owning_run),
     ),
     "ModelVersion": KindHandler(
         modelversion.reconcile,
@@ -49,11 +55,13 @@ HANDLERS: dict[str, KindHandler] = {
             modelversion.sharing_a_model,
             inferencedeployment.waiting_on_modelversion,
             driftmonitor.watching_modelversion,
+            modelpipeline.owning_run,
         ),
     ),
     "InferenceDeployment": KindHandler(
         inferencedeployment.reconcile,
         _all(modelversion.served_by, modelversion.aliases_moved_by, driftmonitor.watching_deployment),
     ),
-    "DriftMonitor": KindHandler(driftmonitor.reconcile),
+    "DriftMonitor": KindHandler(driftmonitor.reconcile, modelpipeline.watching_monitor),
+    "ModelPipeline": KindHandler(modelpipeline.reconcile),
 }

@@ -71,7 +71,7 @@ TRANSIENT_REASONS = frozenset(
 )
 # Conditions whose True is the abnormal state (Kubernetes' "abnormal-true" polarity, like a node's
 # MemoryPressure): their turning False is good news, so no transition event.
-ABNORMAL_TRUE = frozenset({"CanaryWaiting", "AnalysisDisabled", "Drifted"})
+ABNORMAL_TRUE = frozenset({"CanaryWaiting", "AnalysisDisabled", "Drifted", "DriftUnfixable"})
 MAX_MESSAGE = 1024  # condition and event messages: enough to act on, bounded for etcd and kubectl
 # Status fields written as they are: `pinned` is the operator's copy of specs (which hold only
 # Secret references, never values) that retries are built from; masking it would change a retry.

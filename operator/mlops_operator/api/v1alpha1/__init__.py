@@ -5,6 +5,7 @@ from .dataset import DatasetSpec, DatasetStatus
 from .driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from .inferencedeployment import InferenceDeploymentSpec, InferenceDeploymentStatus
 from .kinds import KINDS, KindInfo, PrinterColumn, kind_by_name
+from .modelpipeline import ModelPipelineSpec, ModelPipelineStatus
 from .modelversion import ModelVersionSpec, ModelVersionStatus
 from .trainingrun import TrainingRunSpec, TrainingRunStatus
 
@@ -22,6 +23,8 @@ __all__ = [
     "InferenceDeploymentStatus",
     "KindInfo",
     "LocalObjectReference",
+    "ModelPipelineSpec",
+    "ModelPipelineStatus",
     "ModelVersionSpec",
     "ModelVersionStatus",
     "PrinterColumn",

@@ -11,6 +11,7 @@ from .common import ObjectMeta, StatusBase
 from .dataset import DatasetSpec, DatasetStatus
 from .driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from .inferencedeployment import InferenceDeploymentSpec, InferenceDeploymentStatus
+from .modelpipeline import ModelPipelineSpec, ModelPipelineStatus
 from .modelversion import ModelVersionSpec, ModelVersionStatus
 from .trainingrun import TrainingRunSpec, TrainingRunStatus
 
@@ -176,6 +177,26 @@ KINDS: tuple[KindInfo, ...] = (
             PrinterColumn("Columns", ".status.driftedColumns", priority=1),
             PrinterColumn("Model", ".status.modelVersion", priority=1),
             PrinterColumn("Report", ".status.reportURI", priority=1),
+            READY,
+            AGE,
+        ),
+    ),
+    KindInfo(
+        kind="ModelPipeline",
+        plural="modelpipelines",
+        short_names=("mp",),
+        spec_model=ModelPipelineSpec,
+        status_model=ModelPipelineStatus,
+        description=(
+            "Continuous training: triggers (new data, schedule, drift, manual) make TrainingRuns and "
+            "ModelVersions."
+        ),
+        printer_columns=(
+            PHASE,
+            PrinterColumn("Last Trigger", ".status.lastTrigger", description="What started the last run."),
+            PrinterColumn("Last Outcome", ".status.lastOutcome", description="Outcome of the last run."),
+            PrinterColumn("Active", ".status.active", description="Runs in progress."),
+            PrinterColumn("Next", ".status.nextScheduleTime", "date", "When the schedule is next due."),
             READY,
             AGE,
         ),
