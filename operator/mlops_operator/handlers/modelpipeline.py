@@ -89,6 +89,17 @@ def _delete(ctx: ReconcileContext, name: str) -> None:
         ctx.cache.delete(kind, ctx.namespace, name)
 
 
+def _supersede(ctx: ReconcileContext, run: dict[str, Any], by: str, now: str) -> None:
+    """Replace: delete a running run's children and record it Superseded by run `by`."""
+    _delete(ctx, str(run["name"]))
+    run.update(
+        outcome=SUPERSEDED,
+        completionTime=now,
+        message=f"replaced by run {by} (concurrencyPolicy Replace)",
+        childrenDeleted=True,
+    )
+
+
 def _children(ctx: ReconcileContext) -> dict[int, dict[str, Mapping[str, Any]]]:
     """The owned TrainingRuns and ModelVersions by run number."""
     out: dict[int, dict[str, Mapping[str, Any]]] = {}
@@ -120,7 +131,7 @@ def _observe(spec: ModelPipelineSpec, ctx: ReconcileContext) -> tuple[Observed, 
     elif not fingerprint:
         waiting = f"Dataset {spec.dataset_ref.name} is not Ready"
     seen = Observed(
-        fingerprint and str(fingerprint), drifted, transition and str(transition), manual, created
+        str(fingerprint) if fingerprint else None, drifted, transition and str(transition), manual, created
     )
     return seen, waiting
 
@@ -145,6 +156,15 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
         fields.update({k: v for k, v in (handled.get("markers") or {}).items() if k in MARKERS})
         fields["lastRunNumber"] = max(number, int(status.get("lastRunNumber") or 0))
     marked = {k: fields.get(k, status.get(k)) for k in MARKERS}
+
+    # Replace: only the newest running run stays (also after a crash between starting a run and
+    # superseding the one before it: the new run's children are made first).
+    if spec.concurrency_policy == "Replace":
+        running = [r for r in runs if r.get("outcome") == RUNNING]
+        newest = max((int(r["number"]) for r in running), default=0)
+        for run in running:
+            if int(run["number"]) < newest:
+                _supersede(ctx, run, run_name(ctx.name, newest), now_text)
 
     # 2. Follow the running runs.
     for run in runs:
@@ -193,20 +213,13 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
             )
             events.append(Event("RunSkipped", f"{trigger.kind} trigger skipped: {todo.skipped_because}"))
         else:
-            for old in todo.supersede:
-                _delete(ctx, old)
-                for run in runs:
-                    if run["name"] == old and run.get("outcome") == RUNNING:
-                        run.update(
-                            outcome=SUPERSEDED,
-                            completionTime=now_text,
-                            message=f"replaced by run {name} (concurrencyPolicy Replace)",
-                            childrenDeleted=True,
-                        )
             handled = handled_record(trigger, seen.dataset_fingerprint, decision.markers, also)
             training, version = build_children({**ctx.body, "kind": KIND}, spec, number, handled)
             _create(ctx, "TrainingRun", "trainingruns", training)
             _create(ctx, "ModelVersion", "modelversions", version)
+            for run in runs:  # after the new run's children exist (a crash in between is healed above)
+                if run["name"] in todo.supersede and run.get("outcome") == RUNNING:
+                    _supersede(ctx, run, name, now_text)
             why = f" (also answers {', '.join(also)})" if also else ""
             runs.append(
                 {
