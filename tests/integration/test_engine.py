@@ -74,7 +74,7 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
     assert writes == []
     assert [r for r in requests if r[0] == "get"] == []
     lists = sorted(r[1] for r in requests if r[0] == "list")
-    # Our four kinds, and the children's informers: Jobs, Pods, Deployments, Services, autoscalers,
+    # Our six kinds, and the children's informers: Jobs, Pods, Deployments, Services, autoscalers,
     # Secrets (metadata only), and Rollouts and AnalysisTemplates (the session's control plane runs
     # Argo Rollouts, so its CRD is found), and Kueue's Workloads where the session runs Kueue. The
     # CRDs themselves are cluster-scoped: not in this namespace.
@@ -86,6 +86,8 @@ def test_restart_of_a_settled_operator_lists_once_per_kind_and_writes_nothing(
             "trainingruns",
             "modelversions",
             "inferencedeployments",
+            "driftmonitors",
+            "modelpipelines",
             "jobs",
             "pods",
             "deployments",

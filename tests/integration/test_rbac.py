@@ -75,14 +75,22 @@ def test_no_wildcards_and_secrets_are_get_and_a_metadata_watch_only(scope: str, 
                     secret_verbs |= set(rule["verbs"])
         grants = _grants(role)
         # The operator never writes the spec of our objects: status only, the finalizers subresource
-        # that owner references with blockOwnerDeletion need, and a ModelVersion's own finalizer.
+        # that owner references with blockOwnerDeletion need, a ModelVersion's own finalizer, and a
+        # ModelPipeline's runs (it creates each run's TrainingRun and ModelVersion, never updates
+        # them, and deletes them when superseded or past the history limits).
         for group, resource, verb in grants:
             if group == "mlops.dev" and verb in WRITE_VERBS:
                 assert resource.endswith("/status") or (resource, verb) in {
                     ("trainingruns/finalizers", "update"),
                     ("modelversions/finalizers", "update"),
                     ("inferencedeployments/finalizers", "update"),
+                    ("driftmonitors/finalizers", "update"),
+                    ("modelpipelines/finalizers", "update"),
                     ("modelversions", "patch"),
+                    ("trainingruns", "create"),
+                    ("trainingruns", "delete"),
+                    ("modelversions", "create"),
+                    ("modelversions", "delete"),
                 }
         # Pods are only watched: the Job controller makes them.
         assert {v for g, r, v in grants if (g, r) == ("", "pods")} <= {"list", "watch"}
@@ -164,6 +172,10 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
         ("patch", "horizontalpodautoscalers.autoscaling"),
         ("delete", "horizontalpodautoscalers.autoscaling"),
         ("delete", "deployments.apps"),
+        # A ModelPipeline's runs: created, and deleted when superseded or past the history limits.
+        ("create", "trainingruns.mlops.dev"),
+        ("delete", "trainingruns.mlops.dev"),
+        ("create", "modelversions.mlops.dev"),
     ]
     denied = [
         ("get", "horizontalpodautoscalers.autoscaling"),  # the informer's cache serves reads
@@ -175,7 +187,8 @@ def test_the_operator_identity_holds_what_the_role_says(control_plane: ControlPl
         ("get", "configmaps"),
         ("patch", "trainingruns.mlops.dev"),
         ("update", "datasets.mlops.dev"),
-        ("delete", "trainingruns.mlops.dev"),
+        ("update", "trainingruns.mlops.dev"),
+        ("delete", "datasets.mlops.dev"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
         ("create", "serviceaccounts/token"),
     ]
