@@ -13,7 +13,7 @@ Layout (paths inside the package):
                                  it runs on the GPU product and compute capability it was built for)
 
 The provider fills in what only the registry knows (the logged model's id, the run's id, where its
-artifacts live) in MLmodel; see `with_registry_ids`.
+artifacts live) in MLmodel (integrations/registry/mlflow.py `_with_registry_ids`).
 """
 
 from __future__ import annotations
@@ -190,11 +190,3 @@ def model_package(
     )
     files.insert(0, PackageFile(MLMODEL, content=yaml.safe_dump(document, sort_keys=True).encode()))
     return ModelPackage(tuple(files), signature, has_example)
-
-
-def with_registry_ids(mlmodel: bytes, *, model_id: str, run_id: str, artifact_path: str) -> bytes:
-    """MLmodel with the logged model's id, its run and its artifact location, as MLflow's own
-    log_model writes them (model_uuid is the model id there too)."""
-    document = yaml.safe_load(mlmodel)
-    document.update(model_id=model_id, model_uuid=model_id, run_id=run_id, artifact_path=artifact_path)
-    return yaml.safe_dump(document, sort_keys=True).encode()
