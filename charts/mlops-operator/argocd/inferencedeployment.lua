@@ -17,6 +17,10 @@ local PHASES = {
 local REASONS = {
   -- The ModelVersion it serves does not exist (the reason TrainingRun uses for its Dataset).
   ModelVersionNotFound = "Missing",
+  -- spec.modelVersionFrom names a ModelPipeline that does not exist.
+  ModelPipelineNotFound = "Missing",
+  -- The ModelPipeline it follows has promoted no version yet: a wait, not a fault.
+  NoPromotedVersion = "Progressing",
 }
 
 -- ---- common to the four kinds' checks from here on (identical in each file; a unit test compares) --

@@ -63,5 +63,5 @@ HANDLERS: dict[str, KindHandler] = {
         _all(modelversion.served_by, modelversion.aliases_moved_by, driftmonitor.watching_deployment),
     ),
     "DriftMonitor": KindHandler(driftmonitor.reconcile, modelpipeline.watching_monitor),
-    "ModelPipeline": KindHandler(modelpipeline.reconcile),
+    "ModelPipeline": KindHandler(modelpipeline.reconcile, inferencedeployment.following_pipeline),
 }

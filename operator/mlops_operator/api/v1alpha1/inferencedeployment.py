@@ -275,10 +275,28 @@ class RegistryAliases(ApiModel):
     )
 
 
+class ModelVersionFrom(ApiModel):
+    """Where the ModelVersion to serve comes from, instead of naming it: Git says "serve what
+    pipeline X promotes" and needs no commit per model."""
+
+    pipeline_ref: LocalObjectReference = Field(
+        description=(
+            "ModelPipeline to follow, in the same namespace: its status.latestPromoted (the ModelVersion "
+            "its champion/challenger gate promoted last) is served, and a newer promotion is rolled out "
+            "through the canary as a changed modelVersionRef is."
+        )
+    )
+
+
 class InferenceDeploymentSpec(ApiModel):
     """Desired state of an InferenceDeployment."""
 
     cel_rules = (
+        CelRule(
+            rule="has(self.modelVersionRef) != has(self.modelVersionFrom)",
+            message="exactly one of modelVersionRef or modelVersionFrom must be set",
+            check=lambda s: (s.model_version_ref is None) != (s.model_version_from is None),
+        ),
         CelRule(
             rule=(
                 "!has(self.autoscaling) || has(self.autoscaling.targetInflightRequests) || "
@@ -296,8 +314,16 @@ class InferenceDeploymentSpec(ApiModel):
         ),
     )
 
-    model_version_ref: LocalObjectReference = Field(
-        description="ModelVersion to serve, in the same namespace."
+    model_version_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="ModelVersion to serve, in the same namespace (or set modelVersionFrom instead).",
+    )
+    model_version_from: ModelVersionFrom | None = Field(
+        default=None,
+        description=(
+            "Serve the ModelVersion a ModelPipeline promoted last instead of naming one (exactly one of "
+            "modelVersionRef and modelVersionFrom); status.resolvedFrom says what it resolved to."
+        ),
     )
     triton: Triton = nested(Triton, "Triton settings.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Serving replicas when not autoscaled.")
@@ -338,6 +364,20 @@ class ServedRepository(ApiModel):
     settings_hash: str | None = Field(
         default=None,
         description="Hash of the settings it was built with (triton, resources.gpus, the CPU backend).",
+    )
+
+
+class ResolvedFrom(ApiModel):
+    """What spec.modelVersionFrom resolved to when last read."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    pipeline: str = Field(description="The ModelPipeline followed.")
+    model_version: str | None = Field(
+        default=None, description="The ModelVersion it names as promoted last (none: nothing promoted yet)."
+    )
+    resolved_time: str | None = Field(
+        default=None, description="When the resolved ModelVersion last changed (RFC 3339)."
     )
 
 
@@ -393,4 +433,11 @@ class InferenceDeploymentStatus(StatusBase):
     )
     registry: ServingRegistry | None = Field(
         default=None, description="Where spec.registryAliases point in the registry (what was applied)."
+    )
+    resolved_from: ResolvedFrom | None = Field(
+        default=None,
+        description=(
+            "With spec.modelVersionFrom: the ModelPipeline followed and the ModelVersion its "
+            "status.latestPromoted named when last read (status.modelVersion is what is rolled out)."
+        ),
     )

@@ -150,7 +150,8 @@ KINDS: tuple[KindInfo, ...] = (
         description="A ModelVersion served by Triton, rolled out through an Argo Rollouts canary.",
         printer_columns=(
             PHASE,
-            PrinterColumn("Model", ".spec.modelVersionRef.name"),
+            PrinterColumn("Model", ".status.modelVersion"),
+            PrinterColumn("Pipeline", ".spec.modelVersionFrom.pipelineRef.name", priority=1),
             PrinterColumn("Stable", ".status.stableVersion"),
             PrinterColumn("Canary", ".status.canaryVersion"),
             PrinterColumn("Weight", ".status.canaryWeight", "integer"),

@@ -6,10 +6,13 @@ ModelVersion, and whether it can be served), `repository` (publishing its Triton
 registry's aliases moved to what serves).
 
 Each call, level-based:
-1. reads the ModelVersion the spec names. Not there, not Ready, being deleted, or built for another
-   GPU: the spec is not applied (observedGeneration stays, `CanaryWaiting` says why). A canary whose
-   own ModelVersion went away is aborted (the stable keeps serving, `CanaryAborted`); the stable
-   version's ModelVersion being deleted goes on serving, and Ready's reason says so.
+1. reads the ModelVersion the spec names (spec.modelVersionRef), or the one the ModelPipeline it
+   follows promoted last (spec.modelVersionFrom: its status.latestPromoted; no pipeline, or nothing
+   promoted yet, waits like a missing version, and status.resolvedFrom says what it resolved to).
+   Not there, not Ready, being deleted, or built for another GPU: the spec is not applied
+   (observedGeneration stays, `CanaryWaiting` says why). A canary whose own ModelVersion went away
+   is aborted (the stable keeps serving, `CanaryAborted`); the stable version's ModelVersion being
+   deleted goes on serving, and Ready's reason says so.
 2. publishes the version's Triton model repository (repository.py);
 3. compares the desired children with what the watches hold and applies, server-side with one field
    manager, every one that is missing or drifted (all of them when the desired set changed): an
@@ -23,6 +26,7 @@ Each call, level-based:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -43,6 +47,7 @@ from ...integrations.endpoints import EndpointNotAllowedError
 from ...k8s.conditions import ConditionUpdate, find_condition
 from ...k8s.events import Event
 from ...metrics import ROLLOUTS_ABORTED, ROLLOUTS_STARTED
+from ...timeutil import to_rfc3339
 from ..base import READY, Outcome, Result
 from ..context import ReconcileContext
 from ..reads import read_object
@@ -58,11 +63,22 @@ from .children import (
 )
 from .repository import hash_of, published
 from .status import CANARY_ABORTED, CANARY_WAITING, Situation, observe, ready
-from .version import DELETING, NOT_FOUND, NOT_READY, not_servable, template_version, waiting_on_modelversion
+from .version import (
+    DELETING,
+    NOT_FOUND,
+    NOT_READY,
+    Resolution,
+    following_pipeline,
+    not_servable,
+    resolve,
+    template_version,
+    waiting_on_modelversion,
+)
 
 __all__ = [
     "CANARY_WAITING",
     "UNREADABLE_ANALYSIS",
+    "following_pipeline",
     "hash_of",
     "observe",
     "published",
@@ -115,7 +131,7 @@ def _withdrawn(
     spec: InferenceDeploymentSpec,
     ctx: ReconcileContext,
     workload: Mapping[str, Any],
-    name: str,
+    name: str | None,
     problem: tuple[str, str] | None,
 ) -> tuple[str, str] | None:
     """Why the canary the Rollout runs can no longer be promoted: its ModelVersion is gone, being
@@ -136,7 +152,7 @@ def _waiting(
     kind: Workload,
     workload: Mapping[str, Any] | None,
     *,
-    name: str,
+    name: str | None,
     problem: tuple[str, str],
     fallback: str | None,
     note: tuple[str, str] | None,
@@ -225,23 +241,31 @@ def _analysis_condition(
 
 
 def reconcile(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Result:
-    outcome = _serve(spec, ctx)
+    followed = spec.model_version_from.pipeline_ref.name if spec.model_version_from else None
+    pipeline = read_object(ctx, "ModelPipeline", "modelpipelines", followed) if followed else None
+    resolution = resolve(spec, pipeline, ctx.status.get("resolvedFrom"), to_rfc3339(ctx.now()))
+    outcome = _serve(spec, ctx, resolution)
+    outcome = replace(
+        outcome,
+        fields={**outcome.fields, "resolvedFrom": resolution.record},
+        events=(*resolution.events, *outcome.events),
+    )
     # Then the registry is told what serves (registry_aliases.py); its outage never changes serving.
     return registry_aliases.sync(spec, ctx, outcome)
 
 
-def _serve(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Outcome:
+def _serve(spec: InferenceDeploymentSpec, ctx: ReconcileContext, resolution: Resolution) -> Outcome:
     status = ctx.status
-    name = spec.model_version_ref.name
-    mv = read_object(ctx, "ModelVersion", "modelversions", name)
+    name = resolution.name
+    mv = read_object(ctx, "ModelVersion", "modelversions", name) if name else None
     kind = workload_kind(spec, ctx)
     fallback = ROLLOUTS_GONE if spec.rollout.strategy == "canary" and kind == "Deployment" else None
     workload = owned_one(ctx, kind)
     stable = status.get("stableVersion")
     # The stable version serves on while its ModelVersion is being deleted (the in-use finalizer
     # holds it): judged on the rest, and Ready's reason says so.
-    problem = not_servable(spec, mv, name, deleting_ok=name == stable)
-    note = _stable_note(ctx, stable, mv if name == stable else None)
+    problem = resolution.problem or not_servable(spec, mv, str(name), deleting_ok=name == stable)
+    note = _stable_note(spec, ctx, stable, mv if name == stable else None)
     repository: dict[str, Any] | None = None
     prometheus: str | None = None
     if problem is None:
@@ -306,7 +330,7 @@ def _serve(spec: InferenceDeploymentSpec, ctx: ReconcileContext) -> Outcome:
 
 
 def _stable_note(
-    ctx: ReconcileContext, stable: str | None, mv: Mapping[str, Any] | None
+    spec: InferenceDeploymentSpec, ctx: ReconcileContext, stable: str | None, mv: Mapping[str, Any] | None
 ) -> tuple[str, str] | None:
     """(Ready reason, message) when the stable version's ModelVersion is gone or being deleted: it
     serves on (its pods hold their repository), and the status says so until another serves."""
@@ -314,6 +338,8 @@ def _stable_note(
         return None
     mv = mv or read_object(ctx, "ModelVersion", "modelversions", stable)
     act = "point spec.modelVersionRef at another version"
+    if spec.model_version_from is not None:
+        act = f"let ModelPipeline {spec.model_version_from.pipeline_ref.name} promote another version"
     if mv is None:
         return "ModelVersionDeleted", f"ModelVersion {stable}, which serves, no longer exists: {act}"
     if mv["metadata"].get("deletionTimestamp"):

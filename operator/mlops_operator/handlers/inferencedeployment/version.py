@@ -1,14 +1,21 @@
-"""Which ModelVersion an InferenceDeployment rolls out, and whether it can be."""
+"""Which ModelVersion an InferenceDeployment rolls out, and whether it can be.
+
+The version is the one spec.modelVersionRef names, or, with spec.modelVersionFrom, the one the
+followed ModelPipeline's status.latestPromoted names (`resolve`): Git says "serve what pipeline X
+promotes", and each promotion rolls out through the canary as a changed modelVersionRef does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ...api.v1alpha1 import InferenceDeploymentSpec
 from ...builders.serving import MODELVERSION_ANNOTATION
 from ...engine.cache import Cache, ObjectKey
 from ...k8s.conditions import find_condition
+from ...k8s.events import Event
 from ..base import READY
 
 # A ModelVersion being deleted (the in-use finalizer keeps it while something serves it): never
@@ -16,16 +23,90 @@ from ..base import READY
 DELETING = "ModelVersionDeleting"
 NOT_FOUND = "ModelVersionNotFound"
 NOT_READY = "ModelVersionNotReady"
+# spec.modelVersionFrom names a ModelPipeline that does not exist, or one that promoted nothing yet.
+PIPELINE_NOT_FOUND = "ModelPipelineNotFound"
+NO_PROMOTED = "NoPromotedVersion"
+RESOLVED = "ModelVersionResolved"  # the event of a follower whose pipeline promoted another version
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The ModelVersion to roll out, from the spec or the followed pipeline."""
+
+    name: str | None  # None: there is none to roll out (`problem` says why)
+    problem: tuple[str, str] | None = None  # (Ready reason, message)
+    record: Mapping[str, str] | None = None  # status.resolvedFrom (None: the spec names the version)
+    events: tuple[Event, ...] = ()
+
+
+def followed_pipeline(spec: Mapping[str, Any]) -> str | None:
+    """The ModelPipeline an InferenceDeployment's spec (as stored) follows, if any."""
+    ref = ((spec.get("modelVersionFrom") or {}).get("pipelineRef") or {}).get("name")
+    return str(ref) if ref else None
+
+
+def resolve(
+    spec: InferenceDeploymentSpec,
+    pipeline: Mapping[str, Any] | None,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> Resolution:
+    """The ModelVersion to roll out: spec.modelVersionRef's, or the latestPromoted of `pipeline`
+    (the spec's modelVersionFrom.pipelineRef, as read; None: it does not exist). `previous` is
+    status.resolvedFrom: a change of what the pipeline names is an event, and resolvedTime stays
+    while it names the same version."""
+    if spec.model_version_from is None:
+        assert spec.model_version_ref is not None  # the schema's rule: exactly one
+        return Resolution(spec.model_version_ref.name)
+    followed = spec.model_version_from.pipeline_ref.name
+    name: str | None = None
+    problem: tuple[str, str] | None = None
+    if pipeline is None:
+        problem = PIPELINE_NOT_FOUND, f"ModelPipeline {followed} (spec.modelVersionFrom) does not exist"
+    else:
+        promoted = (pipeline.get("status") or {}).get("latestPromoted")
+        if promoted:
+            name = str(promoted)
+        else:
+            problem = (
+                NO_PROMOTED,
+                (
+                    f"ModelPipeline {followed} has promoted no ModelVersion yet: nothing to roll out until "
+                    "its champion/challenger gate promotes one"
+                ),
+            )
+    previous = previous or {}
+    same = previous.get("pipeline") == followed and previous.get("modelVersion") == name
+    record = {"pipeline": followed}
+    if name is not None:
+        record["modelVersion"] = name
+    when = previous.get("resolvedTime") if same else now
+    if when:
+        record["resolvedTime"] = str(when)
+    events: tuple[Event, ...] = ()
+    if name is not None and not same:
+        events = (Event(RESOLVED, f"ModelPipeline {followed} promoted {name}: rolling out"),)
+    return Resolution(name, problem, record, events)
 
 
 def waiting_on_modelversion(cache: Cache, mv: Mapping[str, Any]) -> Iterable[ObjectKey]:
-    """InferenceDeployments that serve, roll out or wait for this ModelVersion (the spec names it, or
-    the status serves it as stable or canary)."""
+    """InferenceDeployments that serve, roll out or wait for this ModelVersion (the spec names it, the
+    followed pipeline resolved to it, or the status serves it as stable or canary)."""
     meta = mv["metadata"]
     for idep in cache.in_namespace("InferenceDeployment", str(meta["namespace"])):
         status = idep.get("status") or {}
         named = ((idep.get("spec") or {}).get("modelVersionRef") or {}).get("name")
-        if meta["name"] in (named, status.get("stableVersion"), status.get("canaryVersion")):
+        resolved = (status.get("resolvedFrom") or {}).get("modelVersion")
+        if meta["name"] in (named, resolved, status.get("stableVersion"), status.get("canaryVersion")):
+            yield ("InferenceDeployment", str(meta["namespace"]), str(idep["metadata"]["name"]))
+
+
+def following_pipeline(cache: Cache, pipeline: Mapping[str, Any]) -> Iterable[ObjectKey]:
+    """InferenceDeployments that follow this ModelPipeline (spec.modelVersionFrom): a promotion, or the
+    pipeline appearing or going, changes what they roll out."""
+    meta = pipeline["metadata"]
+    for idep in cache.in_namespace("InferenceDeployment", str(meta["namespace"])):
+        if followed_pipeline(idep.get("spec") or {}) == meta["name"]:
             yield ("InferenceDeployment", str(meta["namespace"]), str(idep["metadata"]["name"]))
 
 
