@@ -112,7 +112,7 @@ def test_triggers_seen_together_make_one_run_answering_all():
 
 DRIFT = {"driftMonitorRef": {"name": "dm"}}
 SUCCEEDED_ON_FP1 = [
-    {"name": "p-1", "number": 1, "trigger": "Manual", "outcome": "Succeeded", "datasetFingerprint": FP1}
+    {"name": "p-1", "number": 1, "trigger": "Manual", "outcome": "Promoted", "datasetFingerprint": FP1}
 ]
 
 
@@ -169,7 +169,7 @@ def _child(phase: str | None) -> dict[str, Any]:
     ("tr", "mv", "outcome"),
     [
         ("Running", "WaitingForTraining", "Running"),
-        ("Succeeded", "Ready", "Succeeded"),
+        ("Succeeded", "Ready", "VersionReady"),
         ("Succeeded", "Rejected", "Rejected"),
         ("Failed", "WaitingForTraining", "Failed"),
         ("Succeeded", "Failed", "Failed"),
@@ -183,7 +183,7 @@ def test_run_outcome_follows_children(tr, mv, outcome):
 def test_history_pruning_keeps_newest_per_limit_and_the_promoted():
     runs = [
         {"name": f"p-{i}", "outcome": o, "trainingRun": f"p-{i}"}
-        for i, o in enumerate(["Succeeded", "Failed", "Succeeded", "Rejected", "Succeeded", "Running"], 1)
+        for i, o in enumerate(["Promoted", "Failed", "Promoted", "Rejected", "Promoted", "Running"], 1)
     ]
     runs.append({"name": "p-7", "outcome": "Skipped"})
     assert mp.to_prune(runs, 2, 1) == ["p-2", "p-1"]
@@ -315,7 +315,9 @@ def test_outcome_follows_children_and_adopts_a_run_made_before_a_crash():
     running = {"name": "p-1", "number": 1, "trigger": "Manual", "outcome": "Running", "trainingRun": "p-1"}
     status = {"lastDatasetFingerprint": FP1, "lastRunNumber": 1, "runs": [running]}
     out = _written(handler.reconcile(_spec(triggers={}), _ctx(cache, status, _spec(triggers={}))), status)
-    assert [(r["name"], r["outcome"]) for r in out["runs"]] == [("p-1", "Succeeded"), ("p-2", "Running")]
+    # No championGate in the sample: a Ready version is promoted as it is.
+    assert [(r["name"], r["outcome"]) for r in out["runs"]] == [("p-1", "Promoted"), ("p-2", "Running")]
+    assert (out["latestPromoted"], out["latestPromotedRun"]) == ("p-1", "p-1")
     assert out["lastRunNumber"] == 2
     assert out["lastDatasetFingerprint"] == FP2  # from the adopted run: no second run for FP2
     assert out["active"] == ["p-2"]

@@ -21,6 +21,7 @@ from ..api.v1alpha1.common import API_VERSION, GROUP
 from ..api.v1alpha1.modelpipeline import ModelPipelineSpec
 from ..k8s.naming import common_labels, owner_reference
 from ..timeutil import from_rfc3339, to_rfc3339
+from .champion_gate import challenger_evaluation
 
 KIND = "ModelPipeline"
 TRIGGER_ANNOTATION = f"{GROUP}/trigger"
@@ -30,8 +31,12 @@ HANDLED_ANNOTATION = f"{GROUP}/pipeline-handled"
 # Status markers of handled triggers (their values are the triggers' keys).
 MARKERS = ("lastDatasetFingerprint", "lastScheduleTime", "lastDriftTransition", "lastManualTrigger")
 MAX_HISTORY = 20  # entries kept in status.runs (running ones always)
-SUCCEEDED, RUNNING, SKIPPED, SUPERSEDED = "Succeeded", "Running", "Skipped", "Superseded"
-UNSUCCESSFUL = frozenset({"Rejected", "Failed"})
+RUNNING, SKIPPED, SUPERSEDED = "Running", "Skipped", "Superseded"
+PROMOTED, AWAITING_APPROVAL = "Promoted", "AwaitingApproval"
+# Not an outcome: what run_outcome says when the run's ModelVersion is Ready (the gate decides next).
+VERSION_READY = "VersionReady"
+# Runs whose model was trained (and scored): a drift on the data they trained on is not fixed by another.
+TRAINED = frozenset({PROMOTED, AWAITING_APPROVAL, "Rejected"})
 
 
 def run_name(pipeline: str, number: int) -> str:
@@ -66,8 +71,9 @@ class Decision:
     unfixable: str | None = None  # a message when a drift turned up on unchanged training data
 
 
-def last_succeeded(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    return next((r for r in reversed(runs) if r.get("outcome") == SUCCEEDED), None)
+def last_trained(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The newest run that trained and scored a model (promoted, awaiting approval or rejected)."""
+    return next((r for r in reversed(runs) if r.get("outcome") in TRAINED), None)
 
 
 def decide(spec: ModelPipelineSpec, status: Mapping[str, Any], seen: Observed, now: datetime) -> Decision:
@@ -93,7 +99,7 @@ def decide(spec: ModelPipelineSpec, status: Mapping[str, Any], seen: Observed, n
         and seen.drift_transition != status.get("lastDriftTransition")
     ):
         markers["lastDriftTransition"] = seen.drift_transition
-        good = last_succeeded(status.get("runs") or [])
+        good = last_trained(status.get("runs") or [])
         if good is not None and good.get("datasetFingerprint") == fingerprint and not triggers:
             unfixable = (
                 f"drifted, training data unchanged since run {good.get('number')} "
@@ -119,10 +125,10 @@ def unfixable_holds(
     held: Mapping[str, Any] | None, seen: Observed, runs: Sequence[Mapping[str, Any]]
 ) -> bool:
     """Whether a DriftUnfixable=True still stands: the monitor still says Drifted and the training data
-    is still what the last successful run trained on."""
+    is still what the last run that trained a model trained on."""
     if held is None or held.get("status") != "True" or not seen.drifted:
         return False
-    good = last_succeeded(runs)
+    good = last_trained(runs)
     return good is not None and good.get("datasetFingerprint") == seen.dataset_fingerprint
 
 
@@ -148,12 +154,13 @@ def plan(policy: str, active: Sequence[str]) -> Plan:
 
 
 def run_outcome(training: Mapping[str, Any] | None, version: Mapping[str, Any] | None) -> tuple[str, str]:
-    """A run's outcome from its children: Succeeded when the ModelVersion is Ready, Rejected when its
-    gates rejected it, Failed when either failed; Running otherwise."""
+    """A run's outcome from its children: VERSION_READY when the ModelVersion is Ready (the champion
+    gate decides the outcome), Rejected when its acceptance gates rejected it, Failed when either
+    failed; Running otherwise."""
     tr_phase = ((training or {}).get("status") or {}).get("phase")
     mv_phase = ((version or {}).get("status") or {}).get("phase")
     if mv_phase == "Ready":
-        return SUCCEEDED, "the ModelVersion is Ready"
+        return VERSION_READY, "the ModelVersion is Ready"
     if mv_phase == "Rejected":
         return "Rejected", "the ModelVersion's acceptance gates rejected it"
     if mv_phase == "Failed":
@@ -169,19 +176,20 @@ def to_prune(
     failed_limit: int,
     keep: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Finished runs whose children go (newest kept per limit; the names in `keep`, e.g. the promoted
-    version's run, always stay). Superseded runs' children are deleted when they are replaced."""
+    """Finished runs whose children go (newest kept per limit: Promoted ones count as successful; the
+    names in `keep`, e.g. the promoted version's run, always stay; runs awaiting approval stay).
+    Superseded runs' children are deleted when they are replaced."""
     out: list[str] = []
     good = bad = 0
     for run in reversed(runs):
         outcome = run.get("outcome")
         if (
             run.get("childrenDeleted")
-            or outcome in (RUNNING, SKIPPED, SUPERSEDED)
+            or outcome in (RUNNING, SKIPPED, SUPERSEDED, AWAITING_APPROVAL)
             or not run.get("trainingRun")
         ):
             continue
-        if outcome == SUCCEEDED:
+        if outcome == PROMOTED:
             good += 1
             over = good > successful_limit
         else:
@@ -193,13 +201,13 @@ def to_prune(
 
 
 def cap_history(runs: list[dict[str, Any]], limit: int = MAX_HISTORY) -> list[dict[str, Any]]:
-    """The newest `limit` entries, running ones always kept."""
+    """The newest `limit` entries, running and waiting ones always kept."""
     if len(runs) <= limit:
         return runs
     excess = len(runs) - limit
     kept: list[dict[str, Any]] = []
     for run in runs:
-        if excess > 0 and run.get("outcome") != RUNNING:
+        if excess > 0 and run.get("outcome") not in (RUNNING, AWAITING_APPROVAL):
             excess -= 1
             continue
         kept.append(run)
@@ -248,7 +256,7 @@ def build_children(
             **training["checkpoint"],
             "uri": _under(training["checkpoint"]["uri"], name),
         }
-    version = spec.model_version_template.wire()
+    version = challenger_evaluation(spec, spec.model_version_template.wire())
     version["source"] = {"trainingRunRef": {"name": name}}
     return (
         {

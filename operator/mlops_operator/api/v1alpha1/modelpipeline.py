@@ -6,8 +6,12 @@ the manual annotation `mlops.dev/trigger` (any new value triggers once). Each tr
 a TrainingRun `<pipeline>-<n>` on the Dataset and a ModelVersion `<pipeline>-<n>` of it, owned by the
 pipeline, with CronJob's concurrency policies and history limits.
 
-Coming in a later change (seams left here): the champion/challenger gate (a run's outcome
-`Promoted`), `status.latestPromoted` that an InferenceDeployment may follow, and manual approval.
+A run whose ModelVersion is Ready goes through the champion/challenger gate (`spec.promotion`): the
+version the pipeline promoted last (the champion) is scored again on the same fresh data the new one
+(the challenger) was evaluated on, and the challenger must beat it by each metric's margin. Then,
+after an optional manual approval (the annotation `mlops.dev/approve` naming the run), it is
+Promoted: `status.latestPromoted` names it, and InferenceDeployments that follow the pipeline
+(`spec.modelVersionFrom.pipelineRef`) canary to it. A rejected challenger leaves serving untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .modelversion import ModelSource, ModelVersionSpec
 from .trainingrun import TrainingRunSpec
 
 TRIGGER_ANNOTATION = "mlops.dev/trigger"
+APPROVE_ANNOTATION = "mlops.dev/approve"
 
 
 class TrainingRunTemplate(TrainingRunSpec):
@@ -82,6 +87,75 @@ class Triggers(ApiModel):
     )
 
 
+class MetricMargin(ApiModel):
+    """One metric the challenger must win on."""
+
+    name: str = Field(
+        description="Metric name as the evaluator reports it, e.g. accuracy.", min_length=1, max_length=128
+    )
+    direction: Literal["HigherIsBetter", "LowerIsBetter"] = Field(
+        default="HigherIsBetter", description="HigherIsBetter (accuracy) or LowerIsBetter (a loss, latency)."
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "How much better the challenger must be: challenger - champion >= margin (HigherIsBetter), "
+            "champion - challenger >= margin (LowerIsBetter). 0: at least as good."
+        ),
+    )
+
+
+class ChampionGate(ApiModel):
+    """How a challenger is compared with the champion: both scored on the same data, per metric."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.metrics.all(m, self.metrics.exists_one(o, o.name == m.name))",
+            message="each metric may appear once in championGate.metrics",
+            check=lambda g: len({m.name for m in g.metrics}) == len(g.metrics),
+        ),
+    )
+
+    dataset_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "The fresh labelled data both are scored on (its held-out split); also the run's ModelVersion "
+            "is evaluated on it. Defaults to the pipeline's datasetRef."
+        ),
+    )
+    split: str = Field(
+        default="test",
+        description="Held-out split of that Dataset to score.",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$",
+    )
+    metrics: list[MetricMargin] = Field(
+        min_length=1, max_length=16, description="Metrics the challenger must win on, each by its margin."
+    )
+
+
+class Promotion(ApiModel):
+    """What promotes a run's ModelVersion (what InferenceDeployments that follow the pipeline serve)."""
+
+    champion_gate: ChampionGate | None = Field(
+        default=None,
+        description=(
+            "Compare each challenger with the champion (the version promoted last) on the same fresh data; "
+            "empty: every Ready version is promoted."
+        ),
+    )
+    approval: Literal["Automatic", "Manual"] = Field(
+        default="Automatic",
+        description=(
+            "Manual: a version that passed the gate waits (AwaitingApproval) until the annotation "
+            "mlops.dev/approve on the pipeline names its run, e.g. `kubectl annotate mp digits "
+            "mlops.dev/approve=digits-4 --overwrite`."
+        ),
+    )
+
+
 ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace"]
 
 
@@ -111,10 +185,24 @@ class ModelPipelineSpec(ApiModel):
         default=1, ge=0, le=100, description="Finished unsuccessful runs whose children are kept."
     )
     suspend: bool = Field(default=False, description="Start no new runs; active ones continue.")
+    promotion: Promotion = nested(Promotion, "The champion/challenger gate and approval.")
 
 
-RunOutcome = Literal["Running", "Succeeded", "Rejected", "Failed", "Superseded", "Skipped"]
+RunOutcome = Literal["Running", "AwaitingApproval", "Promoted", "Rejected", "Failed", "Superseded", "Skipped"]
 TriggerKind = Literal["DatasetChange", "Schedule", "Drift", "Manual"]
+
+
+class MetricComparison(ApiModel):
+    """One metric of the gate: both figures on the same data, and the verdict."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    name: str = Field(description="The metric.", max_length=128)
+    challenger: float | None = Field(default=None, description="The run's version's figure.")
+    champion: float | None = Field(default=None, description="The champion's figure on the same data.")
+    direction: str = Field(description="HigherIsBetter or LowerIsBetter.", max_length=16)
+    margin: float = Field(description="The margin it had to win by.")
+    passed: bool = Field(description="The challenger won by the margin.")
 
 
 class PipelineRun(ApiModel):
@@ -137,10 +225,25 @@ class PipelineRun(ApiModel):
     model_version: ObjectName | None = Field(default=None, description="Its ModelVersion.")
     start_time: str | None = Field(default=None, description="When it started.")
     completion_time: str | None = Field(default=None, description="When it finished.")
-    outcome: RunOutcome = Field(description="Running, Succeeded, Rejected, Failed, Superseded or Skipped.")
+    outcome: RunOutcome = Field(
+        description="Running, AwaitingApproval, Promoted, Rejected, Failed, Superseded or Skipped."
+    )
     message: str | None = Field(default=None, max_length=1024, description="Why, in words.")
     children_deleted: bool | None = Field(
         default=None, description="Its TrainingRun and ModelVersion were deleted (history limit, Replace)."
+    )
+    champion: ObjectName | None = Field(
+        default=None, description="The ModelVersion it was compared with (promoted before it)."
+    )
+    champion_evaluation: ObjectName | None = Field(
+        default=None,
+        description="The ModelVersion <run>-champion that scored the champion on the same data.",
+    )
+    gate_dataset_fingerprint: str | None = Field(
+        default=None, description="The gate Dataset's fingerprint both versions were scored at."
+    )
+    comparison: list[MetricComparison] = Field(
+        default_factory=list, max_length=16, description="The gate, metric by metric."
     )
 
 
@@ -171,5 +274,9 @@ class ModelPipelineStatus(StatusBase):
     )
     latest_promoted: str | None = Field(
         default=None,
-        description="The latest promoted ModelVersion (set by the champion/challenger gate: coming).",
+        description=(
+            "The ModelVersion promoted last: what InferenceDeployments that follow the pipeline serve."
+        ),
     )
+    latest_promoted_run: str | None = Field(default=None, description="The run that promoted it.")
+    latest_promoted_time: str | None = Field(default=None, description="When it was promoted.")

@@ -13,7 +13,8 @@ Level-based. Each look:
 4. Deletes the children of finished runs beyond the history limits.
 A drift on unchanged training data starts no run: DriftUnfixable=True (TrainingDataUnchanged) and a
 Warning event; it clears when the data changes or the monitor no longer says Drifted.
-Coming later (not here): the champion/challenger gate (Promoted), status.latestPromoted, approval.
+A run whose ModelVersion is Ready goes through the champion/challenger gate (gate.py): Promoted
+(status.latestPromoted, what following InferenceDeployments serve), AwaitingApproval, or Rejected.
 """
 
 from __future__ import annotations
@@ -21,19 +22,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from ..api.v1alpha1 import GROUP, VERSION
-from ..api.v1alpha1.modelpipeline import ModelPipelineSpec
-from ..builders.modelpipeline import (
+from ...api.v1alpha1.modelpipeline import ModelPipelineSpec
+from ...builders.champion_gate import approved
+from ...builders.modelpipeline import (
+    AWAITING_APPROVAL,
     HANDLED_ANNOTATION,
     KIND,
     MARKERS,
-    RUN_LABEL,
     RUNNING,
     SKIPPED,
-    SUPERSEDED,
     TRIGGER_ANNOTATION,
+    VERSION_READY,
     Observed,
     adopted_entry,
     build_children,
@@ -49,66 +48,17 @@ from ..builders.modelpipeline import (
     to_prune,
     unfixable_holds,
 )
-from ..engine.cache import Cache, ObjectKey
-from ..k8s.conditions import ConditionUpdate, find_condition
-from ..k8s.events import Event
-from ..timeutil import from_rfc3339, to_rfc3339
-from .base import MAX_MESSAGE, Outcome, Result, ready
-from .context import ReconcileContext
-from .reads import read_object
+from ...engine.cache import Cache, ObjectKey
+from ...k8s.conditions import ConditionUpdate, find_condition
+from ...k8s.events import Event
+from ...timeutil import from_rfc3339, to_rfc3339
+from ..base import MAX_MESSAGE, Outcome, Result, ready
+from ..context import ReconcileContext
+from ..reads import read_object
+from .children import CHILDREN, champion_evaluations, create, delete_run, runs_children, supersede
+from .gate import judge, promote
 
 DRIFT_UNFIXABLE = "DriftUnfixable"
-CHILDREN = (("TrainingRun", "trainingruns"), ("ModelVersion", "modelversions"))
-
-
-def _path(plural: str, namespace: str, name: str | None = None) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
-    return f"{base}/{name}" if name else base
-
-
-def _create(ctx: ReconcileContext, kind: str, plural: str, manifest: Mapping[str, Any]) -> None:
-    """Create a child; one that exists already (made by an earlier look) is left as it is."""
-    try:
-        created = ctx.require_clients().raw.request("POST", _path(plural, ctx.namespace), body=manifest)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        return
-    created.setdefault("kind", kind)
-    ctx.cache.upsert(kind, created)
-
-
-def _delete(ctx: ReconcileContext, name: str) -> None:
-    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
-    for kind, plural in CHILDREN:
-        try:
-            ctx.require_clients().raw.request("DELETE", _path(plural, ctx.namespace, name), body=body)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-        ctx.cache.delete(kind, ctx.namespace, name)
-
-
-def _supersede(ctx: ReconcileContext, run: dict[str, Any], by: str, now: str) -> None:
-    """Replace: delete a running run's children and record it Superseded by run `by`."""
-    _delete(ctx, str(run["name"]))
-    run.update(
-        outcome=SUPERSEDED,
-        completionTime=now,
-        message=f"replaced by run {by} (concurrencyPolicy Replace)",
-        childrenDeleted=True,
-    )
-
-
-def _children(ctx: ReconcileContext) -> dict[int, dict[str, Mapping[str, Any]]]:
-    """The owned TrainingRuns and ModelVersions by run number."""
-    out: dict[int, dict[str, Mapping[str, Any]]] = {}
-    for kind, _ in CHILDREN:
-        for obj in ctx.cache.owned(kind, ctx.uid):
-            label = (obj["metadata"].get("labels") or {}).get(RUN_LABEL, "")
-            if label.isdigit():
-                out.setdefault(int(label), {})[kind] = obj
-    return out
 
 
 def _observe(spec: ModelPipelineSpec, ctx: ReconcileContext) -> tuple[Observed, str | None]:
@@ -143,7 +93,7 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
     runs: list[dict[str, Any]] = [dict(r) for r in status.get("runs") or []]
     fields: dict[str, Any] = {}
     events: list[Event] = []
-    children = _children(ctx)
+    children = runs_children(ctx)
 
     # 1. Adopt runs that exist only as children.
     known = {int(r.get("number") or 0) for r in runs}
@@ -164,16 +114,31 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
         newest = max((int(r["number"]) for r in running), default=0)
         for run in running:
             if int(run["number"]) < newest:
-                _supersede(ctx, run, run_name(ctx.name, newest), now_text)
+                supersede(ctx, run, run_name(ctx.name, newest), now_text)
 
-    # 2. Follow the running runs.
+    # 2. Follow the running runs through training and the champion gate; promote approved ones.
+    champion = status.get("latestPromoted")
+    evaluations = champion_evaluations(ctx)
     for run in runs:
+        if run.get("outcome") == AWAITING_APPROVAL and approved(
+            ctx.body["metadata"].get("annotations"), str(run["name"])
+        ):
+            verdict = str(run.get("message") or "").split("; waiting for approval")[0]
+            run["message"] = f"approved ({verdict})"[:MAX_MESSAGE]
+            events.append(promote(run, runs, now_text, fields))
+            champion = fields["latestPromoted"]
         if run.get("outcome") != RUNNING:
             continue
         number = int(run["number"])
         held = children.get(number, {})
         outcome, message = run_outcome(held.get("TrainingRun"), held.get("ModelVersion"))
-        if outcome != RUNNING:
+        if outcome == VERSION_READY:
+            said, promoted = judge(spec, ctx, run, champion=champion, evaluations=evaluations, now=now_text)
+            events.extend(said)
+            if promoted:
+                events.append(promote(run, runs, now_text, fields))
+                champion = fields["latestPromoted"]
+        elif outcome != RUNNING:
             run.update(outcome=outcome, message=message, completionTime=now_text)
         else:
             run["message"] = message
@@ -187,7 +152,7 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
                 training, version = build_children(owner, spec, number, handled)
                 for (kind, plural), manifest in zip(CHILDREN, (training, version), strict=True):
                     if kind not in held:
-                        _create(ctx, kind, plural, manifest)
+                        create(ctx, kind, plural, manifest)
 
     # 3. Triggers.
     seen, waiting = _observe(spec, ctx)
@@ -215,11 +180,11 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
         else:
             handled = handled_record(trigger, seen.dataset_fingerprint, decision.markers, also)
             training, version = build_children({**ctx.body, "kind": KIND}, spec, number, handled)
-            _create(ctx, "TrainingRun", "trainingruns", training)
-            _create(ctx, "ModelVersion", "modelversions", version)
+            create(ctx, "TrainingRun", "trainingruns", training)
+            create(ctx, "ModelVersion", "modelversions", version)
             for run in runs:  # after the new run's children exist (a crash in between is healed above)
                 if run["name"] in todo.supersede and run.get("outcome") == RUNNING:
-                    _supersede(ctx, run, name, now_text)
+                    supersede(ctx, run, name, now_text)
             why = f" (also answers {', '.join(also)})" if also else ""
             runs.append(
                 {
@@ -262,9 +227,9 @@ def reconcile(spec: ModelPipelineSpec, ctx: ReconcileContext) -> Result:
         )
 
     # 4. History limits.
-    keep = frozenset({str(status["latestPromoted"])} if status.get("latestPromoted") else ())
+    keep = frozenset({str(champion)} if champion else ())
     for name in to_prune(runs, spec.successful_runs_history_limit, spec.failed_runs_history_limit, keep):
-        _delete(ctx, name)
+        delete_run(ctx, name)
         for run in runs:
             if run["name"] == name:
                 run["childrenDeleted"] = True
