@@ -71,6 +71,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "waiting for the operator to reconcile this InferenceDeployment",
     ),
     "inferencedeployment-modelversion-not-ready": ("Progressing", "ModelVersionNotReady: ModelVersion"),
+    "inferencedeployment-no-promoted-version": (
+        "Progressing",
+        "NoPromotedVersion: ModelPipeline digits has promoted no ModelVersion yet",
+    ),
     "driftmonitor-no-status": ("Progressing", "waiting for the operator to reconcile this DriftMonitor"),
     "driftmonitor-modelversion-not-ready": ("Progressing", "ModelVersionNotReady: ModelVersion"),
     "modelpipeline-no-status": ("Progressing", "waiting for the operator to reconcile this ModelPipeline"),

@@ -104,6 +104,11 @@ def test_every_phase_has_the_health_argocd_should_show(
     objects.create(_run("orphan", bucket, datasetRef={"name": "nowhere"}))
     objects.create(load(SAMPLES / "03-modelversion.yaml"))
     objects.create(load(SAMPLES / "04-inferencedeployment.yaml"))
+    follower = load(SAMPLES / "04-inferencedeployment.yaml")
+    follower["metadata"]["name"] = "follower"
+    del follower["spec"]["modelVersionRef"]
+    follower["spec"]["modelVersionFrom"] = {"pipelineRef": {"name": "digits"}}  # promotes nothing here
+    objects.create(follower)
     monitor = load(SAMPLES / "05-driftmonitor.yaml")
     monitor["spec"] = {"modelVersionRef": {"name": "digits-cnn-v1"}, "currentDatasetRef": {"name": "digits"}}
     objects.create(monitor)
@@ -145,6 +150,10 @@ def test_every_phase_has_the_health_argocd_should_show(
         objects.check(
             "inferencedeployment-modelversion-not-ready",
             objects.wait_reason("InferenceDeployment", "digits", "ModelVersionNotReady"),
+        )
+        objects.check(
+            "inferencedeployment-no-promoted-version",
+            objects.wait_reason("InferenceDeployment", "follower", "NoPromotedVersion"),
         )
         objects.check(
             "driftmonitor-modelversion-not-ready",
