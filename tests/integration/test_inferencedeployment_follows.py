@@ -135,3 +135,19 @@ def test_a_follower_waits_for_a_promotion_serves_it_and_canaries_the_next(
         and any(e.reason == "RolloutStarted" and "rolling out v2, replacing v1" in e.message for e in events),
         "a ModelVersionResolved event per promotion and the canary's RolloutStarted",
     )  # fmt: skip
+
+    # The pipeline deleted mid-canary: nothing to resolve, so nothing new is rolled out, and what
+    # runs goes on (v1 stable, the canary of v2, whose ModelVersion is still Ready, held at its pause);
+    # CanaryWaiting says why.
+    custom.delete_namespaced_custom_object(G, V, namespace, "modelpipelines", PIPELINE)
+    orphaned = _wait(
+        custom, namespace, "inferencedeployments", "digits",
+        lambda o: _ready(o, "CanaryWaiting").get("reason") == "ModelPipelineNotFound", "the pipeline gone",
+    )  # fmt: skip
+    assert (
+        f"ModelPipeline {PIPELINE} (spec.modelVersionFrom) does not exist"
+        in _ready(orphaned, "CanaryWaiting")["message"]
+    )
+    assert (orphaned["status"]["stableVersion"], orphaned["status"]["canaryVersion"]) == ("v1", "v2")
+    assert _ready(orphaned)["status"] == "True"
+    assert "modelVersion" not in orphaned["status"]["resolvedFrom"]

@@ -59,8 +59,19 @@ def test_a_missing_pipeline_resolves_to_nothing_and_says_so():
     assert resolution.problem is not None
     assert resolution.problem[0] == PIPELINE_NOT_FOUND
     assert "ModelPipeline digits (spec.modelVersionFrom) does not exist" in resolution.problem[1]
-    assert resolution.record == {"pipeline": "digits", "resolvedTime": NOW}
+    # The version it named is dropped: sent as null once (the status is merge-patched), then absent.
+    assert resolution.record == {"pipeline": "digits", "modelVersion": None, "resolvedTime": NOW}
     assert resolution.events == ()
+    status = {"resolvedFrom": {"pipeline": "digits", "modelVersion": "v1", "resolvedTime": EARLIER}}
+    patch = status_patch(status, Outcome("Pending", (), {"resolvedFrom": resolution.record}), 1)[0]
+    assert patch["resolvedFrom"] == {"pipeline": "digits", "modelVersion": None, "resolvedTime": NOW}
+    after = {"resolvedFrom": {"pipeline": "digits", "resolvedTime": NOW}}
+    again = resolve(FOLLOWER, None, after["resolvedFrom"], "2026-01-02T00:00:00Z")
+    assert again.record == after["resolvedFrom"]
+    assert (
+        "resolvedFrom"
+        not in status_patch(after, Outcome("Pending", (), {"resolvedFrom": again.record}), 1)[0]
+    )
 
 
 def test_a_pipeline_that_promoted_nothing_yet_resolves_to_nothing_and_says_so():

@@ -35,7 +35,9 @@ class Resolution:
 
     name: str | None  # None: there is none to roll out (`problem` says why)
     problem: tuple[str, str] | None = None  # (Ready reason, message)
-    record: Mapping[str, str] | None = None  # status.resolvedFrom (None: the spec names the version)
+    # status.resolvedFrom (None: the spec names the version); a key it no longer has is None, so
+    # the status merge patch removes it (once: the next status lacks it too).
+    record: Mapping[str, str | None] | None = None
     events: tuple[Event, ...] = ()
 
 
@@ -77,7 +79,7 @@ def resolve(
             )
     previous = previous or {}
     same = previous.get("pipeline") == followed and previous.get("modelVersion") == name
-    record = {"pipeline": followed}
+    record: dict[str, str | None] = {**dict.fromkeys(previous), "pipeline": followed}
     if name is not None:
         record["modelVersion"] = name
     when = previous.get("resolvedTime") if same else now
