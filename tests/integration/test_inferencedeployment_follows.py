@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
+from mlops_operator.dev.controlplane import ControlPlane
 from mlops_operator.dev.runner import LocalPodRunner
 from tests.integration.conftest import OperatorProcess
 from tests.integration.digits_engine import CompiledEngine
@@ -67,6 +68,7 @@ def test_a_follower_waits_for_a_promotion_serves_it_and_canaries_the_next(
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     namespace: str,
+    control_plane: ControlPlane,
 ):
     custom.create_namespaced_custom_object(G, V, namespace, "modelpipelines", _pipeline())
     follower = _idep(
@@ -125,6 +127,17 @@ def test_a_follower_waits_for_a_promotion_serves_it_and_canaries_the_next(
     )
     annotations = rollout["spec"]["template"]["metadata"]["annotations"]
     assert "v2" in annotations.values()
+    # `kubectl get idep -o wide`: MODEL is what rolls out (the spec names none), PIPELINE what is followed.
+    header, row = control_plane.kubectl(
+        "get", "idep", "digits", "-n", namespace, "-o", "wide"
+    ).stdout.splitlines()[:2]
+    cells = {name: row[header.index(name) :].split(" ")[0] for name in header.split()}
+    assert (cells["MODEL"], cells["PIPELINE"], cells["STABLE"], cells["CANARY"]) == (
+        "v2",
+        PIPELINE,
+        "v1",
+        "v2",
+    )
     resolved = [
         f"ModelPipeline {PIPELINE} promoted v1: rolling out",
         f"ModelPipeline {PIPELINE} promoted v2: rolling out",
