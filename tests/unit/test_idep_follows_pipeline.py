@@ -4,6 +4,7 @@ event of a promotion, and which changes wake it. As data, no clients (issue 18).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from mlops_operator.handlers.inferencedeployment.version import (
     RESOLVED,
     resolve,
 )
+from tests.argocd import assess, captured
 from tests.unit.test_inferencedeployment_observe import _ctx_with, _deployment
 
 FOLLOWER = InferenceDeploymentSpec.model_validate(
@@ -209,3 +211,16 @@ def test_a_modelversion_change_wakes_the_deployments_that_resolved_to_it():
     mv = {"kind": "ModelVersion", "metadata": {"name": "v2", "namespace": "ns"}}
     woken = set(inferencedeployment.waiting_on_modelversion(cache, mv))
     assert woken == {("InferenceDeployment", "ns", "follower")}
+
+
+@pytest.mark.parametrize(
+    ("reason", "health"), [("NoPromotedVersion", "Progressing"), ("ModelPipelineNotFound", "Missing")]
+)
+def test_argocd_health_of_a_follower_with_nothing_to_serve(reason: str, health: str):
+    # The captured follower (tests/data/argocd/, from the real apiserver), with each waiting reason.
+    obj = copy.deepcopy(captured()["inferencedeployment-no-promoted-version"])
+    obj["status"]["conditions"][0]["reason"] = reason
+    assert assess(obj) == {
+        "status": health,
+        "message": f"{reason}: {obj['status']['conditions'][0]['message']}",
+    }
