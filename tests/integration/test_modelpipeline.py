@@ -3,7 +3,7 @@ ModelVersion `<pipeline>-<n>`, owned and labelled), Forbid skips, Replace supers
 fingerprint change makes one run even when the operator is killed with SIGKILL around it.
 
 The runs' TrainingRuns are suspended (`trainingRunTemplate.suspend: true`): no training runs here, the
-runs stay active, which is what the concurrency policies act on. Outcomes from children (Succeeded,
+runs stay active, which is what the concurrency policies act on. Outcomes from children (Promoted,
 Rejected, Failed) are covered by the unit tests (tests/unit/test_modelpipeline.py), not here.
 """
 
