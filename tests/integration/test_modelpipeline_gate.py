@@ -5,7 +5,8 @@ Rollouts controller.
 
 Run 1 (a briefly trained model) has no champion: it is promoted and served. Run 2 (barely trained)
 is scored against it on the same data and rejected: serving is untouched. Run 3 (trained longer)
-beats the champion by the margin and is promoted; the InferenceDeployment canaries to it.
+beats the champion by the margin and is promoted (the operator is killed with SIGKILL while the
+champion is scored for it: nothing is made twice); the InferenceDeployment canaries to it.
 What is simulated: kwok decides when pods are Running and Ready; Argo Rollouts splits traffic by
 replica counts (no traffic router here).
 """
@@ -35,6 +36,28 @@ WORSE = {"epochs": 1, "maxSteps": 1, "learningRate": 1e-5, "batchSize": 64, "num
 BETTER = {"epochs": 6, "maxSteps": 100000, "learningRate": 2e-3, "batchSize": 64, "numWorkers": 0, "seed": 3}
 
 
+class Serving:
+    """The operator (restartable: a test kills it) and the pod runner."""
+
+    def __init__(
+        self, control_plane: ControlPlane, namespace: str, log: Path, runner: LocalPodRunner
+    ) -> None:
+        self.control_plane, self.namespace, self.log, self.runner = control_plane, namespace, log, runner
+        self.operators: list[OperatorProcess] = []
+        self.start()
+
+    def start(self) -> None:
+        # The local tritonserver has only the python backend.
+        env = {"MLOPS_TRITON_CPU_BACKEND": "python"}
+        self.operators.append(start_operator(self.control_plane, self.namespace, self.log, env))
+
+    def kill9_and_restart(self) -> None:
+        """SIGKILL (no shutdown handlers, no last status patch), then a new operator process."""
+        self.operators[-1].process.kill()
+        self.operators[-1].process.wait(timeout=10)
+        self.start()
+
+
 @pytest.fixture
 def serving(
     control_plane: ControlPlane,
@@ -45,17 +68,11 @@ def serving(
     engine: CompiledEngine,
     namespace: str,
     tmp_path: Path,
-) -> Iterator[tuple[OperatorProcess, LocalPodRunner]]:
+) -> Iterator[Serving]:
     if not control_plane.argo_rollouts:
         pytest.fail("the session control plane must run Argo Rollouts (tests/integration/conftest.py)")
     create_s3_secret(core, namespace)
     create_digits_dataset(custom, s3, engine, namespace)
-    operator = start_operator(
-        control_plane,
-        namespace,
-        tmp_path / "operator.log",
-        {"MLOPS_TRITON_CPU_BACKEND": "python"},  # the local tritonserver has only the python backend
-    )
     runner = LocalPodRunner(
         api,
         namespace,
@@ -63,11 +80,14 @@ def serving(
         serving=ServingRuntime(sd_file=control_plane.prometheus_sd_file),
     )
     runner.start()
+    held = None
     try:
-        yield operator, runner
+        held = Serving(control_plane, namespace, tmp_path / "operator.log", runner)
+        yield held
     finally:
         runner.stop()
-        operator.stop()
+        for operator in held.operators if held else []:
+            operator.stop()
 
 
 def _pipeline(bucket: str) -> dict[str, Any]:
@@ -112,6 +132,11 @@ def _idep() -> dict[str, Any]:
 
 def _get(custom: client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
     return custom.get_namespaced_custom_object(G, V, namespace, plural, name)  # type: ignore[no-any-return]
+
+
+def _names(custom: client.CustomObjectsApi, namespace: str, plural: str) -> set[str]:
+    items = custom.list_namespaced_custom_object(G, V, namespace, plural)["items"]
+    return {i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp")}
 
 
 def _runs(custom: client.CustomObjectsApi, namespace: str) -> list[dict[str, Any]]:
@@ -159,7 +184,7 @@ def _next_run(
 
 
 def test_a_worse_challenger_is_rejected_and_a_better_one_canaries_through_the_following_deployment(
-    serving: tuple[OperatorProcess, LocalPodRunner],
+    serving: Serving,
     engine: CompiledEngine,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
@@ -214,7 +239,12 @@ def test_a_worse_challenger_is_rejected_and_a_better_one_canaries_through_the_fo
     assert (status["stableVersion"], status.get("canaryVersion")) == ("p-1", None)
 
     # Run 3: trained longer; beats p-1 by the margin, promoted, and the deployment canaries to it.
+    # The operator is killed (SIGKILL) once the champion's scoring exists: nothing is made twice.
     _next_run(custom, namespace, BETTER, "better")
+    wait_for(
+        lambda: "p-3-champion" in _names(custom, namespace, "modelversions") or None, "p-3-champion made", 300
+    )
+    serving.kill9_and_restart()
     better = _wait_run(custom, namespace, "p-3", timeout=600)
     assert better["outcome"] == "Promoted", better["message"]
     assert _get(custom, namespace, "trainingruns", "p-3")["spec"]["hyperparameters"] == BETTER
@@ -222,7 +252,15 @@ def test_a_worse_challenger_is_rejected_and_a_better_one_canaries_through_the_fo
     assert row["passed"] is True
     assert row["challenger"] - row["champion"] >= MARGIN
     assert row["champion"] == pytest.approx(champion, abs=1e-6)
-    assert _get(custom, namespace, "modelpipelines", "p")["status"]["latestPromoted"] == "p-3"
+    status = _get(custom, namespace, "modelpipelines", "p")["status"]
+    assert status["latestPromoted"] == "p-3"
+    assert [(r["name"], r["outcome"]) for r in status["runs"]] == [
+        ("p-1", "Promoted"),
+        ("p-2", "Rejected"),
+        ("p-3", "Promoted"),
+    ]
+    assert _names(custom, namespace, "modelversions") == {"p-1", "p-2", "p-2-champion", "p-3", "p-3-champion"}
+    assert _names(custom, namespace, "trainingruns") == {"p-1", "p-2", "p-3"}
     canary = _idep_status(
         custom, namespace, lambda s: s.get("canaryVersion") == "p-3" or s.get("stableVersion") == "p-3",
         "the canary of p-3",
