@@ -190,12 +190,13 @@ KINDS: tuple[KindInfo, ...] = (
         status_model=ModelPipelineStatus,
         description=(
             "Continuous training: triggers (new data, schedule, drift, manual) make TrainingRuns and "
-            "ModelVersions."
+            "ModelVersions; a champion/challenger gate promotes what following InferenceDeployments serve."
         ),
         printer_columns=(
             PHASE,
             PrinterColumn("Last Trigger", ".status.lastTrigger", description="What started the last run."),
             PrinterColumn("Last Outcome", ".status.lastOutcome", description="Outcome of the last run."),
+            PrinterColumn("Promoted", ".status.latestPromoted", description="The ModelVersion promoted last."),
             PrinterColumn("Active", ".status.active", description="Runs in progress."),
             PrinterColumn("Next", ".status.nextScheduleTime", "date", "When the schedule is next due."),
             READY,
