@@ -5,8 +5,11 @@ local MLflow server (the model registry), the operator, and the local pod runner
 workload containers as local processes: the real trainer trains, compiles and evaluates for real),
 applies `samples/`, and waits until each stage has reached its goal: the Dataset Ready, the
 TrainingRun Succeeded, the ModelVersion Ready (registered). It prints what `kubectl get mlops` and
-the events show and the registered version; it exits non-zero naming the first stage that did not
-reach its goal, with that stage's reason. With `keep`, everything stays up until Ctrl-C.
+the events show and the registered version, predicts through Triton, starts the canary of a second
+version, then runs the drift loop (drift_loop.py: a drifted batch, Drifted, labelled data, a retrained
+version that beats the champion and is promoted through the canary). It exits non-zero naming the
+first stage that did not reach its goal, with that stage's reason. With `keep`, everything stays up
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mlops_contract import envvars
 from ..api.v1alpha1 import kind_by_name
 from . import kueue as kueue_docs
 from .controlplane import KWOK_TOLERATION, ControlPlane, GpuNodePool, free_port, kueue_built
+from .drift_loop import DriftLoop, StageFailedError, read_images, triton_infer
 from .mlflow import DEFAULT_MLFLOW_BIN, LocalMlflow
 from .runner import LocalPodRunner, ServingRuntime
 from .s3 import DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, LOOPBACK_ENDPOINTS, LocalS3
@@ -210,41 +214,16 @@ def _predict(
 ) -> None:
     """One digits image of the held-out split through Triton's HTTP API, and the lineage of what
     answered."""
-    import io  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
     import numpy as np  # noqa: PLC0415
 
     idep = _get(plane, namespace, _first(docs, "InferenceDeployment"))
     mv = _get(plane, namespace, _first(docs, "ModelVersion"))
     run = _get(plane, namespace, _first(docs, "TrainingRun"))
-    # One test image, prepared as the trainer prepares its input: scaled by the schema's maxValue, with
-    # a channel axis (trainer-image/mlops_trainer/dataset.py load_split).
-    prefix = "datasets/digits/v1/"
-    schema = json.loads(
-        s3.client().get_object(Bucket="mlops-demo", Key=prefix + "schema.json")["Body"].read()
-    )
-    shard = s3.client().get_object(Bucket="mlops-demo", Key=prefix + "test/shard-00000.npz")
-    with np.load(io.BytesIO(shard["Body"].read())) as data:
-        pixels = data[schema["features"]["name"]][:1].astype(np.float32) / np.float32(
-            schema["features"]["maxValue"]
-        )
-        label = int(data[schema["labels"]["name"]][0])
-    image = pixels[:, None, :, :] if pixels.ndim == 3 else pixels
+    image, labels = read_images(s3, SAMPLE_DATA_URI.removeprefix("s3://mlops-demo/"), 1)
+    label = int(labels[0])
     url = _triton_ready(runner)
     model = mv["spec"]["modelName"]
-    body = {
-        "inputs": [
-            {"name": "images", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}
-        ]
-    }
-    request = urllib.request.Request(  # noqa: S310 - the local tritonserver
-        f"{url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the local tritonserver
-        logits = json.loads(response.read())["outputs"][0]["data"]
+    logits = triton_infer(url, model, image).ravel()
     predicted = int(np.argmax(logits))
     registry = mv["status"].get("registry") or {}
     lineage = mv["status"].get("lineage") or {}
@@ -469,9 +448,20 @@ def run(
         _print_registered(plane, namespace, docs)
         _predict(plane, namespace, docs, runner, s3)
         _second_version(plane, namespace, docs)
+        loop = DriftLoop(plane, namespace, docs, runner, s3, TRAINER.parent / "python")
+        try:
+            loop.run()
+        except StageFailedError as stopped:
+            print(plane.kubectl("get", "mlops", "-n", namespace, check=False).stdout, flush=True)
+            _say(f"the sample pipeline stopped short: {stopped}")
+            _say("the operator's log ends with:")
+            print(log.read_text()[-4000:])
+            return 1
         _say(
             "done: the Dataset was validated, the TrainingRun trained, the ModelVersion was compiled, "
-            "evaluated, gated and registered, Triton served it, and a second version started a canary"
+            "evaluated, gated and registered, Triton served it, a second version started a canary; a "
+            "drifted batch turned the DriftMonitor Drifted, the pipeline retrained on labelled data that "
+            "covers the shift, beat the champion on it and promoted through the canary"
         )
         if keep:
             _say(f"kept running; in another shell: export KUBECONFIG={plane.kubeconfig}  (Ctrl-C stops)")
