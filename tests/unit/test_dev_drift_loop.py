@@ -4,6 +4,7 @@ it reads the pipeline's runs and the monitor's check. The loop itself runs in `m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,25 @@ def test_the_showcased_image_is_one_the_new_version_fixed_else_one_it_gets_right
     assert drift_loop.showcase_index(labels, new, new) == 0  # nothing fixed: the first it gets right
     assert drift_loop.showcase_index(labels, np.array([0, 3, 0, 0]), None) == 1
     assert drift_loop.showcase_index(labels, np.zeros(4, dtype=np.int64), old) == 0  # all wrong: the first
+
+
+def test_a_step_that_times_out_names_itself_and_says_why():
+    # _wait uses nothing of the control plane: the loop's other fields are not needed here.
+    loop = drift_loop.DriftLoop(None, "ns", [], None, None, Path("python"))  # type: ignore[arg-type]
+    calls: list[int] = []
+
+    def probe() -> dict[str, Any] | None:
+        calls.append(1)
+        return {"found": True} if len(calls) == 2 else None
+
+    assert loop._wait("never", probe, 30) == {"found": True}
+    with pytest.raises(drift_loop.StageFailedError) as raised:
+        loop._wait("DriftMonitor digits did not turn Drifted", lambda: None, 0, why=lambda: "phase Checking")
+    assert (
+        str(raised.value) == "drift loop: DriftMonitor digits did not turn Drifted within 0s (phase Checking)"
+    )
+    with pytest.raises(drift_loop.StageFailedError, match=r"^drift loop: the samples have no DriftMonitor$"):
+        loop._doc("DriftMonitor")
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
