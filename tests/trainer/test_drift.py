@@ -204,6 +204,37 @@ def test_psi_from_the_environment_tests_every_column(
     assert by_name["height"][contract.COLUMN_DRIFTED] is False  # every image is 8 pixels high
 
 
+def test_a_numbers_only_method_tests_the_numbers_and_evidently_chooses_for_the_predicted_class(
+    engine_uri: str, brighter: str, s3_server: S3Server, s3_client: Any, tmp_path: Path
+) -> None:
+    """Wasserstein (or K-S) cannot test a category: the spec's method applies to the numerical columns
+    and its threshold to them; Evidently picks the categorical test (the run used to fail)."""
+    env = {
+        contract.ENGINE_URI: engine_uri,
+        "MLOPS_DATASET_URI": brighter,
+        contract.REFERENCE_URI: s3_uri("references/wasserstein"),
+        contract.REFERENCE_DATASET_URI: s3_uri(DATASET_PREFIX),
+        contract.OUTPUT_URI: s3_uri("checks/wasserstein"),
+        contract.METHOD: "wasserstein",
+        contract.COLUMN_THRESHOLD: "0.1",
+        contract.MAX_SAMPLES_ENV: "1000",
+    }
+    run = run_trainer(["drift"], trainer_env(s3_server, env), tmp_path / "wasserstein")
+    assert run.returncode == 0, run.stderr[-4000:]
+    full = read_json(s3_client, f"checks/wasserstein/{contract.RESULT_FILE}")
+    by_name = {c[contract.NAME]: c for c in full[contract.COLUMNS_FIELD]}
+    assert set(by_name) == set(ALL_COLUMNS)
+    for name, column in by_name.items():
+        if name == "predicted_class":
+            assert column[contract.COLUMN_METHOD] not in contract.NUMERICAL_ONLY_METHODS, column
+            assert column[contract.THRESHOLD] != 0.1, column  # Evidently's own threshold for its test
+        else:
+            assert (column[contract.COLUMN_METHOD], column[contract.THRESHOLD]) == ("wasserstein", 0.1), (
+                column
+            )
+    assert by_name["brightness"][contract.COLUMN_DRIFTED] is True
+
+
 def test_a_column_subset_is_all_that_is_tested(
     engine_uri: str, brighter: str, s3_server: S3Server, tmp_path: Path
 ) -> None:

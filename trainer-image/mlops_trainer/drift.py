@@ -287,6 +287,18 @@ def _stattest_ids() -> dict[str, str]:
     }
 
 
+def _method_options(settings: DriftSettings) -> dict[str, Any]:
+    """The spec's method and threshold as Evidently's options: a test of numbers only (K-S,
+    Wasserstein) applies to the numerical columns, and Evidently chooses for the categorical ones
+    (the predicted class); PSI and Jensen-Shannon apply to every column."""
+    if settings.method is None:
+        return {"threshold": settings.column_threshold}
+    method = contract.METHODS[settings.method]
+    if settings.method in contract.NUMERICAL_ONLY_METHODS:
+        return {"num_method": method, "num_threshold": settings.column_threshold}
+    return {"method": method, "threshold": settings.column_threshold}
+
+
 def run_evidently(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -303,10 +315,7 @@ def run_evidently(
         categorical_columns=categorical,
     )
     preset = DataDriftPreset(
-        columns=list(columns),
-        drift_share=settings.share_threshold,
-        method=contract.METHODS[settings.method] if settings.method else None,
-        threshold=settings.column_threshold,
+        columns=list(columns), drift_share=settings.share_threshold, **_method_options(settings)
     )
     snapshot = Report([preset], include_tests=True).run(
         current_data=Dataset.from_pandas(current[list(columns)], data_definition=definition),

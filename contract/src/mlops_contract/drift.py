@@ -35,6 +35,9 @@ SPLIT = "MLOPS_DRIFT_SPLIT"  # the current Dataset's split to check (default "te
 
 # Evidently's stattest names for the methods a spec may ask for.
 METHODS = {"psi": "psi", "ks": "ks", "wasserstein": "wasserstein", "jensenshannon": "jensenshannon"}
+# Tests of numbers only: a spec's method among these applies to the numerical columns, and Evidently
+# chooses the test of the categorical ones (the predicted class).
+NUMERICAL_ONLY_METHODS = frozenset({"ks", "wasserstein"})
 DEFAULT_SHARE_THRESHOLD = 0.5
 MAX_SAMPLES = 5000
 

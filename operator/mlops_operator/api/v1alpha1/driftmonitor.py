@@ -104,13 +104,19 @@ class DriftMonitorSpec(ApiModel):
     )
     method: DriftMethod | None = Field(
         default=None,
-        description="Statistical test for every column; empty: Evidently chooses per column.",
+        description=(
+            "Statistical test of the columns; empty: Evidently chooses per column. ks and wasserstein "
+            "test numbers only: with them Evidently chooses the test of the categorical predicted_class."
+        ),
     )
     column_threshold: float | None = Field(
         default=None,
         ge=0,
         le=1000,
-        description="The method's drift threshold per column; empty: Evidently's default for the method.",
+        description=(
+            "The method's drift threshold per column (with ks or wasserstein: of the numerical columns); "
+            "empty: Evidently's default for the method."
+        ),
     )
     drift_share_threshold: float = Field(
         default=0.5,

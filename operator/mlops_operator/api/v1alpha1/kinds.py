@@ -196,7 +196,7 @@ KINDS: tuple[KindInfo, ...] = (
             PHASE,
             PrinterColumn("Last Trigger", ".status.lastTrigger", description="What started the last run."),
             PrinterColumn("Last Outcome", ".status.lastOutcome", description="Outcome of the last run."),
-            PrinterColumn("Promoted", ".status.latestPromoted", description="The ModelVersion promoted last."),
+            PrinterColumn("Promoted", ".status.latestPromoted", description="ModelVersion promoted last."),
             PrinterColumn("Active", ".status.active", description="Runs in progress."),
             PrinterColumn("Next", ".status.nextScheduleTime", "date", "When the schedule is next due."),
             READY,
