@@ -32,6 +32,7 @@ def _gate(*metrics: dict[str, Any], **kw: Any) -> ChampionGate:
 def _spec(promotion: dict[str, Any] | None = None) -> ModelPipelineSpec:
     spec = json.loads(json.dumps(SAMPLE["spec"]))
     spec["triggers"] = {}
+    spec.pop("promotion", None)
     if promotion is not None:
         spec["promotion"] = promotion
     return ModelPipelineSpec.model_validate(spec)

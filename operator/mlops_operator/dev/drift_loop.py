@@ -74,7 +74,8 @@ def _say(message: str) -> None:
 # -- pure pieces ----------------------------------------------------------------------------------------
 
 
-# The champion/challenger gate the demo gives the pipeline: a run's version is promoted only if it
+# The champion/challenger gate of the demo's pipeline (as samples/06-modelpipeline.yaml's; applied
+# again so the demo does not depend on the sample's edits): a run's version is promoted only if it
 # is at least 0.01 more accurate than the champion on the held-out split of the training Dataset as it
 # is at the run (new labelled data included), both scored on it.
 GATE: dict[str, Any] = {
@@ -269,7 +270,7 @@ class DriftLoop:
         _say(f"drift loop, 1/4: the InferenceDeployment {idep} follows ModelPipeline {pipeline}")
         gate = GATE["championGate"]
         _say(
-            f"ModelPipeline {pipeline} gets a champion/challenger gate (spec.promotion): "
+            f"ModelPipeline {pipeline} gates each new version against its champion (spec.promotion): "
             + ", ".join(f"{m['name']} {m['direction']} by {m['margin']}" for m in gate["metrics"])
             + f" on the {gate['split']} split of its training Dataset, approval {GATE['approval']}"
         )

@@ -181,7 +181,5 @@ def promote(run: Run, runs: list[dict[str, Any]], now: str, fields: dict[str, An
     fields.update(latestPromoted=_version(run), latestPromotedRun=run["name"], latestPromotedTime=now)
     return Event(
         "Promoted",
-        f"run {run['name']} promoted ModelVersion {_version(run)}: {run.get('message') or ''}"[
-            :MAX_MESSAGE
-        ],
+        f"run {run['name']} promoted ModelVersion {_version(run)}: {run.get('message') or ''}"[:MAX_MESSAGE],
     )
