@@ -4,10 +4,10 @@ DriftUnfixable condition (TrainingDataUnchanged) and one Warning event, cleared 
 
 The runs' TrainingRuns are suspended (`trainingRunTemplate.suspend: true`, as in
 tests/integration/test_modelpipeline.py), so no training runs unless a test resumes one. The Drift test
-runs the real drift workload (`mlops-trainer drift`, Evidently) through the local pod runner for the
-monitor's first two checks; the later checks, the resumed run's training and its ModelVersion's
-compile and evaluate Jobs are finished by hand with summaries per the workload contract (training
-for real would add minutes and test nothing of the pipeline's decision).
+runs the real workloads through the local pod runner: every DriftMonitor check is `mlops-trainer drift`
+(Evidently) on the really trained model, and the one run it resumes really trains (2 steps), compiles
+and evaluates. Only the served model's own TrainingRun and compile/evaluate Jobs are finished by hand
+around the session's really trained model, as in test_driftmonitor.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from tests.integration.digits_engine import (
     trainer_env,
     write_compile_output,
 )
-from tests.integration.test_driftmonitor import BRIGHTER, _check_summary, _jobs, _wait_settled
+from tests.integration.test_driftmonitor import BRIGHTER, _jobs, _wait_settled
 from tests.integration.test_modelpipeline import _children, _get, _pipeline, _runs, kill9
 from tests.integration.test_modelversion import _finish_stage, compiled, evaluated
 from tests.integration.test_trainingrun import SUCCESS, _run
-from tests.samples import SAMPLES, load
 from tests.waiting import wait_for, wait_for_events
 
 G, V = "mlops.dev", "v1alpha1"
@@ -132,15 +131,6 @@ def test_a_schedule_makes_one_run_per_minute_boundary_even_across_a_kill9(
             print(log.read_text()[-5000:])
 
 
-def _monitor_status(custom: client.CustomObjectsApi, namespace: str, phase: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = _get(custom, namespace, "driftmonitors", "dm")
-        status = obj.get("status") or {}
-        return obj if status.get("phase") == phase and not status.get("check") else None
-
-    return wait_for(probe, f"DriftMonitor dm to be {phase}", 60)
-
-
 def _land(custom: client.CustomObjectsApi, namespace: str, uri: str) -> None:
     patch = {"spec": {"source": {"uri": uri}}}
     custom.patch_namespaced_custom_object(G, V, namespace, "datasets", "landed", patch)
@@ -210,9 +200,10 @@ def test_a_drifted_monitor_makes_one_run_and_a_drift_on_unchanged_training_data_
         spec = doc["spec"]
         spec["triggers"] = {"onDatasetChange": False, "driftMonitorRef": {"name": "dm"}}
         spec.pop("promotion", None)  # no champion gate: the first version is promoted as it is
-        template = load(SAMPLES / "06-modelpipeline.yaml")["spec"]["modelVersionTemplate"]
-        spec["modelVersionTemplate"] = {
-            k: template[k] for k in ("modelName", "compile", "evaluation", "gates")
+        spec["modelVersionTemplate"] = {  # as test_modelpipeline_gate's; no gates (2 steps score low)
+            "modelName": "digits",
+            "compile": {"target": "onnx", "precision": "fp32", "maxBatchSize": 16},
+            "evaluation": {"latencyBatches": 5, "warmupBatches": 1},
         }
         spec["trainingRunTemplate"]["hyperparameters"] = {
             "epochs": 1,
@@ -231,7 +222,8 @@ def test_a_drifted_monitor_makes_one_run_and_a_drift_on_unchanged_training_data_
         )
         assert _runs(custom, namespace) == []
 
-        # A brighter batch lands: the real check says Drifted, and the pipeline makes exactly one run.
+        # A brighter batch lands: the real check says Drifted, and the pipeline makes exactly one run,
+        # also when the operator is killed (SIGKILL) as soon as the run's TrainingRun exists.
         script = tmp_path / "brighter.py"
         script.write_text(BRIGHTER)
         prefix = f"datasets/digits-brighter-{uuid.uuid4().hex[:6]}/v1"
@@ -240,7 +232,15 @@ def test_a_drifted_monitor_makes_one_run_and_a_drift_on_unchanged_training_data_
         brighter_uri = f"s3://{bucket}/{prefix}/"
         _land(custom, namespace, brighter_uri)
         wait_for(lambda: "dm-check-2-a1" in _jobs(batch, namespace), "the NewData check's Job", 60)
-        drifted = _wait_settled(custom, namespace, "dm", 240)
+        wait_for(
+            lambda: "p-1" in _children(custom, namespace, "trainingruns") or None,
+            "run p-1's TrainingRun",
+            240,
+            interval=0.2,
+        )
+        kill9(operator)
+        operator = start_operator(control_plane, namespace, log)
+        drifted = _wait_settled(custom, namespace, "dm", 60)
         assert drifted["status"]["phase"] == "Drifted", json.dumps(drifted["status"], indent=1)
         transition = _condition(drifted, "Drifted")["lastTransitionTime"]
         (run,) = _wait_runs(custom, namespace, [("p-1", "Running")])
@@ -254,26 +254,25 @@ def test_a_drifted_monitor_makes_one_run_and_a_drift_on_unchanged_training_data_
         assert [r["name"] for r in _runs(custom, namespace)] == ["p-1"]
         assert _get(custom, namespace, "modelpipelines", "p")["status"]["lastDriftTransition"] == transition
 
-        # p-1 trains (its TrainingRun resumed; the Jobs finished by hand from here on) and is promoted.
-        runner.stop()
+        # p-1 really trains (its TrainingRun resumed; 2 steps), compiles, evaluates and is promoted (the
+        # pipeline's first version).
         custom.patch_namespaced_custom_object(
             G, V, namespace, "trainingruns", "p-1", {"spec": {"suspend": False}}
         )
-        _finish_stage(core, namespace, "p-1-a1", SUCCESS)
-        _finish_stage(core, namespace, "p-1-compile-a1", compiled(f"s3://{bucket}/engine/p-1/model.onnx"))
-        _finish_stage(core, namespace, "p-1-evaluate-a1", evaluated())
-        _wait_runs(custom, namespace, [("p-1", "Promoted")])
+        _wait_runs(custom, namespace, [("p-1", "Promoted")], 420)
+        assert _get(custom, namespace, "modelpipelines", "p")["status"]["latestPromoted"] == "p-1"
 
         # A new Drifted transition (a quiet check, then a drifted one) on unchanged training data:
         # no run, DriftUnfixable=True (TrainingDataUnchanged) and one Warning event.
         _land(custom, namespace, same_uri)
-        quiet_summary = _check_summary(False, [("brightness", 0.01, False)], "s3://r/report.html")
-        _finish_stage(core, namespace, "dm-check-3-a1", quiet_summary)
-        _monitor_status(custom, namespace, "NoDrift")
+        wait_for(lambda: "dm-check-3-a1" in _jobs(batch, namespace), "check 3's Job", 60)
+        calm = _wait_settled(custom, namespace, "dm", 240)
+        assert calm["status"]["phase"] == "NoDrift", json.dumps(calm["status"], indent=1)
         _land(custom, namespace, brighter_uri)
-        loud_summary = _check_summary(True, [("brightness", 0.4, True)], "s3://r/report.html")
-        _finish_stage(core, namespace, "dm-check-4-a1", loud_summary)
-        again = _condition(_monitor_status(custom, namespace, "Drifted"), "Drifted")["lastTransitionTime"]
+        wait_for(lambda: "dm-check-4-a1" in _jobs(batch, namespace), "check 4's Job", 60)
+        loud = _wait_settled(custom, namespace, "dm", 240)
+        assert loud["status"]["phase"] == "Drifted", json.dumps(loud["status"], indent=1)
+        again = _condition(loud, "Drifted")["lastTransitionTime"]
         assert again != transition
 
         def unfixable() -> dict[str, Any] | None:
