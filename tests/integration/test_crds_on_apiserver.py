@@ -118,7 +118,7 @@ def test_printer_columns_and_category(
     assert header.split() == ["NAME", "PHASE", "DRIFTED", "SHARE", "CURRENT", "LAST", "CHECK", "READY", "AGE"]
     header = control_plane.kubectl("get", "mp", "-n", namespace).stdout.splitlines()[0]
     assert header.split() == [
-        "NAME", "PHASE", "LAST", "TRIGGER", "LAST", "OUTCOME", "ACTIVE", "NEXT", "READY", "AGE",
+        "NAME", "PHASE", "LAST", "TRIGGER", "LAST", "OUTCOME", "PROMOTED", "ACTIVE", "NEXT", "READY", "AGE",
     ]  # fmt: skip
     for short in ("dset", "tr", "mv", "idep", "dm", "mp"):
         assert control_plane.kubectl("get", short, "-n", namespace, "-o", "name").stdout.strip()

@@ -489,7 +489,14 @@ def test_a_modelversions_stage_jobs_wait_in_the_named_local_queue(
     status = _wait(custom, namespace, "queued", "Queued", "WaitingForAdmission", timeout=30)["status"]
     assert status["currentStage"] == "compile"
     assert status["queue"]["localQueue"] == queue.name
-    assert PENDING_WORDS in status["queue"]["message"], status["queue"]
+
+    # Kueue first says "waiting for quota", then why once it has tried the flavors (a busy machine
+    # can show the first): the status follows to Kueue's reason.
+    def explained() -> dict[str, Any] | None:
+        held = (_get_mv(custom, namespace, "queued").get("status") or {}).get("queue") or {}
+        return held if PENDING_WORDS in str(held.get("message")) else None
+
+    status = {"queue": wait_for(explained, "Kueue's reason in status.queue", 30)}
     assert "pods" in status["queue"]["message"]
     job = jobs.read_namespaced_job("queued-compile-a1", namespace)
     assert job.metadata.labels[kueue.QUEUE_NAME_LABEL] == queue.name
