@@ -17,6 +17,7 @@ from ...api.v1alpha1.modelpipeline import ModelPipelineSpec
 from ...builders.champion_gate import (
     AWAITING_APPROVAL,
     CHAMPION_ANNOTATION,
+    GATE_FINGERPRINT_ANNOTATION,
     PROMOTED,
     REJECTED,
     Verdict,
@@ -26,7 +27,7 @@ from ...builders.champion_gate import (
     compare,
     gate_dataset,
 )
-from ...builders.modelpipeline import KIND
+from ...builders.modelpipeline import KIND, SUPERSEDED
 from ...k8s.conditions import find_condition
 from ...k8s.events import Event
 from ..base import MAX_MESSAGE
@@ -90,8 +91,8 @@ def _score_champion(
     status = held.get("status") or {}
     phase = status.get("phase")
     run.update(championEvaluation=name)
-    if said.get("mlops.dev/gate-dataset-fingerprint"):
-        run["gateDatasetFingerprint"] = said["mlops.dev/gate-dataset-fingerprint"]
+    if said.get(GATE_FINGERPRINT_ANNOTATION):
+        run["gateDatasetFingerprint"] = said[GATE_FINGERPRINT_ANNOTATION]
     if phase == "Ready":
         version = read_object(ctx, "ModelVersion", "modelversions", _version(run)) or {}
         metrics = (version.get("status") or {}).get("metrics") or {}
@@ -176,7 +177,7 @@ def promote(run: Run, runs: list[dict[str, Any]], now: str, fields: dict[str, An
             and int(other["number"]) < int(run["number"])
         ):
             other.update(
-                outcome="Superseded", completionTime=now, message=f"run {run['name']} was promoted after it"
+                outcome=SUPERSEDED, completionTime=now, message=f"run {run['name']} was promoted after it"
             )
     fields.update(latestPromoted=_version(run), latestPromotedRun=run["name"], latestPromotedTime=now)
     return Event(
